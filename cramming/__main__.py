@@ -1,0 +1,3 @@
+from cramming.cli import main
+
+main()

@@ -1,0 +1,136 @@
+"""The one dispatch point between the model and the kernels.
+
+The model calls these functions and never imports Triton. Which implementation
+runs is chosen per op from ``cfg.impl``:
+
+- ``impl.kernels``: ``auto`` (default), ``triton`` or ``torch``;
+- ``impl.ops.<op>``: the same choice for one op (``layer_norm``, ``gelu``, ``attention``).
+
+``auto`` runs Triton on CUDA tensors, the Triton interpreter on CPU tensors when
+``TRITON_INTERPRET=1``, and the PyTorch reference otherwise (with one warning).
+``impl`` may change speed and precision, never results.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from collections.abc import Mapping
+
+import torch
+
+from cramming.kernels.flash_attention_ref import attention_ref
+from cramming.kernels.activations_ref import bias_gelu_ref, geglu_ref, gelu_ref
+from cramming.kernels.norm_ref import layer_norm_ref, layer_norm_residual_ref
+
+CHOICES = ("auto", "triton", "torch")
+OPS = ("layer_norm", "gelu", "attention")
+
+_choice: dict[str, str] = {op: "auto" for op in OPS}
+_warned: set[str] = set()
+
+
+def configure(impl_cfg: Mapping | None) -> dict[str, str]:
+    """Set the implementation of every op from an ``impl`` config; returns the choice per op."""
+    impl_cfg = impl_cfg or {}
+    default = str(impl_cfg.get("kernels", "auto"))
+    overrides = impl_cfg.get("ops") or {}
+    unknown = set(overrides) - set(OPS)
+    if unknown:
+        raise ValueError(f"impl.ops has unknown op(s) {sorted(unknown)}; known ops: {list(OPS)}")
+    for op in OPS:
+        value = overrides.get(op) or default
+        if value not in CHOICES:
+            raise ValueError(f"impl kernel choice {value!r} for {op} is not one of {list(CHOICES)}")
+        _choice[op] = value
+    if any(v == "triton" for v in _choice.values()) and not triton_available():
+        raise ValueError("impl.kernels=triton asks for Triton, but the triton package is not importable")
+    return dict(_choice)
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _use_triton(op: str, tensor: torch.Tensor) -> bool:
+    choice = _choice[op]
+    if choice == "torch":
+        return False
+    if choice == "triton":
+        return True
+    if tensor.is_cuda and triton_available():
+        return True
+    if tensor.device.type == "cpu" and _interpreting() and triton_available():
+        return True
+    if op not in _warned:
+        _warned.add(op)
+        warnings.warn(
+            f"{op}: no Triton path for {tensor.device.type} tensors here; using the PyTorch reference",
+            stacklevel=3,
+        )
+    return False
+
+
+def _kernels():
+    import cramming.kernels as kernels
+
+    return kernels
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    if _use_triton("layer_norm", x):
+        return _kernels().layer_norm(x, weight, bias, eps)
+    return layer_norm_ref(x, weight, bias, eps)
+
+
+def layer_norm_residual(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LN(x + residual), x + residual) in one pass where the kernel allows."""
+    if _use_triton("layer_norm", x):
+        return _kernels().layer_norm_residual(x, residual, weight, bias, eps)
+    return layer_norm_residual_ref(x, residual, weight, bias, eps)
+
+
+def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    if _use_triton("gelu", x):
+        return _kernels().gelu(x, approximate=approximate)
+    return gelu_ref(x, approximate)
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    if _use_triton("gelu", x):
+        return _kernels().bias_gelu(x, bias, approximate=approximate)
+    return bias_gelu_ref(x, bias, approximate)
+
+
+def geglu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    if _use_triton("gelu", x):
+        return _kernels().geglu(x, approximate=approximate)
+    return geglu_ref(x, approximate)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """(B, H, T, D) attention; key_padding_mask is (B, T), True for real keys."""
+    if dropout_p > 0.0:
+        if _choice["attention"] != "torch" and "attention-dropout" not in _warned:
+            _warned.add("attention-dropout")
+            warnings.warn(
+                "attention dropout is not fused in the Triton kernel; using PyTorch attention", stacklevel=2
+            )
+        return attention_ref(q, k, v, key_padding_mask, scale=scale, dropout_p=dropout_p)
+    if _use_triton("attention", q):
+        return _kernels().attention(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
+    return attention_ref(q, k, v, key_padding_mask, scale=scale)
