@@ -20,8 +20,8 @@ from collections.abc import Mapping
 
 import torch
 
-from cramming.kernels.flash_attention_ref import attention_ref
 from cramming.kernels.activations_ref import bias_gelu_ref, geglu_ref, gelu_ref
+from cramming.kernels.flash_attention_ref import attention_ref
 from cramming.kernels.norm_ref import layer_norm_ref, layer_norm_residual_ref
 
 CHOICES = ("auto", "triton", "torch")

@@ -1,0 +1,125 @@
+"""Exported model folders: ``model.safetensors`` + ``config.json`` + ``tokenizer.json``.
+
+The same layout serves the pretrained MLM and fine-tuned classifiers. Files are
+written atomically, and loading checks every key strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
+from tokenizers import Tokenizer
+
+from cramming import __version__
+from cramming.model import BertForMLM, BertForSequenceClassification
+
+WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then fsync and rename over ``path``, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip torch.compile and DDP wrappers, so keys carry no `_orig_mod.` or `module.` prefix."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def model_config(model: torch.nn.Module, extra: Mapping | None = None) -> dict:
+    model = _unwrap(model)
+    config = {
+        "model_type": "cramming-bert",
+        "cramming_version": __version__,
+        "arch": dict(model.arch),
+        "vocab_size": model.vocab_size,
+    }
+    if isinstance(model, BertForSequenceClassification):
+        config.update(task="classification", num_labels=model.num_labels)
+    else:
+        config.update(task="mlm")
+    config.update(extra or {})
+    return config
+
+
+def save_export(
+    model: torch.nn.Module, tokenizer: Tokenizer, out_dir: str | Path, extra: Mapping | None = None
+) -> Path:
+    """Write the model folder. ``extra`` goes into config.json (labels, training summary, ...)."""
+    out_dir = Path(out_dir)
+    model = _unwrap(model)
+    config = model_config(model, extra)
+    # save_model (not save_file) handles the tied decoder/embedding weights.
+    atomic_write(out_dir / WEIGHTS, lambda tmp: st_save_model(model, tmp))
+    atomic_write(out_dir / TOKENIZER, lambda tmp: tokenizer.save(tmp))
+    atomic_write(out_dir / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    return out_dir
+
+
+def read_config(path: str | Path) -> dict:
+    path = Path(path)
+    config_file = path / CONFIG
+    missing = [name for name in (CONFIG, WEIGHTS, TOKENIZER) if not (path / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"{path} is not an exported cramming model: missing {', '.join(missing)} "
+            f"(an export folder holds {CONFIG}, {WEIGHTS} and {TOKENIZER}, e.g. outputs/RUN/model)"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_file} is not valid JSON: {err}") from err
+    if config.get("model_type") != "cramming-bert" or "arch" not in config:
+        raise ValueError(
+            f"{config_file} is not a cramming model config (model_type={config.get('model_type')!r})"
+        )
+    return config
+
+
+def build_from_config(config: Mapping) -> torch.nn.Module:
+    if config.get("task") == "classification":
+        return BertForSequenceClassification(config["arch"], config["vocab_size"], config["num_labels"])
+    return BertForMLM(config["arch"], config["vocab_size"])
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild the model from config.json and load its weights with strict key checking; eval mode."""
+    path = Path(path)
+    config = read_config(path)
+    model = build_from_config(config)
+    try:
+        st_load_model(model, path / WEIGHTS, strict=True, device=str(device))
+    except Exception as err:  # safetensors raises RuntimeError/SafetensorError for bad files and keys
+        raise ValueError(f"cannot load weights from {path / WEIGHTS}: {err}") from err
+    model.config = config
+    return model.to(device).eval()
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    read_config(path)
+    return Tokenizer.from_file(str(path / TOKENIZER))

@@ -1,0 +1,303 @@
+"""crammed-BERT and the original BERT shape, built from ``cfg.arch`` alone.
+
+The layers call ``cramming.ops`` for LayerNorm, GELU and attention, so the
+Triton kernels plug in without the model knowing which implementation runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cramming import ops
+
+IGNORE_INDEX = -100
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, width: int, eps: float, bias: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class ScaledSinusoidal(nn.Module):
+    """Fixed sinusoidal positions times one learned scalar (crammed-BERT)."""
+
+    def __init__(self, width: int, max_len: int):
+        super().__init__()
+        position = torch.arange(max_len).unsqueeze(1)
+        div_term = torch.exp(torch.arange(0, width, 2) * (-math.log(10000.0) / width))
+        table = torch.zeros(max_len, width)
+        table[:, 0::2] = torch.sin(position * div_term)
+        table[:, 1::2] = torch.cos(position * div_term)
+        self.register_buffer("table", table, persistent=False)
+        self.scale = nn.Parameter(torch.tensor(1.0 / math.sqrt(width)))
+
+    def forward(self, seq_len: int) -> torch.Tensor:
+        return self.table[:seq_len] * self.scale  # (T, H)
+
+
+class LearnedPositions(nn.Module):
+    def __init__(self, width: int, max_len: int):
+        super().__init__()
+        self.embedding = nn.Embedding(max_len, width)
+
+    def forward(self, seq_len: int) -> torch.Tensor:
+        return self.embedding.weight[:seq_len]  # (T, H)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, arch: Mapping, vocab_size: int):
+        super().__init__()
+        width, max_len = arch["hidden_size"], arch["max_position_embeddings"]
+        self.max_len = max_len
+        self.word = nn.Embedding(vocab_size, width)
+        if arch["position_embedding"] == "scaled-sinusoidal":
+            self.position = ScaledSinusoidal(width, max_len)
+        else:
+            self.position = LearnedPositions(width, max_len)
+        types = arch.get("type_vocab_size", 0)
+        self.token_type = nn.Embedding(types, width) if types > 0 else None
+        self.norm = LayerNorm(width, arch["norm_eps"], arch["norm_bias"]) if arch["embedding_norm"] else None
+        self.dropout = nn.Dropout(arch["dropout"])
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        seq_len = input_ids.shape[1]
+        if seq_len > self.max_len:
+            raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings={self.max_len}")
+        x = self.word(input_ids) + self.position(seq_len)  # (B, T, H)
+        if self.token_type is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.token_type(token_type_ids)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, arch: Mapping):
+        super().__init__()
+        width, self.num_heads = arch["hidden_size"], arch["num_heads"]
+        if width % self.num_heads:
+            raise ValueError(f"hidden_size={width} is not divisible by num_heads={self.num_heads}")
+        self.qkv = nn.Linear(width, 3 * width, bias=arch["linear_bias"])
+        self.out = nn.Linear(width, width, bias=arch["linear_bias"])
+        self.attention_dropout = arch["attention_dropout"]
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, C = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        y = ops.attention(q, k, v, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, H*D)
+        return self.out(y)
+
+
+class FeedForward(nn.Module):
+    """GELU-GLU (input projection split in two halves) or a plain GELU MLP."""
+
+    def __init__(self, arch: Mapping):
+        super().__init__()
+        width, inner = arch["hidden_size"], arch["intermediate_size"]
+        self.glu = arch["ffn"] == "glu"
+        self.approximate = "tanh" if arch["activation"] == "gelu_tanh" else "none"
+        self.inp = nn.Linear(width, inner, bias=arch["linear_bias"])
+        self.out = nn.Linear(inner // 2 if self.glu else inner, width, bias=arch["linear_bias"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        h = ops.geglu(h, self.approximate) if self.glu else ops.gelu(h, self.approximate)
+        return self.out(h)
+
+
+class Block(nn.Module):
+    def __init__(self, arch: Mapping):
+        super().__init__()
+        width, eps, bias = arch["hidden_size"], arch["norm_eps"], arch["norm_bias"]
+        self.pre_norm = arch["norm_position"] == "pre"
+        self.norm1 = LayerNorm(width, eps, bias)
+        self.norm2 = LayerNorm(width, eps, bias)
+        self.attn = SelfAttention(arch)
+        self.ffn = FeedForward(arch)
+        self.dropout = nn.Dropout(arch["dropout"])
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.dropout(self.attn(self.norm1(x), key_padding_mask))
+            return x + self.dropout(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self.dropout(self.attn(x, key_padding_mask)))
+        return self.norm2(x + self.dropout(self.ffn(x)))
+
+
+class Encoder(nn.Module):
+    """Embeddings, the transformer blocks and the optional final norm: (B, T) ids -> (B, T, H)."""
+
+    def __init__(self, arch: Mapping, vocab_size: int):
+        super().__init__()
+        self.embeddings = Embeddings(arch, vocab_size)
+        self.blocks = nn.ModuleList(Block(arch) for _ in range(arch["num_layers"]))
+        width = arch["hidden_size"]
+        self.final_norm = (
+            LayerNorm(width, arch["norm_eps"], arch["norm_bias"]) if arch["final_norm"] else None
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # (B, T), True for real tokens; packed pretraining passes None and attends everywhere
+        key_padding_mask = attention_mask.bool() if attention_mask is not None else None
+        x = self.embeddings(input_ids, token_type_ids)
+        for block in self.blocks:
+            x = block(x, key_padding_mask)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.Embedding):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+
+
+class PredictionHead(nn.Module):
+    """BERT's dense + GELU + norm transform before the decoder (bert-base only)."""
+
+    def __init__(self, arch: Mapping):
+        super().__init__()
+        width = arch["hidden_size"]
+        self.dense = nn.Linear(width, width, bias=arch["linear_bias"])
+        self.norm = LayerNorm(width, arch["norm_eps"], arch["norm_bias"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(ops.gelu(self.dense(x)))
+
+
+class BertForMLM(nn.Module):
+    """Masked language model. With sparse prediction only the masked positions are decoded."""
+
+    def __init__(self, arch: Mapping, vocab_size: int):
+        super().__init__()
+        self.arch = dict(arch)
+        self.vocab_size = vocab_size
+        self.encoder = Encoder(arch, vocab_size)
+        self.head = PredictionHead(arch) if arch["prediction_head"] else None
+        self.decoder = nn.Linear(arch["hidden_size"], vocab_size, bias=False)
+        init_weights(self, arch["init_std"])
+        if arch["tie_embeddings"]:
+            self.decoder.weight = self.encoder.embeddings.word.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        if labels is None:
+            return {"logits": self.decode(hidden)}
+        if self.arch["sparse_prediction"]:
+            # Decode only masked positions: the (B*T, V) logits matrix is the largest tensor in the model.
+            labels = labels.view(-1)
+            selected = labels != IGNORE_INDEX
+            logits = self.decode(hidden.view(-1, hidden.shape[-1])[selected])  # (M, V)
+            loss = F.cross_entropy(logits.float(), labels[selected])
+        else:
+            logits = self.decode(hidden)  # (B, T, V)
+            loss = F.cross_entropy(logits.float().view(-1, self.vocab_size), labels.view(-1))
+        return {"loss": loss, "logits": logits}
+
+    def decode(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.head is not None:
+            hidden = self.head(hidden)
+        return self.decoder(hidden)
+
+
+class BertForSequenceClassification(nn.Module):
+    """The encoder plus a head on the first token's vector; regression when num_labels == 1."""
+
+    def __init__(self, arch: Mapping, vocab_size: int, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        arch = {**arch, "dropout": dropout}
+        self.arch = dict(arch)
+        self.vocab_size = vocab_size
+        self.num_labels = num_labels
+        self.encoder = Encoder(arch, vocab_size)
+        width = arch["hidden_size"]
+        self.pooler = nn.Linear(width, width)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(width, num_labels)
+        init_weights(self, arch["init_std"])
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        class_weights: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        pooled = ops.gelu(self.pooler(self.dropout(hidden[:, 0])))  # first token's vector
+        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        out = {"logits": logits}
+        if labels is not None:
+            if self.num_labels == 1:
+                out["loss"] = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                out["loss"] = F.cross_entropy(logits.float(), labels, weight=class_weights)
+        return out
+
+
+def build_mlm(arch: Mapping, vocab_size: int) -> BertForMLM:
+    """The pretraining model from ``cfg.arch`` and the tokenizer's vocabulary size."""
+    return BertForMLM(arch, vocab_size)
+
+
+def build_classifier(
+    arch: Mapping,
+    vocab_size: int,
+    num_labels: int,
+    encoder_state: Mapping | None = None,
+    dropout: float = 0.1,
+) -> BertForSequenceClassification:
+    """A classifier whose encoder starts from ``encoder_state`` (keys of ``Encoder``), strictly loaded."""
+    model = BertForSequenceClassification(arch, vocab_size, num_labels, dropout)
+    if encoder_state is not None:
+        model.encoder.load_state_dict(encoder_state, strict=True)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def flops_per_token(
+    arch: Mapping, num_params: int, seq_len: int, mlm_probability: float, vocab: int
+) -> float:
+    """Training FLOPs per token: 6·N plus attention 12·L·H·T, with sparse prediction's smaller decoder."""
+    width, layers = arch["hidden_size"], arch["num_layers"]
+    dense = num_params
+    if arch.get("sparse_prediction", False):
+        # The tied decoder's matmul runs only on the masked fraction of tokens.
+        decoder = width * vocab
+        dense = num_params - decoder + decoder * mlm_probability
+    return 6.0 * dense + 12.0 * layers * width * seq_len
