@@ -1,0 +1,155 @@
+"""Shared benchmark helpers: timing, device facts, result files and plots.
+
+Every benchmark script runs in two modes:
+
+- GPU mode (a CUDA device is present and ``--smoke`` is not given): real sizes,
+  timed with ``triton.testing.do_bench`` (median and 20%/80% quantiles).
+- smoke mode (no GPU, or ``--smoke``): tiny sizes, Triton kernels through the
+  interpreter (``TRITON_INTERPRET=1``), wall-clock timing. It proves the script runs
+  end to end; its timings are NOT comparable to anything.
+
+Importing this module has no side effects beyond setting ``TRITON_INTERPRET=1``
+when no GPU is present (the interpreter flag must be set before any ``@triton.jit``
+decorator runs, so benchmark scripts import this module before the kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+# Peak HBM bandwidth (GB/s) and dense bf16 peak (TFLOP/s) by device-name substring.
+_DEVICE_TABLE = {
+    "H200": (4800.0, 989.0),
+    "H100": (3350.0, 989.0),
+    "A100": (2039.0, 312.0),
+    "L40S": (864.0, 362.0),
+    "A10G": (600.0, 125.0),
+    "RTX 4090": (1008.0, 165.0),
+}
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every benchmark accepts: ``--out DIR`` and ``--smoke``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for CSV/JSON/PNG results")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, interpreter, timings not comparable"
+    )
+    return parser
+
+
+def is_smoke(args: argparse.Namespace | None = None) -> bool:
+    """Smoke mode: asked for with ``--smoke``, or forced because there is no CUDA device."""
+    asked = bool(getattr(args, "smoke", False))
+    return asked or not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def bench_device(smoke: bool) -> torch.device:
+    return torch.device("cpu" if smoke else "cuda")
+
+
+def device_info() -> dict:
+    """Name of the device and its peak bandwidth / FLOP rate where known (else None)."""
+    if not torch.cuda.is_available():
+        return {"name": "cpu", "tag": "cpu", "bandwidth_gbs": None, "peak_tflops": None}
+    name = torch.cuda.get_device_name()
+    bandwidth, tflops = next((v for k, v in _DEVICE_TABLE.items() if k in name), (None, None))
+    tag = next((k for k in _DEVICE_TABLE if k in name), name).lower().replace(" ", "_")
+    return {"name": name, "tag": tag, "bandwidth_gbs": bandwidth, "peak_tflops": tflops}
+
+
+def time_fn(fn: Callable[[], object], smoke: bool | None = None, rep_ms: int = 100) -> dict:
+    """Time ``fn`` and return ``{"ms", "ms_p20", "ms_p80"}`` (median and 20%/80% quantiles)."""
+    smoke = is_smoke() if smoke is None else smoke
+    if not smoke:
+        import triton.testing
+
+        ms, p20, p80 = triton.testing.do_bench(fn, warmup=25, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+        return {"ms": ms, "ms_p20": p20, "ms_p80": p80}
+    fn()  # warm-up (interpreter set-up, lazy imports)
+    samples = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    samples.sort()
+    return {"ms": statistics.median(samples), "ms_p20": samples[0], "ms_p80": samples[-1]}
+
+
+def gbps(num_bytes: int, ms: float) -> float:
+    return num_bytes / (ms * 1e-3) / 1e9
+
+
+def pct_of_peak(value: float, peak: float | None) -> float | None:
+    return None if peak is None else 100.0 * value / peak
+
+
+def save_results(rows: Sequence[dict], name: str, out_dir: Path | str) -> tuple[Path, Path]:
+    """Write ``rows`` (a list of flat dicts) to ``<out_dir>/<name>.csv`` and ``.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {"device": device_info(), "torch": torch.__version__, "argv": sys.argv, "rows": list(rows)}
+    json_path.write_text(json.dumps(meta, indent=2, default=str))
+    return csv_path, json_path
+
+
+def plot(
+    rows: Sequence[dict], x: str, y: str, series: str, path: Path | str, title: str = "", logx: bool = True
+) -> Path:
+    """Line plot of ``y`` against ``x``, one line per distinct value of ``series``; saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label in dict.fromkeys(row[series] for row in rows):
+        points = sorted((row[x], row[y]) for row in rows if row[series] == label and row[y] is not None)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=str(label))
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def smoke_banner(smoke: bool) -> None:
+    if smoke:
+        print(
+            "SMOKE MODE (no GPU or --smoke): tiny sizes through the Triton interpreter on CPU. "
+            "These timings are NOT comparable to GPU numbers or to each other; they only show the "
+            "script runs end to end."
+        )
+    else:
+        info = device_info()
+        print(f"device: {info['name']} (peak bandwidth {info['bandwidth_gbs']} GB/s)")
