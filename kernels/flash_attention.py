@@ -1,0 +1,485 @@
+"""FlashAttention-2 style bidirectional attention in Triton, with a key-padding mask.
+
+Four layers, top to bottom:
+
+1. ``@triton.jit`` kernels: forward (online softmax over key blocks, fp32 accumulation, saves the
+   log-sum-exp), and the FA2 backward: a preprocess kernel for ``delta = rowsum(dO * O)``, one kernel
+   over key blocks for dK/dV and one over query blocks for dQ (no atomics, so gradients are
+   deterministic).
+2. Launchers: allocate outputs, pick the grid, launch.
+3. Autograd: ``torch.library.triton_op`` + ``wrap_triton`` + ``register_autograd`` on GPU, so
+   ``torch.compile`` sees through the op. Under ``TRITON_INTERPRET=1`` ``wrap_triton`` hands back the
+   raw interpreted kernel, which cannot run on the fake tensors ``torch.compile`` traces with; there the
+   same functions are registered with ``torch.library.custom_op`` plus a fake (shape-only) impl, an
+   opaque op that compiles too.
+4. Public API: ``attention(q, k, v, key_padding_mask=None, scale=None, layout="bhtd")`` and the thin
+   ``Attention`` module.
+
+Masking conventions: ``key_padding_mask`` is (B, T) bool, True where the key is real. Every query row
+attends to the real keys of its sequence (padded query rows too, like the reference); a sequence whose
+keys are all masked gives zeros and zero gradients, never NaN. Out-of-range keys of the last block count
+as masked, so any sequence length works.
+
+The kernels work in base 2: scores are scaled by ``scale * log2(e)`` and ``exp2`` replaces ``exp``.
+LSE holds the base-2 log-sum-exp of those scaled scores, +inf for rows without a real key, so that
+``exp2(s - lse)`` is exactly 0 there in the backward.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import nn
+
+_INTERPRET = bool(triton.knobs.runtime.interpret)
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (32, 64, 128)
+LAYOUTS = ("bhtd", "bthd")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_PRE_BLOCK = 64  # rows per program of the delta preprocess kernel
+
+
+# ----------------------------------------------------------------------------------------------
+# autotune configurations: one small config in the interpreter (multi-config autotune needs a driver)
+
+
+def _configs(candidates: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    if _INTERPRET:
+        candidates = [(64, 64, 4, 1)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w, s in candidates
+    ]
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M is the query block, BLOCK_N the key block
+_FWD_CONFIGS = _configs(
+    [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (64, 64, 4, 3),
+     (64, 128, 4, 3), (64, 64, 4, 4)]
+)  # fmt: skip
+_DKDV_CONFIGS = _configs(
+    [(32, 128, 4, 3), (32, 128, 8, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 4), (64, 128, 8, 2),
+     (32, 128, 4, 5)]
+)  # fmt: skip
+_DQ_CONFIGS = _configs(
+    [(128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4), (128, 64, 8, 2),
+     (128, 32, 4, 5)]
+)  # fmt: skip
+# T is bucketed to a power of two so a new sequence length does not trigger a new autotune run
+_KEY = ["T_BUCKET", "HEAD_DIM"]
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels
+
+
+@triton.jit
+def _load_rows(base, rows, offs_d, stride_t, T, CHECK: tl.constexpr, UPCAST: tl.constexpr):
+    """Load a (len(rows), HEAD_DIM) tile; rows past T read as 0 when CHECK."""
+    ptrs = base + rows[:, None] * stride_t + offs_d[None, :]
+    if CHECK:
+        x = tl.load(ptrs, mask=(rows < T)[:, None], other=0.0)
+    else:
+        x = tl.load(ptrs)
+    if UPCAST:  # the interpreter holds bf16 as raw uint16: compute in fp32 there
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _key_valid(mask_base, cols, stride_mt, T, HAS_MASK: tl.constexpr):
+    """True for keys inside the sequence and (with a padding mask) not padded."""
+    valid = cols < T
+    if HAS_MASK:
+        valid = valid & (tl.load(mask_base + cols * stride_mt, mask=cols < T, other=0) != 0)
+    return valid
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kt, stride_vt, stride_mt, offs_n, offs_d,
+               lo, hi, T, qk_scale, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_MASK: tl.constexpr,
+               UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """Online softmax over key blocks [lo, hi). MASKED blocks may hold padded or out-of-range keys."""
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_rows(k_base, cols, offs_d, stride_kt, T, MASKED, UPCAST)  # (BLOCK_N, D)
+        v = _load_rows(v_base, cols, offs_d, stride_vt, T, MASKED, UPCAST)  # (BLOCK_N, D)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N), unscaled
+        if MASKED:
+            valid = _key_valid(mask_base, cols, stride_mt, T, HAS_MASK)
+            s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        if MASKED:  # a row with no real key so far keeps m = -inf; shift by 0 so exp2 gives 0, not NaN
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=_KEY)
+@triton.jit
+def _attn_fwd(Q, K, V, Out, LSE, MASK,
+              stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+              stride_ob, stride_oh, stride_ot, stride_mb, stride_mt,
+              H, T, T_BUCKET, qk_scale,
+              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr,
+              UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    pid_m, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    mask_base = MASK + b * stride_mb
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qt, T, True, UPCAST)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    # full blocks skip all masking; only the tail block (or every block, with a padding mask) pays for it
+    n_full = 0 if HAS_MASK else (T // BLOCK_N) * BLOCK_N
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kt, stride_vt, stride_mt,
+                               offs_n, offs_d, 0, n_full, T, qk_scale, BLOCK_N, False, HAS_MASK, UPCAST,
+                               PRECISION)  # fmt: skip
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kt, stride_vt, stride_mt,
+                               offs_n, offs_d, n_full, T, T, qk_scale, BLOCK_N, True, HAS_MASK, UPCAST,
+                               PRECISION)  # fmt: skip
+
+    no_keys = l_i == 0.0  # every key of this sequence is padded
+    l_safe = tl.where(no_keys, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    lse = tl.where(no_keys, float("inf"), m_i + tl.math.log2(l_safe))
+    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
+    tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=(offs_m < T)[:, None])
+    tl.store(LSE + (b * H + h) * T + offs_m, lse, mask=offs_m < T)
+
+
+@triton.jit
+def _attn_bwd_preprocess(Out, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot,
+                         H, T, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):  # fmt: skip
+    """delta = rowsum(dO * Out), the softmax-backward correction term, in fp32."""
+    pid_m, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    o = _load_rows(Out + b * stride_ob + h * stride_oh, offs_m, offs_d, stride_ot, T, True, True)
+    do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_dot, T, True, True)
+    tl.store(DELTA + (b * H + h) * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
+
+
+@triton.autotune(configs=_DKDV_CONFIGS, key=_KEY)
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, MASK,
+                   stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                   stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
+                   stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt, stride_mb, stride_mt,
+                   H, T, T_BUCKET, qk_scale, scale,
+                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """One block of BLOCK_N keys per program, looping over all query blocks (works transposed: keys x queries)."""
+    pid_n, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DO + b * stride_dob + h * stride_doh
+    row_base = (b * H + h) * T
+    k = _load_rows(K + b * stride_kb + h * stride_kh, offs_n, offs_d, stride_kt, T, True, UPCAST)
+    v = _load_rows(V + b * stride_vb + h * stride_vh, offs_n, offs_d, stride_vt, T, True, UPCAST)
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    for start_m in range(0, T, BLOCK_M):
+        rows = start_m + offs_m
+        q = _load_rows(q_base, rows, offs_d, stride_qt, T, True, UPCAST)  # (BLOCK_M, D)
+        do = _load_rows(do_base, rows, offs_d, stride_dot, T, True, UPCAST)  # (BLOCK_M, D)
+        # out-of-range query rows get lse = +inf, hence p = 0: they add nothing
+        lse = tl.load(LSE + row_base + rows, mask=rows < T, other=float("inf"))
+        delta = tl.load(DELTA + row_base + rows, mask=rows < T, other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
+        p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PRECISION)
+    dk = dk * scale
+    # p_t was not masked for padded keys: each such key only pollutes its own row of dk/dv (a matmul
+    # keeps rows apart), and those rows are replaced by the true gradient, zero, here
+    valid = _key_valid(MASK + b * stride_mb, offs_n, stride_mt, T, HAS_MASK)
+    dk = tl.where(valid[:, None], dk, 0.0)
+    dv = tl.where(valid[:, None], dv, 0.0)
+    store_mask = (offs_n < T)[:, None]
+    dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :]
+    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvt + offs_d[None, :]
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=store_mask)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=store_mask)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse, delta, k_base, v_base, mask_base, stride_kt, stride_vt, stride_mt, offs_n, offs_d,
+              lo, hi, T, qk_scale, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_MASK: tl.constexpr,
+              UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_rows(k_base, cols, offs_d, stride_kt, T, MASKED, UPCAST)  # (BLOCK_N, D)
+        v = _load_rows(v_base, cols, offs_d, stride_vt, T, MASKED, UPCAST)  # (BLOCK_N, D)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
+        p = tl.math.exp2(s * qk_scale - lse[:, None])
+        if MASKED:
+            valid = _key_valid(mask_base, cols, stride_mt, T, HAS_MASK)
+            p = tl.where(valid[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
+    return dq
+
+
+@triton.autotune(configs=_DQ_CONFIGS, key=_KEY)
+@triton.jit
+def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, MASK,
+                 stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                 stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
+                 stride_dqb, stride_dqh, stride_dqt, stride_mb, stride_mt,
+                 H, T, T_BUCKET, qk_scale, scale,
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """One block of BLOCK_M queries per program, looping over all key blocks."""
+    pid_m, h, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_base = (b * H + h) * T
+    q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, offs_d, stride_qt, T, True, UPCAST)
+    do = _load_rows(DO + b * stride_dob + h * stride_doh, offs_m, offs_d, stride_dot, T, True, UPCAST)
+    lse = tl.load(LSE + row_base + offs_m, mask=offs_m < T, other=float("inf"))
+    delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < T, other=0.0)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    mask_base = MASK + b * stride_mb
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    n_full = 0 if HAS_MASK else (T // BLOCK_N) * BLOCK_N
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, mask_base, stride_kt, stride_vt, stride_mt, offs_n,
+                   offs_d, 0, n_full, T, qk_scale, BLOCK_N, False, HAS_MASK, UPCAST, PRECISION)  # fmt: skip
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, mask_base, stride_kt, stride_vt, stride_mt, offs_n,
+                   offs_d, n_full, T, T, qk_scale, BLOCK_N, True, HAS_MASK, UPCAST, PRECISION)  # fmt: skip
+    dq = dq * scale
+    dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :]
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=(offs_m < T)[:, None])
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+
+
+def _mask_args(q: torch.Tensor, key_padding_mask: torch.Tensor | None) -> tuple:
+    """(pointer, stride_b, stride_t, HAS_MASK); a bool tensor is read through a same-size uint8 view."""
+    if key_padding_mask is None:
+        return q, 0, 0, False  # never read: HAS_MASK is False
+    mask = key_padding_mask.view(torch.uint8)
+    return mask, mask.stride(0), mask.stride(1), True
+
+
+def _precision(q: torch.Tensor) -> str:
+    # fp32 inputs get true fp32 dots (SDPA's fp32 is not TF32 either); 16-bit dots ignore the setting
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+def _grid(T: int, H: int, B: int, block: str):
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return (triton.cdiv(T, meta[block]), H, B)
+
+    return grid
+
+
+def _launch_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, T, D = q.shape
+    o = torch.empty_like(q)
+    lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
+    mask, smb, smt, has_mask = _mask_args(q, key_padding_mask)
+    torch.library.wrap_triton(_attn_fwd)[_grid(T, H, B, "BLOCK_M")](
+        q, k, v, o, lse, mask, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], smb, smt,
+        H, T, triton.next_power_of_2(T), scale * LOG2E,
+        HEAD_DIM=D, HAS_MASK=has_mask, UPCAST=_INTERPRET, PRECISION=_precision(q),
+    )  # fmt: skip
+    return o, lse
+
+
+def _launch_bwd(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+    key_padding_mask: torch.Tensor | None, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    B, H, T, D = q.shape
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    delta = torch.empty_like(lse)  # (B, H, T) fp32
+    mask, smb, smt, has_mask = _mask_args(q, key_padding_mask)
+    common = dict(HEAD_DIM=D, HAS_MASK=has_mask, UPCAST=_INTERPRET, PRECISION=_precision(q))
+    torch.library.wrap_triton(_attn_bwd_preprocess)[(triton.cdiv(T, _PRE_BLOCK), H, B)](
+        o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T, HEAD_DIM=D, BLOCK_M=_PRE_BLOCK,
+    )  # fmt: skip
+    torch.library.wrap_triton(_attn_bwd_dkdv)[_grid(T, H, B, "BLOCK_N")](
+        q, k, v, do, dk, dv, lse, delta, mask, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], smb, smt,
+        H, T, triton.next_power_of_2(T), scale * LOG2E, scale, **common,
+    )  # fmt: skip
+    torch.library.wrap_triton(_attn_bwd_dq)[_grid(T, H, B, "BLOCK_M")](
+        q, k, v, do, dq, lse, delta, mask, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *do.stride()[:3], *dq.stride()[:3], smb, smt,
+        H, T, triton.next_power_of_2(T), scale * LOG2E, scale, **common,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------
+# autograd: triton_op on GPU (torch.compile traces into the kernels), an opaque custom_op with a fake
+# impl under the interpreter (see the module docstring)
+
+_define_op = torch.library.custom_op if _INTERPRET else torch.library.triton_op
+
+
+@_define_op("cramming::flash_attention_fwd", mutates_args=())
+def _fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _launch_fwd(q, k, v, key_padding_mask, scale)
+
+
+@_define_op("cramming::flash_attention_bwd", mutates_args=())
+def _bwd_op(
+    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+    key_padding_mask: torch.Tensor | None, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    return _launch_bwd(do, q, k, v, o, lse, key_padding_mask, scale)
+
+
+if _INTERPRET:  # triton_op derives these itself from the traced launcher
+
+    @_fwd_op.register_fake
+    def _fwd_fake(q, k, v, key_padding_mask, scale):
+        B, H, T, _ = q.shape
+        return torch.empty_like(q), q.new_empty((B, H, T), dtype=torch.float32)
+
+    @_bwd_op.register_fake
+    def _bwd_fake(do, q, k, v, o, lse, key_padding_mask, scale):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, key_padding_mask, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, key_padding_mask)
+    ctx.scale = scale
+
+
+def _backward(ctx, do: torch.Tensor, _dlse: torch.Tensor | None):
+    q, k, v, o, lse, key_padding_mask = ctx.saved_tensors
+    dq, dk, dv = _bwd_op(do, q, k, v, o, lse, key_padding_mask, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+
+
+def _check_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
+    scale: float | None, layout: str,
+) -> None:  # fmt: skip
+    if layout not in LAYOUTS:
+        raise ValueError(f"attention layout {layout!r} is not one of {list(LAYOUTS)}")
+    dims = "(B, H, T, D)" if layout == "bhtd" else "(B, T, H, D)"
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"attention {name} must be a 4-d {dims} tensor, got shape {shape}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(
+            f"attention q, k, v shapes must be equal {dims}, got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
+    if q.numel() == 0:
+        raise ValueError(f"attention got an empty input of shape {tuple(q.shape)}")
+    if q.shape[-1] > HEAD_DIMS[-1]:
+        raise ValueError(
+            f"attention head dim D={q.shape[-1]} (shape {tuple(q.shape)}) is over {HEAD_DIMS[-1]}"
+        )
+    if q.dtype not in DTYPES or not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(
+            f"attention dtypes must be equal and one of {[str(d) for d in DTYPES]}, "
+            f"got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"attention q, k, v are on different devices: {q.device}, {k.device}, {v.device}")
+    if q.device.type != "cuda" and not _INTERPRET:
+        raise ValueError(f"attention kernels need CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
+    if scale is not None and not scale > 0:
+        raise ValueError(f"attention scale must be a positive number, got {scale}")
+    if key_padding_mask is not None:
+        B, T = (q.shape[0], q.shape[2]) if layout == "bhtd" else q.shape[:2]
+        if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (B, T):
+            raise ValueError(
+                f"attention key_padding_mask must be a bool (B, T) = ({B}, {T}) tensor, got "
+                f"{key_padding_mask.dtype} of shape {tuple(key_padding_mask.shape)}"
+            )
+        if key_padding_mask.device != q.device:
+            raise ValueError(f"attention key_padding_mask is on {key_padding_mask.device}, q on {q.device}")
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    layout: str = "bhtd",
+) -> torch.Tensor:
+    """Bidirectional flash attention, a drop-in for ``F.scaled_dot_product_attention`` without dropout.
+
+    q, k, v: (B, H, T, D) (or (B, T, H, D) with ``layout="bthd"``, read in place through strides),
+    fp16, bf16 or fp32, D <= 128 (other head dims than 32/64/128 are zero-padded up).
+    key_padding_mask: (B, T) bool, True where the key is real. scale defaults to 1/sqrt(D).
+    Differentiable in q, k and v.
+    """
+    _check_inputs(q, k, v, key_padding_mask, scale, layout)
+    if layout == "bthd":
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D) views
+    D = q.shape[-1]
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
+    d_pad = next(d for d in HEAD_DIMS if d >= D)
+    if d_pad != D:  # zero columns change neither q.k nor the first D columns of the output
+        q, k, v = (F.pad(x, (0, d_pad - D)) for x in (q, k, v))
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    if key_padding_mask is not None and key_padding_mask.stride(-1) == 0:
+        key_padding_mask = key_padding_mask.contiguous()
+    o, _ = _fwd_op(q, k, v, key_padding_mask, scale)
+    o = o[..., :D]
+    return o.transpose(1, 2) if layout == "bthd" else o
+
+
+class Attention(nn.Module):
+    """Thin module around :func:`attention` (no parameters)."""
+
+    def __init__(self, scale: float | None = None, layout: str = "bhtd") -> None:
+        super().__init__()
+        self.scale = scale
+        self.layout = layout
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return attention(q, k, v, key_padding_mask=key_padding_mask, scale=self.scale, layout=self.layout)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, layout={self.layout!r}"
