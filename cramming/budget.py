@@ -1,0 +1,132 @@
+"""The budget: parsing, the clock, and the schedules keyed to the fraction of budget used.
+
+A budget is wall-clock time (``24h``), optimizer steps (``500steps``) or training
+tokens (``2e9tokens``). Every schedule is a function of ``p``, the fraction used,
+so a step or token budget drives the same schedules deterministically.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_DURATION = re.compile(rf"^(?:{_NUMBER}(s|sec|min|m|h|d))+$")
+_PART = re.compile(rf"({_NUMBER})(s|sec|min|m|h|d)")
+_COUNT = re.compile(rf"^({_NUMBER})\s*(steps|tokens)$")
+
+ACCEPTED = (
+    "a duration such as 24h, 90m, 1.5h, 45s or 1h30m, a bare number of hours such as 24, "
+    "or a deterministic budget such as 500steps or 2e9tokens"
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # "time" (seconds) | "steps" | "tokens"
+    amount: float
+    text: str
+
+    def describe(self) -> str:
+        if self.kind == "time":
+            return f"{self.text} ({self.amount:.0f} s of wall-clock time)"
+        return f"{self.amount:.0f} {self.kind}"
+
+
+def parse_budget(value: object) -> Budget:
+    """Parse ``budget=``; raise ValueError naming the value and the accepted forms."""
+    text = str(value).strip().lower().replace(" ", "")
+    amount, kind = None, "time"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        amount = float(value) * 3600.0
+    elif re.fullmatch(_NUMBER, text):
+        amount = float(text) * 3600.0
+    elif _DURATION.match(text):
+        amount = sum(float(m.group(1)) * _UNITS[m.group(3)] for m in _PART.finditer(text))
+    elif match := _COUNT.match(text):
+        amount, kind = float(match.group(1)), match.group(3)
+    if amount is None or not math.isfinite(amount) or amount <= 0:
+        raise ValueError(f"budget={value!r} is not a valid budget: expected a positive {ACCEPTED}.")
+    if kind == "steps" and amount != int(amount):
+        raise ValueError(f"budget={value!r}: a step budget must be a whole number of steps, e.g. 500steps.")
+    return Budget(kind, amount, str(value))
+
+
+class BudgetClock:
+    """Tracks how much of the budget is used. Time already spent (before a resume) counts."""
+
+    def __init__(self, budget: Budget, spent_seconds: float = 0.0):
+        self.budget = budget
+        self.spent_before = spent_seconds
+        self.started_at: float | None = None
+        self.steps = 0
+        self.tokens = 0
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, including those spent before a resume."""
+        running = 0.0 if self.started_at is None else time.monotonic() - self.started_at
+        return self.spent_before + running
+
+    def update(self, steps: int, tokens: int) -> None:
+        self.steps, self.tokens = steps, tokens
+
+    def progress(self) -> float:
+        """Fraction of the budget used, p (may exceed 1 by the last step's overshoot)."""
+        used = {"time": self.elapsed(), "steps": self.steps, "tokens": self.tokens}[self.budget.kind]
+        return used / self.budget.amount
+
+    def exhausted(self) -> bool:
+        return self.progress() >= 1.0
+
+    def eta_seconds(self) -> float:
+        p = self.progress()
+        if p <= 0:
+            return float("nan")
+        return max(0.0, self.elapsed() * (1.0 - p) / p)
+
+    def state_dict(self) -> dict:
+        return {"elapsed": self.elapsed(), "steps": self.steps, "tokens": self.tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.spent_before = float(state["elapsed"])
+        self.steps, self.tokens = int(state["steps"]), int(state["tokens"])
+        if self.started_at is not None:
+            self.started_at = time.monotonic()
+
+
+SCHEDULES = ("budget-triangle2", "budget-cosine", "constant")
+
+
+def lr_factor(schedule: str, p: float, warmup_fraction: float = 0.1) -> float:
+    """Multiplier of the peak learning rate at budget fraction ``p``."""
+    p = min(max(p, 0.0), 1.0)
+    if schedule == "budget-triangle2":
+        # 0.25·peak at p=0, rising to peak at p=0.75, then falling to 0 at p=1.
+        return max(0.0, min(0.25 + p, 4.0 - 4.0 * p))
+    if schedule == "budget-cosine":
+        if p < warmup_fraction:
+            return p / warmup_fraction
+        progress = (p - warmup_fraction) / max(1e-12, 1.0 - warmup_fraction)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"train.schedule={schedule!r} is not one of {list(SCHEDULES)}")
+
+
+def batch_size_at(p: float, start: int, final: int, ramp_fraction: float) -> int:
+    """Sequences per optimizer step: linear from ``start`` to ``final`` at ``ramp_fraction`` of the budget."""
+    if ramp_fraction <= 0:
+        return final
+    fraction = min(max(p, 0.0) / ramp_fraction, 1.0)
+    return int(start + (final - start) * fraction)
+
+
+def accumulation_steps(p: float, microbatch: int, start: int, final: int, ramp_fraction: float) -> int:
+    """Microbatches per optimizer step for the ramped batch size (at least one)."""
+    return max(1, round(batch_size_at(p, start, final, ramp_fraction) / microbatch))

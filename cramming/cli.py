@@ -1,0 +1,59 @@
+"""`python -m cramming ...`: compose the config, check it, pretrain, optionally evaluate on GLUE."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from cramming.config import validate_run
+from cramming.tracking import setup_logging
+
+log = logging.getLogger("cramming")
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.base_dir) / str(cfg.name)
+
+
+def fail(err: Exception) -> None:
+    """Bad input: one paragraph on stderr, exit status 2, no traceback."""
+    print(f"cramming: error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+def pretrain_main(cfg: DictConfig) -> dict:
+    from cramming.train import pretrain
+
+    try:
+        budget = validate_run(OmegaConf.to_container(cfg, resolve=True))
+    except ValueError as err:
+        fail(err)
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    log.info("run %s: budget %s, outputs in %s", cfg.name, budget.describe(), run_dir)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        summary = pretrain(container, run_dir, budget)
+    except ValueError as err:
+        log.error("%s", err)
+        fail(err)
+    if cfg.eval.name == "glue" and summary.get("finished"):
+        from cramming.glue import run_glue_from_pretraining
+
+        run_glue_from_pretraining(run_dir / "model", container["eval"])
+    return summary
+
+
+@hydra.main(config_path="pkg://cramming.conf", config_name="pretrain", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    pretrain_main(cfg)
+
+
+if __name__ == "__main__":
+    main()

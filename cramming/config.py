@@ -1,0 +1,137 @@
+"""Checks on the composed config, run before any long work starts.
+
+Hydra composes ``conf/``; this module turns bad values into one-paragraph errors
+that name the value and what would be accepted, and resolves ``auto`` choices.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+import torch
+
+from cramming.budget import SCHEDULES, Budget, parse_budget
+
+ARCH_KEYS = (
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "intermediate_size",
+    "ffn",
+    "norm_position",
+    "norm_eps",
+    "position_embedding",
+    "max_position_embeddings",
+)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEVICES = ("auto", "cuda", "cpu")
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names it and what is accepted."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_arch(arch: Mapping) -> None:
+    missing = [key for key in ARCH_KEYS if key not in arch]
+    _require(not missing, f"arch config {arch.get('name')!r} lacks keys {missing}")
+    for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
+        _require(int(arch[key]) > 0, f"arch.{key}={arch[key]!r} must be a positive integer")
+    _require(
+        arch["hidden_size"] % arch["num_heads"] == 0,
+        f"arch.hidden_size={arch['hidden_size']} must be divisible by arch.num_heads={arch['num_heads']}",
+    )
+    _require(arch["ffn"] in ("glu", "gelu"), f"arch.ffn={arch['ffn']!r} is not one of ['glu', 'gelu']")
+    _require(
+        arch["norm_position"] in ("pre", "post"),
+        f"arch.norm_position={arch['norm_position']!r} is not one of ['pre', 'post']",
+    )
+    _require(
+        arch["position_embedding"] in ("scaled-sinusoidal", "learned"),
+        f"arch.position_embedding={arch['position_embedding']!r} is not one of ['scaled-sinusoidal', 'learned']",
+    )
+
+
+def validate_train(train: Mapping) -> None:
+    _require(
+        train["schedule"] in SCHEDULES,
+        f"train.schedule={train['schedule']!r} is not one of {list(SCHEDULES)}",
+    )
+    _require(float(train["lr"]) > 0, f"train.lr={train['lr']!r} must be positive")
+    for key in ("microbatch_size", "batch_size", "batch_size_start"):
+        _require(int(train[key]) >= 1, f"train.{key}={train[key]!r} must be a positive integer")
+    _require(
+        int(train["batch_size"]) >= int(train["batch_size_start"]),
+        f"train.batch_size={train['batch_size']} must be at least train.batch_size_start={train['batch_size_start']}",
+    )
+    _require(float(train["grad_clip"]) >= 0, f"train.grad_clip={train['grad_clip']!r} must be >= 0 (0 = off)")
+    _require(
+        0.0 <= float(train["batch_ramp_fraction"]) <= 1.0,
+        f"train.batch_ramp_fraction={train['batch_ramp_fraction']!r} must lie in [0, 1]",
+    )
+
+
+def validate_impl(impl: Mapping) -> None:
+    _require(impl["device"] in DEVICES, f"impl.device={impl['device']!r} is not one of {list(DEVICES)}")
+    _require(
+        impl["precision"] in PRECISIONS,
+        f"impl.precision={impl['precision']!r} is not one of {list(PRECISIONS)}",
+    )
+    _require(
+        impl["device"] != "cuda" or torch.cuda.is_available(), "impl.device='cuda' but no CUDA GPU is visible"
+    )
+
+
+def validate_run(cfg: Mapping) -> Budget:
+    """Check the whole pretraining config (data files included); returns the parsed budget."""
+    budget = parse_budget(cfg["budget"])
+    name = str(cfg["name"])
+    _require(
+        bool(re.fullmatch(r"[\w.\-+=:,@]+", name)),
+        f"name={name!r} is not a usable run name: use letters, digits and . _ - + = : , @ (no slashes or spaces)",
+    )
+    validate_arch(cfg["arch"])
+    validate_train(cfg["train"])
+    validate_impl(cfg["impl"])
+    mode = cfg["wandb"]["mode"]
+    _require(mode in WANDB_MODES, f"wandb.mode={mode!r} is not one of {list(WANDB_MODES)}")
+    seq_len, max_len = int(cfg["data"]["seq_len"]), int(cfg["arch"]["max_position_embeddings"])
+    _require(
+        seq_len <= max_len,
+        f"data.seq_len={seq_len} exceeds arch.max_position_embeddings={max_len} of arch={cfg['arch']['name']!r}",
+    )
+    from cramming.data import validate_data_config
+
+    validate_data_config(cfg["data"])
+    return budget
+
+
+def resolve_device(impl: Mapping) -> torch.device:
+    if impl["device"] == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(impl["device"])
+
+
+def resolve_precision(impl: Mapping, device: torch.device) -> torch.dtype:
+    """bf16 autocast on GPUs that support it, fp32 on CPU (bf16 matmuls are far slower there)."""
+    choice = impl["precision"]
+    if choice == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
+
+
+def set_threads(impl: Mapping) -> None:
+    threads = impl.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    elif os.environ.get("OMP_NUM_THREADS") is None:
+        torch.set_num_threads(os.cpu_count() or 1)
