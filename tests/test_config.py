@@ -1,0 +1,77 @@
+"""Every preset composes, and bad values are refused with a message naming them."""
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from cramming.config import ConfigError, validate_arch, validate_impl, validate_train
+from cramming.model import build_mlm, count_parameters
+
+ARCHES = ["crammed-bert", "bert-base", "small", "tiny"]
+
+
+def compose_pretrain(overrides):
+    with initialize_config_module("cramming.conf", version_base="1.3"):
+        return OmegaConf.to_container(compose("pretrain", overrides=overrides), resolve=False)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("data", ["local", "wikipedia"])
+@pytest.mark.parametrize("train", ["bert-o4", "cpu"])
+def test_presets_compose(arch, data, train):
+    cfg = compose_pretrain([f"arch={arch}", f"data={data}", f"train={train}", "budget=90m"])
+    assert cfg["arch"]["name"] == arch
+    assert cfg["data"]["source"] == ("hub" if data == "wikipedia" else "local")
+    validate_arch(cfg["arch"])
+    validate_train(cfg["train"])
+    validate_impl(cfg["impl"])
+
+
+@pytest.mark.parametrize("mode", ["disabled", "offline", "online"])
+def test_wandb_presets(mode):
+    assert compose_pretrain([f"wandb={mode}"])["wandb"]["mode"] == mode
+
+
+def test_defaults_follow_the_recipe():
+    cfg = compose_pretrain([])
+    assert cfg["arch"]["name"] == "crammed-bert" and cfg["budget"] == "24h"
+    train = cfg["train"]
+    assert train["lr"] == 1e-3 and train["betas"] == [0.9, 0.98] and train["eps"] == 1e-12
+    assert train["weight_decay"] == 0.01 and train["grad_clip"] == 0.5
+    assert train["schedule"] == "budget-triangle2" and train["batch_size"] == 8192
+    assert cfg["data"]["vocab_size"] == 32768 and cfg["data"]["seq_len"] == 128
+    assert cfg["data"]["mlm_probability"] == 0.25
+
+
+def test_crammed_bert_has_the_reference_size():
+    cfg = compose_pretrain([])
+    params = count_parameters(build_mlm(cfg["arch"], 32768))
+    assert 115e6 < params < 125e6  # ~120M as in the paper
+
+
+def test_unknown_arch_names_the_options():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as err:
+        compose_pretrain(["arch=huge"])
+    assert "huge" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "section, key, value, fragment",
+    [
+        ("train", "schedule", "linear", "budget-triangle2"),
+        ("train", "lr", -1.0, "train.lr"),
+        ("train", "microbatch_size", 0, "train.microbatch_size"),
+        ("impl", "precision", "fp8", "fp32"),
+        ("arch", "num_heads", 5, "divisible"),
+        ("arch", "ffn", "swiglu", "glu"),
+    ],
+)
+def test_bad_values_are_named(section, key, value, fragment):
+    cfg = compose_pretrain(["arch=tiny"])
+    cfg[section][key] = value
+    validator = {"train": validate_train, "impl": validate_impl, "arch": validate_arch}[section]
+    with pytest.raises(ConfigError) as err:
+        validator(cfg[section])
+    assert fragment in str(err.value) and str(value) in str(err.value)
