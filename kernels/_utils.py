@@ -1,0 +1,105 @@
+"""Helpers shared by the Triton kernels: interpreter detection, op registration, input checks.
+
+Two ways to run a kernel:
+
+- on a CUDA device: ops are ``torch.library.triton_op`` with ``wrap_triton`` launches, so
+  ``torch.compile`` sees the Triton kernels themselves;
+- in the Triton interpreter (``TRITON_INTERPRET=1``, CPU tests): ``wrap_triton`` cannot
+  trace an interpreted kernel (it is not a ``JITFunction``) and Inductor would try to read
+  fake tensors' data, so ops are opaque ``torch.library.custom_op`` with a fake (meta)
+  implementation instead. The op bodies are identical; only the registration differs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+import triton
+
+# Read once, like triton itself (which reads it when @triton.jit decorates).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LIBRARY = "cramming"
+
+
+def define_op(name: str, fake: Callable) -> Callable:
+    """Decorator: register ``fn`` as the op ``cramming::<name>`` (see the module docstring)."""
+
+    def register(fn: Callable):
+        qualname = f"{LIBRARY}::{name}"
+        if INTERPRET:
+            op = torch.library.custom_op(qualname, mutates_args=())(fn)
+            op.register_fake(fake)
+            return op
+        return torch.library.triton_op(qualname, mutates_args=())(fn)
+
+    return register
+
+
+def launch(kernel):
+    """The kernel as launched inside an op body: traceable on GPU, plain in the interpreter."""
+    return kernel if INTERPRET else torch.library.wrap_triton(kernel)
+
+
+def autotune(configs: Sequence[triton.Config], key: list[str], prune: Callable | None = None):
+    """``triton.autotune`` on a GPU (``prune`` is its ``early_config_prune``); the first config
+    only in the interpreter, which has no driver to benchmark with (multi-config autotuning
+    fails there). Kernels therefore list an interpreter-friendly config first."""
+    if INTERPRET:
+        return triton.autotune(list(configs[:1]), key=key)
+    return triton.autotune(
+        list(configs), key=key, prune_configs_by={"early_config_prune": prune} if prune else None
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def num_sms(device_index: int | None) -> int:
+    if INTERPRET or not torch.cuda.is_available():
+        return 4
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def check_float(name: str, t: torch.Tensor) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} has dtype {t.dtype}; expected one of {[str(d) for d in FLOAT_DTYPES]}")
+
+
+def check_device(name: str, t: torch.Tensor, like: torch.Tensor | None = None) -> None:
+    """Triton runs on CUDA tensors, or on CPU tensors only through the interpreter."""
+    if like is not None and t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but the input is on {like.device}")
+    if t.device.type == "cpu" and not INTERPRET:
+        raise ValueError(
+            f"{name} is a CPU tensor: the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set "
+            "before cramming.kernels is imported; use the *_ref functions (or cramming.ops) instead"
+        )
+
+
+def check_vector(name: str, t: torch.Tensor, n: int, x: torch.Tensor) -> None:
+    """A per-feature parameter (weight, bias) of shape (n,) on the input's device."""
+    if t.shape != (n,):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}; expected ({n},) to match the last dim of x")
+    check_float(name, t)
+    check_device(name, t, like=x)
+
+
+def check_contiguous(name: str, t: torch.Tensor) -> None:
+    if not t.is_contiguous():
+        raise ValueError(
+            f"{name} with shape {tuple(t.shape)} and strides {t.stride()} is not contiguous; "
+            "the public functions call .contiguous() first, the raw ops require it"
+        )
+
+
+def check_approximate(approximate: str) -> None:
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate={approximate!r} is not supported; expected 'none' or 'tanh'")
+
+
+def rows(x: torch.Tensor) -> torch.Tensor:
+    """Flatten all leading dims: (..., N) -> (M, N), contiguous."""
+    return x.contiguous().view(-1, x.shape[-1])  # (M, N)

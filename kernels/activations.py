@@ -1,0 +1,393 @@
+"""GELU, bias-GELU and GeGLU in Triton, forward and backward, fp32 math on any float input.
+
+    gelu(x) = x * cdf(x),   gelu'(x) = cdf(x) + x * cdf'(x)
+    exact: cdf = (1 + erf(x / sqrt 2)) / 2,           cdf' = exp(-x^2 / 2) / sqrt(2 pi)
+    tanh:  cdf = (1 + tanh(u)) / 2 = sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3),
+           cdf' = 2 sigmoid(2u) (1 - sigmoid(2u)) * sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+
+GELU is a flat element-wise kernel. Bias-GELU and GeGLU work on (rows, columns) tiles so
+each row's columns stay contiguous (vector loads) and the bias is loaded once per tile;
+the bias gradient is summed per program over a group of rows, then over programs.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import nn
+
+from ._utils import (
+    autotune,
+    check_approximate,
+    check_contiguous,
+    check_device,
+    check_float,
+    check_vector,
+    define_op,
+    launch,
+    num_sms,
+    rows,
+)
+
+SQRT_1_2 = 0.7071067811865476  # 1/sqrt(2)
+INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2*pi)
+SQRT_2_PI = 0.7978845608028654  # sqrt(2/pi)
+TANH_C = 0.044715
+
+
+@triton.jit
+def _sigmoid_parts(z):
+    """(sigmoid(z), sigmoid(z) * (1 - sigmoid(z))) without overflow or cancellation:
+    with e = exp(-|z|) <= 1 both are ratios of positive terms."""
+    e = tl.exp(-tl.abs(z))
+    inv = 1.0 / (1.0 + e)
+    return tl.where(z >= 0, inv, e * inv), e * inv * inv
+
+
+@triton.jit
+def _cdf(x, TANH: tl.constexpr):
+    """gelu(x) = x * _cdf(x). For tanh, (1 + tanh(u)) / 2 = sigmoid(2u)."""
+    if TANH:
+        cdf, _ = _sigmoid_parts(2.0 * SQRT_2_PI * (x + TANH_C * x * x * x))
+    else:
+        cdf = 0.5 * (1.0 + tl.math.erf(x * SQRT_1_2))
+    return cdf
+
+
+@triton.jit
+def _cdf_and_grad(x, TANH: tl.constexpr):
+    """(cdf(x), gelu'(x))."""
+    if TANH:
+        cdf, s1s = _sigmoid_parts(2.0 * SQRT_2_PI * (x + TANH_C * x * x * x))
+        dcdf = 2.0 * s1s * SQRT_2_PI * (1.0 + 3.0 * TANH_C * x * x)
+    else:
+        cdf = 0.5 * (1.0 + tl.math.erf(x * SQRT_1_2))
+        dcdf = tl.exp(-0.5 * x * x) * INV_SQRT_2PI
+    return cdf, cdf + x * dcdf
+
+
+# ----------------------------------------------------------------------------- GELU (flat)
+
+
+def _flat_configs() -> list[triton.Config]:
+    first = [triton.Config({"BLOCK": 16384}, num_warps=4)]  # the interpreter's: few programs
+    return first + [triton.Config({"BLOCK": b}, num_warps=w) for b in (1024, 2048, 4096) for w in (4, 8)]
+
+
+@autotune(_flat_configs(), key=["size_class"])
+@triton.jit
+def _gelu_fwd_kernel(X, Y, n, size_class, TANH: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + offs, (x * _cdf(x, TANH)).to(Y.dtype.element_ty), mask=mask)
+
+
+@autotune(_flat_configs(), key=["size_class"])
+@triton.jit
+def _gelu_bwd_kernel(DY, X, DX, n, size_class, TANH: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+    _, grad = _cdf_and_grad(x, TANH)
+    tl.store(DX + offs, (dy * grad).to(DX.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- 2-D tiles
+
+
+def _tile_configs() -> list[triton.Config]:
+    first = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 1024}, num_warps=4)]  # the interpreter's
+    return first + [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w)
+        for n in (256, 512, 1024)
+        for m in (1, 2, 4, 8, 16)
+        for w in (4, 8)
+        if 1024 <= m * n <= 8192 and 4 <= m * n // (32 * w) <= 32
+    ]
+
+
+def _prune_tiles(configs, named_args, **kwargs):
+    """Drop column blocks much wider than the row (they would be mostly masked)."""
+    n = {**named_args, **kwargs}["N"]
+    kept = [c for c in configs[1:] if c.kwargs["BLOCK_N"] <= max(256, triton.next_power_of_2(n))]
+    return kept or configs[1:2]
+
+
+def _size_class(numel: int) -> int:
+    """Autotuning key: re-tune per power-of-two size bucket, not per exact size."""
+    return max(numel, 1).bit_length()
+
+
+@autotune(_tile_configs(), key=["N", "size_class"], prune=_prune_tiles)
+@triton.jit
+def _bias_gelu_fwd_kernel(
+    X, B, Y, M, N, size_class, TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (row < M)[:, None] & (col < N)[None, :]
+    offs = row[:, None].to(tl.int64) * N + col[None, :]  # (BLOCK_M, BLOCK_N)
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(B + col, mask=col < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(Y + offs, (x * _cdf(x, TANH)).to(Y.dtype.element_ty), mask=mask)
+
+
+@autotune(_tile_configs(), key=["N", "size_class"], prune=_prune_tiles)
+@triton.jit
+def _bias_gelu_bwd_kernel(
+    DY, X, B, DX, DB, M, N, rows_per_program, size_class,
+    TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = col < N
+    bias = tl.load(B + col, mask=col_ok, other=0.0).to(tl.float32)
+    db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    first = pid * rows_per_program
+    last = tl.minimum(first + rows_per_program, M)
+    for start in range(first, last, BLOCK_M):
+        row = start + tl.arange(0, BLOCK_M)
+        mask = (row < last)[:, None] & col_ok[None, :]
+        offs = row[:, None].to(tl.int64) * N + col[None, :]  # (BLOCK_M, BLOCK_N)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32) + bias[None, :]
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        _, grad = _cdf_and_grad(x, TANH)
+        dx = dy * grad
+        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+        db_acc += dx
+    tl.store(DB + pid * N + col, tl.sum(db_acc, axis=0), mask=col_ok)
+
+
+@autotune(_tile_configs(), key=["N", "size_class"], prune=_prune_tiles)
+@triton.jit
+def _geglu_fwd_kernel(
+    X, Y, M, N, size_class, TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """X: (M, 2N) holding [a | b]; Y: (M, N) = gelu(a) * b."""
+    row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (row < M)[:, None] & (col < N)[None, :]
+    a_offs = row[:, None].to(tl.int64) * (2 * N) + col[None, :]  # (BLOCK_M, BLOCK_N)
+    a = tl.load(X + a_offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(X + a_offs + N, mask=mask, other=0.0).to(tl.float32)
+    y = a * _cdf(a, TANH) * b
+    tl.store(Y + row[:, None].to(tl.int64) * N + col[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+@autotune(_tile_configs(), key=["N", "size_class"], prune=_prune_tiles)
+@triton.jit
+def _geglu_bwd_kernel(
+    DY, X, DX, M, N, size_class, TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """da = dy * b * gelu'(a), db = dy * gelu(a), written as DX = [da | db]."""
+    row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (row < M)[:, None] & (col < N)[None, :]
+    a_offs = row[:, None].to(tl.int64) * (2 * N) + col[None, :]  # (BLOCK_M, BLOCK_N)
+    a = tl.load(X + a_offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(X + a_offs + N, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + row[:, None].to(tl.int64) * N + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    cdf, grad = _cdf_and_grad(a, TANH)
+    tl.store(DX + a_offs, (dy * b * grad).to(DX.dtype.element_ty), mask=mask)
+    tl.store(DX + a_offs + N, (dy * a * cdf).to(DX.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _tile_grid(M: int, N: int):
+    return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))
+
+
+def _gelu_launch(kernel, out: torch.Tensor, *tensors: torch.Tensor, tanh: bool) -> torch.Tensor:
+    for t in tensors:
+        check_contiguous("input", t)
+    n = out.numel()
+    if n > 0:
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]),)  # noqa: E731
+        launch(kernel)[grid](*tensors, out, n, _size_class(n), TANH=tanh)
+    return out
+
+
+def _bias_gelu_backward(dy, x, bias, tanh):
+    """dy, x: (M, N). Returns dx and the fp32 bias gradient (N,)."""
+    check_contiguous("grad_output", dy)
+    M, N = x.shape
+    dx = torch.empty_like(x)
+    # Contiguous groups of rows (a multiple of 16), about 4 row groups per SM.
+    rows_per_program = triton.cdiv(triton.cdiv(M, max(1, min(4 * num_sms(x.device.index), M))), 16) * 16
+    programs = max(1, triton.cdiv(M, rows_per_program))
+    db = torch.zeros(programs, N, device=x.device, dtype=torch.float32)
+    if M > 0:
+        grid = lambda meta: (programs, triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
+        launch(_bias_gelu_bwd_kernel)[grid](
+            dy, x, bias, dx, db, M, N, rows_per_program, _size_class(x.numel()), TANH=tanh
+        )
+    return dx, db.sum(0)
+
+
+def _geglu_launch(kernel, out, *tensors, tanh):
+    """out is (M, N) for the forward and (M, 2N) for the backward; tensors end with x (M, 2N)."""
+    for t in tensors:
+        check_contiguous("input", t)
+    x = tensors[-1]
+    M, N = x.shape[0], x.shape[1] // 2
+    if M > 0 and N > 0:
+        launch(kernel)[_tile_grid(M, N)](*tensors, out, M, N, _size_class(M * N), TANH=tanh)
+    return out
+
+
+# ----------------------------------------------------------------------------- ops and autograd
+
+
+@define_op("gelu_fwd", fake=lambda x, approximate: torch.empty_like(x))
+def _gelu_fwd(x: torch.Tensor, approximate: str) -> torch.Tensor:
+    return _gelu_launch(_gelu_fwd_kernel, torch.empty_like(x), x, tanh=approximate == "tanh")
+
+
+@define_op("gelu_bwd", fake=lambda dy, x, approximate: torch.empty_like(x))
+def _gelu_bwd(dy: torch.Tensor, x: torch.Tensor, approximate: str) -> torch.Tensor:
+    return _gelu_launch(_gelu_bwd_kernel, torch.empty_like(x), dy, x, tanh=approximate == "tanh")
+
+
+@define_op("bias_gelu_fwd", fake=lambda x, bias, approximate: torch.empty_like(x))
+def _bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
+    check_contiguous("x", x)
+    y = torch.empty_like(x)
+    M, N = x.shape
+    if x.numel() > 0:
+        launch(_bias_gelu_fwd_kernel)[_tile_grid(M, N)](
+            x, bias, y, M, N, _size_class(x.numel()), TANH=approximate == "tanh"
+        )
+    return y
+
+
+def _fake_bias_gelu_bwd(dy, x, bias, approximate):
+    return torch.empty_like(x), x.new_empty(x.shape[1], dtype=torch.float32)
+
+
+@define_op("bias_gelu_bwd", fake=_fake_bias_gelu_bwd)
+def _bias_gelu_bwd(
+    dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor, approximate: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _bias_gelu_backward(dy, x, bias, approximate == "tanh")
+
+
+def _fake_geglu_fwd(x, approximate):
+    return x.new_empty(x.shape[0], x.shape[1] // 2)
+
+
+@define_op("geglu_fwd", fake=_fake_geglu_fwd)
+def _geglu_fwd(x: torch.Tensor, approximate: str) -> torch.Tensor:
+    out = x.new_empty(x.shape[0], x.shape[1] // 2)  # (M, N)
+    return _geglu_launch(_geglu_fwd_kernel, out, x, tanh=approximate == "tanh")
+
+
+@define_op("geglu_bwd", fake=lambda dy, x, approximate: torch.empty_like(x))
+def _geglu_bwd(dy: torch.Tensor, x: torch.Tensor, approximate: str) -> torch.Tensor:
+    return _geglu_launch(_geglu_bwd_kernel, torch.empty_like(x), dy, x, tanh=approximate == "tanh")
+
+
+def _setup_gelu(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.approximate = inputs[-1]
+
+
+def _backward_gelu(ctx, dy):
+    (x,) = ctx.saved_tensors
+    return _gelu_bwd(dy.contiguous(), x, ctx.approximate), None
+
+
+def _setup_bias_gelu(ctx, inputs, output):
+    x, bias, approximate = inputs
+    ctx.save_for_backward(x, bias)
+    ctx.approximate = approximate
+
+
+def _backward_bias_gelu(ctx, dy):
+    x, bias = ctx.saved_tensors
+    dx, dbias = _bias_gelu_bwd(dy.contiguous(), x, bias, ctx.approximate)
+    return dx, dbias.to(bias.dtype), None
+
+
+def _backward_geglu(ctx, dy):
+    (x,) = ctx.saved_tensors
+    return _geglu_bwd(dy.contiguous(), x, ctx.approximate), None
+
+
+_gelu_fwd.register_autograd(_backward_gelu, setup_context=_setup_gelu)
+_bias_gelu_fwd.register_autograd(_backward_bias_gelu, setup_context=_setup_bias_gelu)
+_geglu_fwd.register_autograd(_backward_geglu, setup_context=_setup_gelu)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _check(x: torch.Tensor, approximate: str) -> None:
+    check_approximate(approximate)
+    check_float("x", x)
+    check_device("x", x)
+
+
+def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """Like ``F.gelu(x, approximate=...)``; any shape."""
+    _check(x, approximate)
+    return _gelu_fwd(x.contiguous(), approximate)
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """``gelu(x + bias)`` with ``bias`` of shape (N,) broadcast over x's leading dims."""
+    _check(x, approximate)
+    if x.dim() < 1:
+        raise ValueError(f"bias_gelu needs x of shape (..., N); got a scalar {tuple(x.shape)}")
+    check_vector("bias", bias, x.shape[-1], x)
+    return _bias_gelu_fwd(rows(x), bias.contiguous(), approximate).view(x.shape)
+
+
+def geglu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """``gelu(a) * b`` where ``a, b = x.chunk(2, dim=-1)``: (..., 2H) -> (..., H)."""
+    _check(x, approximate)
+    if x.dim() < 1 or x.shape[-1] % 2 != 0:
+        raise ValueError(f"geglu needs x of shape (..., 2H) with an even last dim; got {tuple(x.shape)}")
+    y = _geglu_fwd(rows(x), approximate)  # (M, H)
+    return y.view(*x.shape[:-1], x.shape[-1] // 2)
+
+
+class GELU(nn.Module):
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        check_approximate(approximate)
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu(x, self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class BiasGELU(nn.Module):
+    """``gelu(x + bias)`` with its own bias parameter (pair it with a bias-free ``nn.Linear``)."""
+
+    def __init__(self, num_features: int, approximate: str = "none", device=None, dtype=None) -> None:
+        super().__init__()
+        check_approximate(approximate)
+        self.approximate = approximate
+        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bias_gelu(x, self.bias, self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"{self.bias.shape[0]}, approximate={self.approximate!r}"
+
+
+class GeGLU(GELU):
+    """(..., 2H) -> (..., H): ``gelu(a) * b``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return geglu(x, self.approximate)
+
+
+__all__ = ["GELU", "BiasGELU", "GeGLU", "bias_gelu", "geglu", "gelu"]
