@@ -1,0 +1,337 @@
+"""The fine-tuning engine shared by GLUE and custom tasks: encode → train → predict.
+
+    data = encode_examples(tokenizer, texts_a, texts_b, labels=[0, 1, ...], max_len=128)
+    model = finetune(model, data, FinetuneConfig(lr=4e-5, epochs=5), seed=0, device="auto")
+    logits = predict(model, dev_data, batch_size=64, device="auto")     # (N, num_labels), input order
+
+Batches are padded per batch (never to max_len) and built from examples of similar length,
+which is what makes fine-tuning on a CPU affordable. Labels are class indices (int) for
+classification and floats for regression (``num_labels == 1``); mapping label names to
+indices is the caller's job (see ``cramming.data.glue``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from tokenizers.processors import TemplateProcessing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodedExamples:
+    """Token ids of variable length (no padding), their segment ids, and optional labels."""
+
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray]
+    labels: np.ndarray | None = None  # (N,) int64 class indices or float32 targets
+    pad_id: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self))
+
+    def select(self, indices: Sequence[int]) -> EncodedExamples:
+        indices = [int(i) for i in indices]
+        return EncodedExamples(
+            [self.input_ids[i] for i in indices],
+            [self.token_type_ids[i] for i in indices],
+            None if self.labels is None else self.labels[indices],
+            self.pad_id,
+        )
+
+
+def prepare_tokenizer(tokenizer: Tokenizer, max_len: int) -> Tokenizer:
+    """A copy that truncates to ``max_len``, never pads, and adds [CLS] a [SEP] (b [SEP]).
+
+    Exports from pretraining carry a BERT TemplateProcessing post-processor; one is added
+    here for tokenizers without it, so sentence pairs are always encoded the same way.
+    """
+    tok = Tokenizer.from_str(tokenizer.to_str())
+    if tok.post_processor is None:
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        if cls_id is None or sep_id is None:
+            raise ValueError("the tokenizer has no post-processor and no [CLS]/[SEP] tokens to add")
+        tok.post_processor = TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+    tok.no_padding()
+    tok.enable_truncation(max_length=max_len, strategy="longest_first")
+    return tok
+
+
+def encode_examples(
+    tokenizer: Tokenizer,
+    texts_a: Sequence[str],
+    texts_b: Sequence[str] | None = None,
+    labels: Sequence | np.ndarray | None = None,
+    max_len: int = 128,
+    regression: bool = False,
+) -> EncodedExamples:
+    """Tokenize single sentences or sentence pairs; ``labels`` are class indices (floats if regression)."""
+    if texts_b is not None and len(texts_b) != len(texts_a):
+        raise ValueError(f"texts_a has {len(texts_a)} entries but texts_b has {len(texts_b)}")
+    if labels is not None and len(labels) != len(texts_a):
+        raise ValueError(f"texts_a has {len(texts_a)} entries but labels has {len(labels)}")
+    tok = prepare_tokenizer(tokenizer, max_len)
+    inputs = list(texts_a) if texts_b is None else list(zip(texts_a, texts_b))
+    encodings = tok.encode_batch(inputs) if inputs else []
+    pad_id = tok.token_to_id("[PAD]")
+    label_array = None
+    if labels is not None:
+        label_array = np.asarray(labels, dtype=np.float32 if regression else np.int64)
+    return EncodedExamples(
+        [np.asarray(e.ids, dtype=np.int64) for e in encodings],
+        [np.asarray(e.type_ids, dtype=np.int64) for e in encodings],
+        label_array,
+        0 if pad_id is None else pad_id,
+    )
+
+
+@dataclass
+class FinetuneConfig:
+    """GLUE-sane defaults: AdamW 4e-5, batch 16, 5 epochs, cosine with 10% warm-up."""
+
+    lr: float = 4e-5
+    batch_size: int = 16
+    epochs: float = 5
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    max_grad_norm: float | None = 1.0
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+    log_every: int = 100  # steps between progress log lines (0 = only per epoch)
+
+    def __post_init__(self):
+        if self.lr <= 0 or self.batch_size < 1 or self.epochs <= 0:
+            raise ValueError(
+                f"need lr > 0, batch_size >= 1 and epochs > 0; got lr={self.lr}, "
+                f"batch_size={self.batch_size}, epochs={self.epochs}"
+            )
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"warmup_fraction={self.warmup_fraction} must be in [0, 1)")
+        check_precision(self.precision)
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
+    return precision
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asks for a GPU, but torch sees no CUDA device (use cpu or auto)")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device={device!r} is not one of auto, cpu, cuda, cuda:N")
+    return torch.device(device)
+
+
+def set_threads(num_threads: int | None) -> int:
+    """Use every core for CPU matmuls by default (torch sometimes starts with fewer)."""
+    if num_threads:
+        n = int(num_threads)
+    elif hasattr(os, "sched_getaffinity"):
+        n = len(os.sched_getaffinity(0))
+    else:
+        n = os.cpu_count() or 1
+    if n < 1:
+        raise ValueError(f"num_threads={num_threads} must be a positive integer (or null for all cores)")
+    torch.set_num_threads(n)
+    return n
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast on GPU by default, plain fp32 on CPU; explicit bf16/fp16 are honoured anywhere."""
+    check_precision(precision)
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def length_batches(
+    lengths: np.ndarray,
+    batch_size: int,
+    shuffle: bool,
+    rng: np.random.Generator | None = None,
+    bucket: int = 50,
+) -> list[np.ndarray]:
+    """Index batches of similar-length examples.
+
+    Without shuffling: sorted longest first (inference; the caller restores the order).
+    With shuffling: a random permutation is cut into chunks of ``bucket`` batches, each
+    chunk sorted by length and cut into batches, and the batches shuffled, so padding stays
+    small while every epoch sees a different order.
+    """
+    if not shuffle:
+        order = np.argsort(-lengths, kind="stable")
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = rng or np.random.default_rng()
+    perm = rng.permutation(len(lengths))
+    chunk = batch_size * bucket
+    batches = []
+    for start in range(0, len(perm), chunk):
+        part = perm[start : start + chunk]
+        part = part[np.argsort(-lengths[part], kind="stable")]
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(data: EncodedExamples, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    """Pad one batch to its own longest example; attention_mask is 1 for real tokens."""
+    width = max(len(data.input_ids[i]) for i in indices)
+    ids = np.full((len(indices), width), data.pad_id, dtype=np.int64)  # (B, T)
+    types = np.zeros((len(indices), width), dtype=np.int64)
+    mask = np.zeros((len(indices), width), dtype=np.int64)
+    for row, i in enumerate(indices):
+        n = len(data.input_ids[i])
+        ids[row, :n], types[row, :n], mask[row, :n] = data.input_ids[i], data.token_type_ids[i], 1
+    batch = {
+        "input_ids": torch.from_numpy(ids),
+        "token_type_ids": torch.from_numpy(types),
+        "attention_mask": torch.from_numpy(mask),
+    }
+    if data.labels is not None:
+        batch["labels"] = torch.from_numpy(data.labels[indices])
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    """LR factor: linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW without weight decay on norms, biases and scalars (parameters with ndim <= 1)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    # fused on GPU; on CPU the multi-tensor (foreach) update beats the per-parameter loop
+    kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kind)
+
+
+def finetune(
+    model: torch.nn.Module,
+    train_set: EncodedExamples,
+    cfg: FinetuneConfig | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    class_weights: torch.Tensor | None = None,
+) -> torch.nn.Module:
+    """Train ``model`` (a BertForSequenceClassification) in place on ``train_set``; returns it.
+
+    ``seed`` fixes the batch order and dropout. The model is moved to ``device``.
+    """
+    cfg = cfg or FinetuneConfig()
+    if train_set.labels is None or len(train_set) == 0:
+        raise ValueError("finetune needs a non-empty training set with labels")
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model.to(device).train()
+    optimizer = build_optimizer(model, cfg, device)
+    lengths = train_set.lengths
+    steps_per_epoch = len(length_batches(lengths, cfg.batch_size, True, np.random.default_rng(0)))
+    total = max(1, round(cfg.epochs * steps_per_epoch))
+    warmup = int(cfg.warmup_fraction * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    weights = class_weights.to(device) if class_weights is not None else None
+    step, started, running = 0, time.perf_counter(), []
+    while step < total:
+        for indices in length_batches(lengths, cfg.batch_size, True, rng):
+            batch = collate(train_set, indices, device)
+            with autocast(device, cfg.precision):
+                loss = model(**batch, class_weights=weights)["loss"]
+            scaler.scale(loss).backward()
+            if cfg.max_grad_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            running.append(loss.detach())
+            if step == total or (cfg.log_every and step % cfg.log_every == 0):
+                mean = torch.stack(running).float().mean().item()
+                log.info(
+                    "step %d/%d | loss %.4f | lr %.2e | %.1fs",
+                    step, total, mean, scheduler.get_last_lr()[0], time.perf_counter() - started,
+                )  # fmt: skip
+                running = []
+            if step >= total:
+                break
+    model.eval()
+    return model
+
+
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module,
+    dataset: EncodedExamples,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+) -> np.ndarray:
+    """Logits (N, num_labels) as float32, in the dataset's order (batches run sorted by length)."""
+    device = resolve_device(device)
+    was_training = model.training
+    model.to(device).eval()
+    num_labels = getattr(model, "num_labels", None)
+    outputs: list[np.ndarray] = []
+    order: list[np.ndarray] = []
+    unlabelled = EncodedExamples(dataset.input_ids, dataset.token_type_ids, None, dataset.pad_id)
+    for indices in length_batches(dataset.lengths, batch_size, shuffle=False):
+        batch = collate(unlabelled, indices, device)
+        with autocast(device, precision):
+            logits = model(**batch)["logits"]
+        outputs.append(logits.float().cpu().numpy())
+        order.append(indices)
+    model.train(was_training)
+    if not outputs:
+        return np.zeros((0, num_labels or 1), dtype=np.float32)
+    result = np.empty((len(dataset), outputs[0].shape[1]), dtype=np.float32)
+    result[np.concatenate(order)] = np.concatenate(outputs)
+    return result
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities from logits (N, C), numerically stable."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)

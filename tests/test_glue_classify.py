@@ -1,0 +1,140 @@
+"""The fine-tuning engine (cramming.classify): encoding, batching, training that learns, prediction order."""
+
+import numpy as np
+import pytest
+import torch
+from _glue_fixtures import tiny_arch, train_tokenizer
+
+from cramming import ops
+from cramming.classify import (
+    FinetuneConfig,
+    collate,
+    cosine_with_warmup,
+    encode_examples,
+    finetune,
+    length_batches,
+    predict,
+    prepare_tokenizer,
+    softmax,
+)
+from cramming.metrics import accuracy
+from cramming.model import build_classifier
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_corpus):
+    return train_tokenizer(tiny_corpus["train"], lines=500, vocab_size=500)
+
+
+@pytest.fixture(autouse=True)
+def torch_ops():
+    # The Triton interpreter (TRITON_INTERPRET=1 in conftest) is far too slow for training loops.
+    ops.configure({"kernels": "torch"})
+    yield
+    ops.configure({"kernels": "auto"})
+
+
+def test_pair_encoding_uses_cls_sep_template_and_truncates(tokenizer):
+    data = encode_examples(tokenizer, ["the cat sat", "a " * 300], ["on the mat", "b " * 300], max_len=16)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    first = data.input_ids[0]
+    assert first[0] == cls_id and first[-1] == sep_id and (first == sep_id).sum() == 2
+    assert data.token_type_ids[0][-1] == 1 and data.token_type_ids[0][0] == 0
+    assert len(data.input_ids[1]) == 16  # truncated pair keeps both [SEP]s
+    assert (data.input_ids[1] == sep_id).sum() == 2
+    assert data.pad_id == tokenizer.token_to_id("[PAD]")
+
+
+def test_tokenizer_without_post_processor_gets_cls_sep(tiny_corpus):
+    bare = train_tokenizer(tiny_corpus["train"], lines=200, vocab_size=300, post_processor=False)
+    assert bare.post_processor is None
+    tok = prepare_tokenizer(bare, 32)
+    enc = tok.encode("hello", "world")
+    assert enc.tokens[0] == "[CLS]" and enc.tokens.count("[SEP]") == 2
+    assert bare.post_processor is None  # the caller's tokenizer is left untouched
+
+
+def test_length_batches_cover_all_once_and_group_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 120, size=1000)
+    batches = length_batches(lengths, 16, shuffle=True, rng=rng)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    naive = sum(len(b) * lengths[b].max() for b in np.array_split(rng.permutation(1000), len(batches)))
+    assert padded < 0.7 * naive  # bucketing cuts padding
+    sorted_batches = length_batches(lengths, 16, shuffle=False)
+    assert lengths[sorted_batches[0]].min() >= lengths[sorted_batches[-1]].max()
+
+
+def test_collate_pads_per_batch_with_mask(tokenizer):
+    data = encode_examples(tokenizer, ["a b c d e f", "a"], labels=[1, 0])
+    batch = collate(data, np.array([0, 1]), torch.device("cpu"))
+    width = len(data.input_ids[0])
+    assert batch["input_ids"].shape == (2, width)
+    assert batch["attention_mask"][1].sum().item() == len(data.input_ids[1])
+    assert batch["input_ids"][1, -1].item() == data.pad_id
+    assert batch["labels"].tolist() == [1, 0]
+
+
+def test_cosine_warmup_schedule():
+    assert cosine_with_warmup(0, 100, 10) == pytest.approx(0.1)
+    assert cosine_with_warmup(9, 100, 10) == pytest.approx(1.0)
+    assert cosine_with_warmup(55, 100, 10) == pytest.approx(0.5)
+    assert cosine_with_warmup(100, 100, 10) == pytest.approx(0.0, abs=1e-9)
+
+
+def _synthetic(n: int, rng: np.random.Generator):
+    """Filler words plus one cue word; the label is which cue word appears."""
+    filler = ["the", "of", "and", "in", "was", "for", "with", "on", "by", "from"]
+    cues = ["city", "music"]
+    texts, labels = [], []
+    for _ in range(n):
+        words = list(rng.choice(filler, size=rng.integers(3, 12)))
+        label = int(rng.integers(2))
+        words.insert(int(rng.integers(len(words) + 1)), cues[label])
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+def test_finetune_learns_a_separable_task_and_predict_keeps_order(tokenizer):
+    rng = np.random.default_rng(0)
+    train_texts, train_labels = _synthetic(320, rng)
+    dev_texts, dev_labels = _synthetic(200, rng)
+    train = encode_examples(tokenizer, train_texts, labels=train_labels, max_len=32)
+    dev = encode_examples(tokenizer, dev_texts, labels=dev_labels, max_len=32)
+    torch.manual_seed(0)
+    model = build_classifier(tiny_arch(), tokenizer.get_vocab_size(), num_labels=2)
+    before = accuracy(dev_labels, predict(model, dev, device="cpu").argmax(-1))
+    cfg = FinetuneConfig(lr=1e-3, batch_size=16, epochs=3, log_every=0)
+    finetune(model, train, cfg, seed=0, device="cpu")
+    logits = predict(model, dev, batch_size=7, device="cpu")
+    after = accuracy(dev_labels, logits.argmax(-1))
+    assert after > 0.9, (before, after)
+    # the same examples one at a time give the same logits: order restored, padding masked
+    single = np.concatenate([predict(model, dev.select([i]), device="cpu") for i in range(5)])
+    np.testing.assert_allclose(single, logits[:5], atol=1e-4)
+    probs = softmax(logits)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_finetune_regression_reduces_error(tokenizer):
+    rng = np.random.default_rng(1)
+    texts, labels = _synthetic(160, rng)
+    targets = [4.0 * y + 0.5 for y in labels]
+    data = encode_examples(tokenizer, texts, labels=targets, max_len=32, regression=True)
+    assert data.labels.dtype == np.float32
+    torch.manual_seed(0)
+    model = build_classifier(tiny_arch(), tokenizer.get_vocab_size(), num_labels=1)
+    mse_before = float(np.mean((predict(model, data, device="cpu")[:, 0] - data.labels) ** 2))
+    finetune(model, data, FinetuneConfig(lr=1e-3, epochs=2, log_every=0), seed=0, device="cpu")
+    mse_after = float(np.mean((predict(model, data, device="cpu")[:, 0] - data.labels) ** 2))
+    assert mse_after < 0.5 * mse_before
+
+
+def test_bad_config_values_are_rejected():
+    with pytest.raises(ValueError, match="lr"):
+        FinetuneConfig(lr=0)
+    with pytest.raises(ValueError, match="precision"):
+        FinetuneConfig(precision="fp8")
