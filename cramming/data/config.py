@@ -1,0 +1,230 @@
+"""The data sub-config: defaults, conversion to a plain dict, and fast validation before long work.
+
+``validate_data_config`` runs in well under a second even for large corpora: it checks that every
+path matches files, and reads only a prefix of each file (UTF-8, gzip header, JSON/Parquet schema).
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import gzip
+import json
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+SOURCES = ("local", "hub")
+EXTENSIONS = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet")
+ORDERINGS = ("none", "quality")
+VERIFY_MODES = ("sizes", "full")
+MIN_VOCAB, MAX_VOCAB = 256, 4_294_967_295
+MIN_SEQ_LEN, MAX_SEQ_LEN = 8, 65_536
+PREFIX_BYTES = 1 << 16
+
+DEFAULTS: dict[str, Any] = {
+    "source": "local",
+    "files": [],
+    "validation_files": [],
+    "text_column": "text",
+    "vocab_size": 32768,
+    "seq_len": 128,
+    "cache_dir": ".cache/cramming",
+    "tokenizer": {"lowercase": True, "strip_accents": True, "ascii_only": True, "sample_mb": 256},
+    "filters": {"max_tokens_per_char": 0.25, "min_doc_chars": 200, "dedup": True},
+    "ordering": "none",
+    "num_workers": 0,
+    "shard_sequences": 1_048_576,
+    "batch_documents": 1024,
+    "verify": "full",
+    "mlm_probability": 0.25,
+    "hub": {
+        "path": "wikimedia/wikipedia",
+        "name": None,
+        "split": "train",
+        "streaming": True,
+        "max_documents": None,
+    },
+    "validation_split_documents": 0,
+}
+
+
+def as_dict(data_cfg: Any) -> dict[str, Any]:
+    """A plain dict of the data config (DictConfig or mapping), with defaults filled in for missing keys."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(data_cfg, DictConfig):
+            data_cfg = OmegaConf.to_container(data_cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra
+        pass
+    if not isinstance(data_cfg, Mapping):
+        raise ValueError(f"data config must be a mapping, got {type(data_cfg).__name__}")
+    cfg = copy.deepcopy(DEFAULTS)
+    for key, value in data_cfg.items():
+        if isinstance(value, Mapping) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **dict(value)}
+        else:
+            cfg[key] = value
+    for key in ("files", "validation_files"):
+        if isinstance(cfg[key], (str, Path)):
+            cfg[key] = [cfg[key]]
+        cfg[key] = [str(p) for p in (cfg[key] or [])]
+    return cfg
+
+
+def file_extension(path: str | Path) -> str | None:
+    """The accepted extension that ``path`` ends with, or None."""
+    name = str(path).lower()
+    for ext in sorted(EXTENSIONS, key=len, reverse=True):
+        if name.endswith(ext):
+            return ext
+    return None
+
+
+def expand_paths(patterns: list[str], key: str) -> list[Path]:
+    """Every file matched by the paths/globs, in the given order (globs sorted); each must match ≥1 file."""
+    out: list[Path] = []
+    for pattern in patterns:
+        expanded = str(Path(pattern).expanduser())
+        matches = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
+        matches = [m for m in matches if Path(m).is_file()]
+        if not matches:
+            raise ValueError(
+                f"data.{key} entry {pattern!r} matches no file. Give existing file paths or globs "
+                f"(e.g. 'corpus/*.txt.gz') of {', '.join(EXTENSIONS)} files."
+            )
+        out.extend(Path(m) for m in matches)
+    return out
+
+
+def validate_data_config(data_cfg: Any) -> None:
+    """Fast checks of the data config; raises ValueError naming the bad value and what is accepted."""
+    cfg = as_dict(data_cfg)
+    if cfg["source"] not in SOURCES:
+        raise ValueError(f"data.source={cfg['source']!r} is not known; accepted sources are {SOURCES}.")
+    _check_int("vocab_size", cfg["vocab_size"], MIN_VOCAB, MAX_VOCAB)
+    _check_int("seq_len", cfg["seq_len"], MIN_SEQ_LEN, MAX_SEQ_LEN)
+    _check_int("shard_sequences", cfg["shard_sequences"], 1, 1 << 40)
+    _check_int("batch_documents", cfg["batch_documents"], 1, 1 << 24)
+    _check_int("num_workers", cfg["num_workers"], 0, 4096)
+    _check_options(cfg)
+    if cfg["source"] == "local":
+        if not cfg["files"]:
+            raise ValueError(
+                "data.files is empty; with data.source=local give paths or globs of corpus files."
+            )
+        for key in ("files", "validation_files"):
+            for path in expand_paths(cfg[key], key):
+                check_file(path, cfg["text_column"], key)
+    else:
+        _check_hub(cfg)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"data.{name}={value!r} is not valid; it must be an integer in [{low}, {high}].")
+
+
+def _check_options(cfg: dict[str, Any]) -> None:
+    if cfg["ordering"] not in ORDERINGS:
+        raise ValueError(f"data.ordering={cfg['ordering']!r} is not known; accepted values are {ORDERINGS}.")
+    if cfg["verify"] not in VERIFY_MODES:
+        raise ValueError(f"data.verify={cfg['verify']!r} is not known; accepted values are {VERIFY_MODES}.")
+    p = cfg["mlm_probability"]
+    if not isinstance(p, (int, float)) or not 0.0 < p < 1.0:
+        raise ValueError(f"data.mlm_probability={p!r} is not valid; it must be a number in (0, 1).")
+    sample_mb = cfg["tokenizer"].get("sample_mb")
+    if not isinstance(sample_mb, (int, float)) or sample_mb <= 0:
+        raise ValueError(
+            f"data.tokenizer.sample_mb={sample_mb!r} is not valid; it must be a positive number."
+        )
+    ratio = cfg["filters"].get("max_tokens_per_char")
+    if ratio is not None and (not isinstance(ratio, (int, float)) or ratio <= 0):
+        raise ValueError(
+            f"data.filters.max_tokens_per_char={ratio!r} is not valid; give a positive number or null (off)."
+        )
+    min_chars = cfg["filters"].get("min_doc_chars")
+    if min_chars is not None and (not isinstance(min_chars, int) or min_chars < 0):
+        raise ValueError(
+            f"data.filters.min_doc_chars={min_chars!r} is not valid; give an integer ≥ 0 or null (off)."
+        )
+
+
+def _check_hub(cfg: dict[str, Any]) -> None:
+    hub = cfg["hub"]
+    if not hub.get("path"):
+        raise ValueError(
+            "data.hub.path is empty; give a hub dataset id (e.g. wikimedia/wikipedia) or a folder."
+        )
+    cap = hub.get("max_documents")
+    if cap is not None and (not isinstance(cap, int) or cap < 1):
+        raise ValueError(f"data.hub.max_documents={cap!r} is not valid; give a positive integer or null.")
+    held = cfg["validation_split_documents"]
+    if not isinstance(held, int) or held < 0:
+        raise ValueError(f"data.validation_split_documents={held!r} is not valid; give an integer ≥ 0.")
+
+
+def check_file(path: Path, text_column: str, key: str = "files") -> None:
+    """Non-empty, known extension, a readable prefix (gzip header, UTF-8, JSON/Parquet with the column)."""
+    ext = file_extension(path)
+    where = f"data.{key} file {str(path)!r}"
+    if ext is None:
+        raise ValueError(
+            f"{where} has an unknown extension; accepted extensions are {', '.join(EXTENSIONS)}."
+        )
+    if path.stat().st_size == 0:
+        raise ValueError(f"{where} is empty; every corpus file must hold text.")
+    if ext == ".parquet":
+        _check_parquet(path, text_column, where)
+        return
+    try:
+        if ext.endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                prefix = f.read(PREFIX_BYTES)
+        else:
+            with open(path, "rb") as f:
+                prefix = f.read(PREFIX_BYTES)
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(
+            f"{where} is not a readable gzip file ({err}); expected gzip-compressed UTF-8."
+        ) from err
+    if not prefix.strip():
+        raise ValueError(f"{where} holds no text; every corpus file must hold text.")
+    try:
+        text = prefix.decode("utf-8") if len(prefix) < PREFIX_BYTES else _decode_prefix(prefix)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{where} is not UTF-8 text ({err}); accepted encoding is UTF-8.") from err
+    if ext.startswith(".jsonl"):
+        _check_jsonl_line(text.lstrip().split("\n", 1)[0], text_column, where)
+
+
+def _decode_prefix(prefix: bytes) -> str:
+    import codecs
+
+    return codecs.getincrementaldecoder("utf-8")().decode(prefix, final=False)
+
+
+def _check_jsonl_line(line: str, text_column: str, where: str) -> None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{where}: first line is not JSON ({err}); expected one JSON object per line."
+        ) from err
+    if not isinstance(row, dict) or text_column not in row:
+        raise ValueError(f"{where}: first record has no field {text_column!r} (data.text_column).")
+
+
+def _check_parquet(path: Path, text_column: str, where: str) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except Exception as err:  # pyarrow raises several error types for corrupt files
+        raise ValueError(f"{where} is not a readable Parquet file ({err}).") from err
+    if text_column not in schema.names:
+        raise ValueError(
+            f"{where} has no column {text_column!r} (data.text_column); columns: {schema.names}."
+        )

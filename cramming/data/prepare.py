@@ -1,0 +1,387 @@
+"""``prepare_corpus``: tokenizer + packed train/validation sequences, cached on disk by a config hash.
+
+Flow (design §3): documents stream from the source → filters (short, duplicate) → WordPiece
+``encode_batch`` on all cores → tokens-per-char filter → packing into ``seq_len`` sequences → shard
+files. Memory stays bounded by one batch of text plus one batch of packed rows (the dedup index adds 12
+bytes per kept document). After every finished shard the resume state is saved, so an interrupted
+preparation continues from its last finished shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from cramming.data import cache, sources
+from cramming.data.config import as_dict, validate_data_config
+from cramming.data.filters import DocumentFilter, FilterStats, HashIndex
+from cramming.data.ordering import quality_order
+from cramming.data.packing import PackedSequences, Packer, storage_dtype, token_stream
+from cramming.data.tokenizer import sample_documents, special_ids, train_tokenizer, untrained_tokenizer
+
+PIPELINE_VERSION = 1
+Log = Callable[[str], None] | None
+
+
+@dataclass
+class PreparedCorpus:
+    tokenizer: Tokenizer
+    vocab_size: int
+    seq_len: int
+    special_ids: dict[str, int]
+    train: PackedSequences
+    valid: PackedSequences | None
+    stats: dict[str, Any]
+    cache_dir: Path
+    key: str
+    reused: bool = False
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def prepare_corpus(data_cfg: Any, log: Log = print) -> PreparedCorpus:
+    """Train (or reuse) the tokenizer and pack train/validation into cached ``seq_len`` sequences."""
+    cfg = as_dict(data_cfg)
+    validate_data_config(cfg)
+    say = log or (lambda _msg: None)
+    _set_workers(cfg["num_workers"])
+    root = Path(cfg["cache_dir"]).expanduser()
+    tok, tok_key = get_tokenizer(cfg, root, say)
+    key = cache.config_key(corpus_identity(cfg, tok_key))
+    entry = root / "corpora" / key
+    with cache.file_lock(root / "corpora" / f"{key}.lock"):
+        manifest, problem = cache.read_manifest(entry, full=cfg["verify"] == "full")
+        reused = manifest is not None
+        if reused:
+            say(f"data: reusing cached corpus {key} at {entry}")
+        else:
+            if (entry / cache.MANIFEST).exists():
+                say(f"data: cached corpus at {entry} is damaged ({problem}); rebuilding it")
+                shutil.rmtree(entry)
+            manifest = build_corpus(cfg, tok, key, entry, log)
+    return load_corpus(entry, manifest, reused)
+
+
+def _set_workers(num_workers: int) -> None:
+    # tokenizers sizes its thread pool on first use; 0 leaves it at all cores.
+    if num_workers:
+        os.environ.setdefault("RAYON_NUM_THREADS", str(num_workers))
+
+
+def corpus_identity(cfg: dict[str, Any], tok_key: str) -> dict[str, Any]:
+    """Everything that shapes the packed corpus; its hash is the cache key."""
+    keys = ("text_column", "vocab_size", "seq_len", "filters", "ordering", "shard_sequences")
+    return {"version": PIPELINE_VERSION, "input": sources.source_identity(cfg), "tokenizer": tok_key} | {
+        k: cfg[k] for k in keys
+    }
+
+
+def tokenizer_identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    ident = sources.source_identity(cfg)
+    ident.pop("validation_files", None)
+    filters = {k: cfg["filters"].get(k) for k in ("min_doc_chars", "dedup")}
+    return {"version": PIPELINE_VERSION, "input": ident, "text_column": cfg["text_column"]} | {
+        "vocab_size": cfg["vocab_size"],
+        "tokenizer": cfg["tokenizer"],
+        "filters": filters,
+    }
+
+
+def get_tokenizer(cfg: dict[str, Any], root: Path, say: Callable[[str], None]) -> tuple[Tokenizer, str]:
+    """The WordPiece tokenizer trained on a bounded sample of the train stream, cached by config hash."""
+    key = cache.config_key(tokenizer_identity(cfg))
+    path = root / "tokenizers" / key / "tokenizer.json"
+    with cache.file_lock(root / "tokenizers" / f"{key}.lock"):
+        if path.is_file():
+            try:
+                tok = Tokenizer.from_file(str(path))
+                special_ids(tok)
+                say(f"data: reusing cached tokenizer {key} at {path}")
+                return tok, key
+            except Exception as err:  # a damaged file is retrained, never trusted
+                say(f"data: cached tokenizer at {path} is unreadable ({err}); retraining it")
+        start = time.perf_counter()
+        sample = _sample_for_tokenizer(cfg)
+        tok = train_tokenizer(sample, cfg["vocab_size"], cfg["tokenizer"])
+        cache.atomic_write(path, lambda tmp: tok.save(str(tmp)))
+        say(
+            f"data: trained WordPiece tokenizer ({tok.get_vocab_size()} tokens) on ≤{cfg['tokenizer']['sample_mb']} MB "
+            f"in {time.perf_counter() - start:.1f}s; cached as {key}"
+        )
+    return tok, key
+
+
+def _sample_for_tokenizer(cfg: dict[str, Any]) -> Iterator[str]:
+    """The head of the train stream, after the length and dedup filters, up to ``sample_mb``."""
+    filt = DocumentFilter(
+        {**cfg["filters"], "max_tokens_per_char": None}, untrained_tokenizer(cfg["tokenizer"]).normalizer
+    )
+    min_chars = filt.min_chars
+    seen: set[int] = set()
+    from cramming.data.filters import text_hash
+
+    def kept() -> Iterator[str]:
+        for doc in sources.train_documents(cfg):
+            if len(doc) < min_chars:
+                continue
+            if filt.dedup:
+                h = text_hash(filt.normalizer.normalize_str(doc))
+                if h in seen:
+                    continue
+                seen.add(h)
+            yield doc
+
+    return sample_documents(kept(), cfg["tokenizer"]["sample_mb"])
+
+
+def load_corpus(entry: Path, manifest: dict[str, Any], reused: bool) -> PreparedCorpus:
+    tok = Tokenizer.from_file(str(entry / "tokenizer.json"))
+    seq_len, dtype = manifest["seq_len"], manifest["dtype"]
+    order = np.load(entry / manifest["order"]["file"]) if manifest.get("order") else None
+
+    def split(name: str, order_=None) -> PackedSequences | None:
+        rec = manifest["splits"].get(name)
+        if rec is None:
+            return None
+        paths = [entry / s["file"] for s in rec["shards"]]
+        return PackedSequences(paths, [s["sequences"] for s in rec["shards"]], seq_len, dtype, order_)
+
+    return PreparedCorpus(
+        tokenizer=tok,
+        vocab_size=manifest["vocab_size"],
+        seq_len=seq_len,
+        special_ids=manifest["special_ids"],
+        train=split("train", order),
+        valid=split("valid"),
+        stats=manifest["stats"],
+        cache_dir=entry,
+        key=manifest["key"],
+        reused=reused,
+        manifest=manifest,
+    )
+
+
+def build_corpus(cfg: dict[str, Any], tok: Tokenizer, key: str, entry: Path, log: Log) -> dict[str, Any]:
+    """Build (or resume building) every split, order, write stats and the manifest; returns the manifest."""
+    say = log or (lambda _msg: None)
+    entry.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    train_docs, valid_docs = sources.split_streams(cfg)
+    splits, stats = {}, {}
+    for name, docs in (("train", train_docs), ("valid", valid_docs)):
+        if docs is None:
+            continue
+        splits[name], stats[name] = build_split(name, docs, cfg, tok, entry, log)
+    if not splits["train"]["sequences"]:
+        raise ValueError(f"no training text survived the filters: {stats['train']['filters']}")
+    cache.atomic_write(entry / "tokenizer.json", lambda tmp: tok.save(str(tmp)))
+    order = None
+    if cfg["ordering"] == "quality":
+        order = _write_order(entry, splits["train"], cfg, tok)
+    summary = _summary(cfg, stats, start)
+    cache.write_json(entry / "stats.json", summary)
+    manifest = {
+        "key": key,
+        "seq_len": cfg["seq_len"],
+        "vocab_size": cfg["vocab_size"],
+        "dtype": storage_dtype(cfg["vocab_size"]).name,
+        "special_ids": special_ids(tok),
+        "splits": splits,
+        "tokenizer": cache.file_record(entry, "tokenizer.json"),
+        "order": order,
+        "stats": summary,
+    }
+    cache.write_manifest(entry, manifest)
+    shutil.rmtree(entry / "progress", ignore_errors=True)
+    say(_summary_line(summary, entry))
+    return {**manifest, "checksum": cache.manifest_checksum(manifest)}
+
+
+def _write_order(entry: Path, split: dict[str, Any], cfg: dict[str, Any], tok: Tokenizer) -> dict[str, Any]:
+    seqs = PackedSequences(
+        [entry / s["file"] for s in split["shards"]],
+        [s["sequences"] for s in split["shards"]],
+        cfg["seq_len"],
+        storage_dtype(cfg["vocab_size"]),
+    )
+    order = quality_order(seqs, cfg["vocab_size"], list(special_ids(tok).values()))
+    cache.atomic_write(entry / "order.npy", lambda tmp: np.save(open(tmp, "wb"), order))
+    return cache.file_record(entry, "order.npy")
+
+
+def _summary(cfg: dict[str, Any], stats: dict[str, Any], start: float) -> dict[str, Any]:
+    train = stats["train"]
+    seconds = sum(s["seconds"] for s in stats.values())
+    return {
+        "documents": train["filters"]["documents_kept"],
+        "documents_read": train["filters"]["documents_read"],
+        "tokens": train["filters"]["tokens_kept"],
+        "sequences": train["sequences"],
+        "valid_sequences": stats["valid"]["sequences"] if "valid" in stats else 0,
+        "filters": {k: v["filters"]["removed"] for k, v in stats.items()},
+        "splits": stats,
+        "seconds": seconds,
+        "mb_per_s": sum(s["chars"] for s in stats.values()) / 1e6 / max(seconds, 1e-9),
+        "tokens_per_s": sum(s["tokens"] for s in stats.values()) / max(seconds, 1e-9),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "ordering": cfg["ordering"],
+    }
+
+
+def _summary_line(s: dict[str, Any], entry: Path) -> str:
+    removed = ", ".join(
+        f"{k} {v['documents']} docs/{v['tokens']} tok" for k, v in s["filters"]["train"].items()
+    )
+    return (
+        f"data: prepared {s['documents']}/{s['documents_read']} documents, {s['tokens']} tokens, "
+        f"{s['sequences']} train + {s['valid_sequences']} valid sequences in {s['seconds']:.1f}s "
+        f"({s['mb_per_s']:.2f} MB/s, {s['tokens_per_s']:.0f} tok/s, peak RSS {s['peak_rss_mb']:.0f} MB); "
+        f"removed (train): {removed}; cache {entry}"
+    )
+
+
+# ----------------------------------------------------------------------------- one split, resumable
+
+
+def build_split(
+    name: str, documents: Iterable[str], cfg: dict[str, Any], tok: Tokenizer, entry: Path, log: Log
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pack one split into shards, saving the resume state after each finished shard."""
+    say = log or (lambda _msg: None)
+    ids = special_ids(tok)
+    state = load_progress(entry, name)
+    if state.get("done"):
+        say(f"data: {name} split already packed in {entry} (resumed preparation)")
+        return state["record"], state["stats"]
+    filt = DocumentFilter(
+        cfg["filters"], tok.normalizer, HashIndex(state["index_keys"], state["index_values"])
+    )
+    filt.stats = FilterStats.from_dict(state["filters"]) if state["filters"] else filt.stats
+    packer = Packer(cfg["seq_len"], ids, carry=state["carry"])
+    dtype = storage_dtype(cfg["vocab_size"])
+    writer = cache.ShardWriter(entry, name, cfg["seq_len"], dtype, cfg["shard_sequences"], state["shards"])
+    progress = dict(
+        docs=state["docs"], chars=state["chars"], tokens=state["tokens"], seconds=state["seconds"]
+    )
+    if state["docs"]:
+        say(
+            f"data: resuming {name} from shard {len(writer.shards)} ({state['docs']} documents done) in {entry}"
+        )
+    start = time.perf_counter() - progress["seconds"]
+    bar = _progress_bar(name, log)
+    try:
+        for batch in _batches(islice(documents, state["docs"], None), cfg["batch_documents"]):
+            seqs, chars, tokens = _encode_and_pack(batch, tok, filt, packer, ids["sep"])
+            progress["docs"] += len(batch)
+            progress["chars"] += chars
+            progress["tokens"] += tokens
+            progress["seconds"] = time.perf_counter() - start
+            _write_rows(seqs, writer, packer, filt, progress, entry, name)
+            bar.update(chars)
+            bar.set_postfix_str(
+                f"{progress['tokens'] / max(progress['seconds'], 1e-9):,.0f} tok/s", refresh=False
+            )
+        writer.write(packer.finish())
+        writer.finish_shard()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    progress["seconds"] = time.perf_counter() - start
+    sequences = sum(s["sequences"] for s in writer.shards)
+    record = {"sequences": sequences, "shards": writer.shards}
+    stats = {**progress, "sequences": sequences, "filters": filt.stats.to_dict()}
+    cache.write_json(entry / "progress" / f"{name}.json", {"done": True, "record": record, "stats": stats})
+    return record, stats
+
+
+def _batches(documents: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(documents)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def _encode_and_pack(
+    batch: list[str], tok: Tokenizer, filt: DocumentFilter, packer: Packer, sep: int
+) -> tuple[np.ndarray, int, int]:
+    """Filter and tokenize one batch of documents; (full sequences, chars read, tokens kept)."""
+    kept_before = filt.stats.tokens_kept
+    to_tokenize, pending = filt.before_tokenizing(batch)
+    encodings = tok.encode_batch_fast([batch[i] for i in to_tokenize], add_special_tokens=False)
+    ids = [e.ids for e in encodings]
+    counts = np.fromiter((len(x) for x in ids), np.int64, len(ids))
+    keep = filt.after_tokenizing(to_tokenize, counts, pending)
+    stream = token_stream([ids[j] for j in np.flatnonzero(keep)], sep)
+    return packer.add(stream), int(pending["lengths"].sum()), filt.stats.tokens_kept - kept_before
+
+
+def _write_rows(seqs, writer, packer, filt, progress, entry, name) -> None:
+    """Write rows, closing a shard (and saving resume state) each time one fills up."""
+    i = 0
+    while i < len(seqs):
+        take = min(len(seqs) - i, writer.room())
+        writer.write(seqs[i : i + take])
+        i += take
+        if writer.room() == 0:
+            writer.finish_shard()
+            # The rows not yet written go back into the carry, so resuming regenerates them exactly.
+            carry = np.concatenate([seqs[i:, 1:-1].reshape(-1), packer.carry])
+            save_progress(entry, name, writer.shards, carry, filt, progress)
+
+
+def _progress_bar(name: str, log: Log):
+    from tqdm import tqdm
+
+    quiet = log is None or not sys.stderr.isatty()
+    return tqdm(
+        desc=f"prepare {name}", unit="B", unit_scale=True, unit_divisor=1000, disable=quiet, leave=False
+    )
+
+
+# ----------------------------------------------------------------------------- resume state
+
+
+def save_progress(entry: Path, name: str, shards, carry: np.ndarray, filt: DocumentFilter, progress) -> None:
+    keys, values = filt.index.arrays()
+    n = len(shards)
+    arrays = entry / "progress" / f"{name}-{n:05d}.npz"
+    cache.save_arrays(arrays, carry=carry.astype(np.int32), index_keys=keys, index_values=values)
+    state = {"shards": shards, "filters": filt.stats.to_dict(), "arrays": arrays.name, **progress}
+    cache.write_json(entry / "progress" / f"{name}.json", state)
+    for old in (entry / "progress").glob(f"{name}-*.npz"):
+        if old != arrays:
+            old.unlink(missing_ok=True)
+
+
+def load_progress(entry: Path, name: str) -> dict[str, Any]:
+    """The last saved state of a split (fresh state if none, or if its files do not check out)."""
+    fresh = dict(docs=0, chars=0, tokens=0, seconds=0.0, shards=[], filters=None, carry=None)
+    fresh.update(index_keys=None, index_values=None)
+    path = entry / "progress" / f"{name}.json"
+    if not path.is_file():
+        return fresh
+    try:
+        state = json.loads(path.read_text())
+        shards = state["record"]["shards"] if state.get("done") else state["shards"]
+        problem = cache.verify_files(entry, shards, full=True)
+        if not problem and not state.get("done"):
+            with np.load(entry / "progress" / state["arrays"]) as arrays:
+                state.update({k: arrays[k] for k in ("carry", "index_keys", "index_values")})
+    except (OSError, ValueError, KeyError) as err:
+        problem = f"unreadable ({err})"
+    if problem:  # start this split over rather than trust a damaged state
+        path.unlink(missing_ok=True)
+        return fresh
+    return state
