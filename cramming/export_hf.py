@@ -1,0 +1,160 @@
+"""Export a cramming model folder for Hugging Face ``transformers`` users.
+
+    python -m cramming.export_hf model=outputs/RUN/model out=outputs/RUN/hf
+
+The folder holds config.json (with ``auto_map``), model.safetensors, tokenizer.json,
+tokenizer_config.json, special_tokens_map.json and two self-contained remote-code files
+(configuration_cramming.py, modeling_cramming.py) that import nothing from ``cramming``:
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    model = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+
+``AutoModel`` (the encoder), ``AutoModelForMaskedLM`` and ``AutoModelForSequenceClassification``
+all load either kind of export; a head the export lacks starts from random weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+
+from cramming.export import CONFIG, TOKENIZER, WEIGHTS, atomic_write, load_model, read_config
+
+log = logging.getLogger(__name__)
+
+REMOTE_CODE = ("configuration_cramming.py", "modeling_cramming.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_cramming.CrammingConfig",
+    "AutoModel": "modeling_cramming.CrammingModel",
+    "AutoModelForMaskedLM": "modeling_cramming.CrammingForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_cramming.CrammingForSequenceClassification",
+}
+SPECIAL_TOKENS = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
+
+
+def hf_config(config: Mapping, pad_token_id: int) -> dict:
+    """The transformers config.json for a cramming config.json."""
+    arch = dict(config["arch"])
+    out = {
+        "model_type": "cramming-bert",
+        "auto_map": dict(AUTO_MAP),
+        "arch": arch,
+        "vocab_size": config["vocab_size"],
+        "pad_token_id": pad_token_id,
+        "tie_word_embeddings": bool(arch.get("tie_embeddings", True)),
+        "dtype": "float32",
+        "cramming_version": config.get("cramming_version"),
+    }
+    if config.get("task") == "classification":
+        out["architectures"] = ["CrammingForSequenceClassification"]
+        num_labels = int(config["num_labels"])
+        if num_labels == 1:
+            out["problem_type"] = "regression"
+            names = [config.get("label_column") or "score"]
+        else:
+            out["problem_type"] = "single_label_classification"
+            names = [str(n) for n in config.get("labels") or [f"LABEL_{i}" for i in range(num_labels)]]
+        out["id2label"] = {str(i): name for i, name in enumerate(names)}
+        out["label2id"] = {name: i for i, name in enumerate(names)}
+        for key in ("text_column", "text_pair_column", "label_column", "max_length"):
+            if config.get(key) is not None:
+                out[key] = config[key]
+    else:
+        out["architectures"] = ["CrammingForMaskedLM"]
+    return out
+
+
+def tokenizer_files(tokenizer: Tokenizer, model_max_length: int) -> tuple[dict, dict]:
+    """tokenizer_config.json and special_tokens_map.json for ``PreTrainedTokenizerFast``."""
+    vocab = tokenizer.get_vocab()
+    special = {role: tok for role, tok in SPECIAL_TOKENS.items() if tok in vocab}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": model_max_length,
+        "padding_side": "right",
+        "truncation_side": "right",
+        "clean_up_tokenization_spaces": False,
+        **special,
+    }
+    return config, special
+
+
+def state_dict_for_hf(model) -> dict:
+    """Contiguous tensors, the tied decoder dropped (transformers re-ties it from the embeddings)."""
+    state = model.state_dict()
+    if model.arch.get("tie_embeddings") and "decoder.weight" in state:
+        del state["decoder.weight"]
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write a transformers-loadable folder for the cramming export at ``model_dir``; returns ``out_dir``."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if out_dir.resolve() == model_dir.resolve():
+        raise ValueError(f"out={out_dir} is the model folder itself; choose another folder")
+    config = read_config(model_dir)
+    model = load_model(model_dir)
+    tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER))
+    pad_id = tokenizer.token_to_id("[PAD]")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    state = state_dict_for_hf(model)
+    atomic_write(out_dir / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    shutil.copyfile(model_dir / TOKENIZER, out_dir / TOKENIZER)
+    max_len = int(config.get("max_length") or config["arch"]["max_position_embeddings"])
+    tok_config, special = tokenizer_files(tokenizer, max_len)
+    files = {
+        CONFIG: hf_config(config, 0 if pad_id is None else pad_id),
+        "tokenizer_config.json": tok_config,
+        "special_tokens_map.json": special,
+    }
+    for name, content in files.items():
+        text = json.dumps(content, indent=2) + "\n"
+        atomic_write(out_dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    for name in REMOTE_CODE:
+        shutil.copyfile(Path(__file__).parent / "hf" / name, out_dir / name)
+    log.info("wrote a transformers folder to %s (load with trust_remote_code=True)", out_dir)
+    return out_dir
+
+
+def parse_overrides(argv: Sequence[str], allowed: Sequence[str]) -> dict[str, str]:
+    """``key=value`` arguments; a ValueError names an unknown key or a malformed argument."""
+    values = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in allowed:
+            raise ValueError(f"unexpected argument {arg!r}; expected {' '.join(k + '=...' for k in allowed)}")
+        values[key] = value
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args = parse_overrides(sys.argv[1:] if argv is None else argv, ("model", "out"))
+        if "model" not in args:
+            raise ValueError("missing model=PATH (an exported cramming model folder, e.g. outputs/RUN/model)")
+        out = args.get("out") or str(Path(args["model"]).parent / (Path(args["model"]).name + "-hf"))
+        export_hf(args["model"], out)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
