@@ -18,9 +18,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 import triton
+import triton.language as tl
 
 # Read once, like triton itself (which reads it when @triton.jit decorates).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# The interpreter truncates fp32 -> bf16 on store (the GPU rounds to nearest even); `store`
+# rounds first there so interpreter results are the GPU's. A constexpr: free on the GPU.
+_ROUND_BF16_STORES = tl.constexpr(INTERPRET)
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LIBRARY = "cramming"
@@ -38,6 +43,16 @@ def define_op(name: str, fake: Callable) -> Callable:
         return torch.library.triton_op(qualname, mutates_args=())(fn)
 
     return register
+
+
+@triton.jit
+def store(ptr, value, mask):
+    """``tl.store(ptr, value.to(<ptr's dtype>), mask)`` with round-to-nearest-even everywhere."""
+    if _ROUND_BF16_STORES and ptr.dtype.element_ty == tl.bfloat16:
+        bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        value = bits.to(tl.float32, bitcast=True)
+    tl.store(ptr, value.to(ptr.dtype.element_ty), mask=mask)
 
 
 def launch(kernel):
@@ -61,6 +76,14 @@ def num_sms(device_index: int | None) -> int:
     if INTERPRET or not torch.cuda.is_available():
         return 4
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def row_groups(m: int, device: torch.device) -> tuple[int, int]:
+    """Split m rows into contiguous groups for kernels that reduce over rows (dW, dB):
+    about 4 groups per SM, each a multiple of 16 rows. Returns (rows_per_program, programs)."""
+    per_program = triton.cdiv(triton.cdiv(m, 4 * num_sms(device.index)), 16) * 16
+    per_program = max(per_program, 16)
+    return per_program, max(1, triton.cdiv(m, per_program))
 
 
 def check_float(name: str, t: torch.Tensor) -> None:

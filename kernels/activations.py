@@ -24,8 +24,9 @@ from ._utils import (
     check_vector,
     define_op,
     launch,
-    num_sms,
+    row_groups,
     rows,
+    store,
 )
 
 SQRT_1_2 = 0.7071067811865476  # 1/sqrt(2)
@@ -79,7 +80,7 @@ def _gelu_fwd_kernel(X, Y, n, size_class, TANH: tl.constexpr, BLOCK: tl.constexp
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + offs, (x * _cdf(x, TANH)).to(Y.dtype.element_ty), mask=mask)
+    store(Y + offs, x * _cdf(x, TANH), mask)
 
 
 @autotune(_flat_configs(), key=["size_class"])
@@ -90,7 +91,7 @@ def _gelu_bwd_kernel(DY, X, DX, n, size_class, TANH: tl.constexpr, BLOCK: tl.con
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
     _, grad = _cdf_and_grad(x, TANH)
-    tl.store(DX + offs, (dy * grad).to(DX.dtype.element_ty), mask=mask)
+    store(DX + offs, dy * grad, mask)
 
 
 # ----------------------------------------------------------------------------- 2-D tiles
@@ -130,7 +131,7 @@ def _bias_gelu_fwd_kernel(
     offs = row[:, None].to(tl.int64) * N + col[None, :]  # (BLOCK_M, BLOCK_N)
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     x += tl.load(B + col, mask=col < N, other=0.0).to(tl.float32)[None, :]
-    tl.store(Y + offs, (x * _cdf(x, TANH)).to(Y.dtype.element_ty), mask=mask)
+    store(Y + offs, x * _cdf(x, TANH), mask)
 
 
 @autotune(_tile_configs(), key=["N", "size_class"], prune=_prune_tiles)
@@ -154,7 +155,7 @@ def _bias_gelu_bwd_kernel(
         dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
         _, grad = _cdf_and_grad(x, TANH)
         dx = dy * grad
-        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+        store(DX + offs, dx, mask)
         db_acc += dx
     tl.store(DB + pid * N + col, tl.sum(db_acc, axis=0), mask=col_ok)
 
@@ -172,7 +173,7 @@ def _geglu_fwd_kernel(
     a = tl.load(X + a_offs, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(X + a_offs + N, mask=mask, other=0.0).to(tl.float32)
     y = a * _cdf(a, TANH) * b
-    tl.store(Y + row[:, None].to(tl.int64) * N + col[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    store(Y + row[:, None].to(tl.int64) * N + col[None, :], y, mask)
 
 
 @autotune(_tile_configs(), key=["N", "size_class"], prune=_prune_tiles)
@@ -189,8 +190,8 @@ def _geglu_bwd_kernel(
     b = tl.load(X + a_offs + N, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + row[:, None].to(tl.int64) * N + col[None, :], mask=mask, other=0.0).to(tl.float32)
     cdf, grad = _cdf_and_grad(a, TANH)
-    tl.store(DX + a_offs, (dy * b * grad).to(DX.dtype.element_ty), mask=mask)
-    tl.store(DX + a_offs + N, (dy * a * cdf).to(DX.dtype.element_ty), mask=mask)
+    store(DX + a_offs, dy * b * grad, mask)
+    store(DX + a_offs + N, dy * a * cdf, mask)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -215,9 +216,7 @@ def _bias_gelu_backward(dy, x, bias, tanh):
     check_contiguous("grad_output", dy)
     M, N = x.shape
     dx = torch.empty_like(x)
-    # Contiguous groups of rows (a multiple of 16), about 4 row groups per SM.
-    rows_per_program = triton.cdiv(triton.cdiv(M, max(1, min(4 * num_sms(x.device.index), M))), 16) * 16
-    programs = max(1, triton.cdiv(M, rows_per_program))
+    rows_per_program, programs = row_groups(M, x.device)
     db = torch.zeros(programs, N, device=x.device, dtype=torch.float32)
     if M > 0:
         grid = lambda meta: (programs, triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731

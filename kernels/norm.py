@@ -23,8 +23,9 @@ from ._utils import (
     check_vector,
     define_op,
     launch,
-    num_sms,
+    row_groups,
     rows,
+    store,
 )
 
 MAX_WIDTH = 16384  # one row must fit in registers
@@ -67,7 +68,7 @@ def _fwd_kernel(
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
         x += tl.load(R + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(S + offs, x.to(S.dtype.element_ty), mask=mask)
+        store(S + offs, x, mask)
     mean = tl.sum(x, axis=1) / N
     xc = tl.where(mask, x - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / N + eps)
@@ -76,7 +77,7 @@ def _fwd_kernel(
     y = xc * rstd[:, None] * w[None, :]
     if HAS_BIAS:
         y += tl.load(B + col, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+    store(Y + offs, y, mask)
     tl.store(Mean + row, mean, mask=row_ok)
     tl.store(Rstd + row, rstd, mask=row_ok)
 
@@ -113,7 +114,7 @@ def _bwd_kernel(
         dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
         if HAS_DSUM:  # gradient that reached the residual sum directly
             dx += tl.load(DS + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+        store(DX + offs, dx, mask)
         dw_acc += dy * xhat
         if HAS_BIAS:
             db_acc += dy
@@ -152,9 +153,7 @@ def _backward(dy, x, weight, mean, rstd, dsum, has_bias):
     check_contiguous("grad_output", dy)
     M, N = x.shape
     dx = torch.empty_like(x)
-    # Contiguous groups of rows, a multiple of 16 each, about 4 programs per SM.
-    rows_per_program = triton.cdiv(triton.cdiv(M, max(1, min(4 * num_sms(x.device.index), M))), 16) * 16
-    programs = max(1, triton.cdiv(M, rows_per_program))
+    rows_per_program, programs = row_groups(M, x.device)
     dw = torch.empty(programs, N, device=x.device, dtype=torch.float32)
     db = torch.empty(programs if has_bias else 0, N, device=x.device, dtype=torch.float32)
     if M > 0:
