@@ -1,7 +1,8 @@
 """Document filters (design §4): too short, exact duplicates, and junk by tokens-per-character.
 
 Each filter counts the documents, characters and tokens it removed. Duplicates are found by a 64-bit
-hash of the tokenizer-normalised text, so texts differing only in case or accents count as duplicates.
+hash of a document's token ids: the ids are a function of the tokenizer-normalised text, so texts that
+differ only in case, accents, non-ASCII characters or whitespace count as duplicates.
 The seen-hash index is a sorted uint64 array (8 bytes per kept document, plus 4 for its token count)
 with a small unsorted tail merged in periodically, so membership checks are vectorised per batch.
 """
@@ -111,79 +112,57 @@ class HashIndex:
         return self.keys, self.values
 
 
-def text_hash(normalized: str) -> int:
-    return int.from_bytes(hashlib.blake2b(normalized.encode("utf-8"), digest_size=8).digest(), "little")
+def ids_hash(ids: np.ndarray) -> int:
+    return int.from_bytes(hashlib.blake2b(ids.tobytes(), digest_size=8).digest(), "little")
 
 
 class DocumentFilter:
-    """Applies the filters to batches of documents; ``stats`` accumulates what was read, kept, removed."""
+    """Applies the filters to tokenized batches; ``stats`` accumulates what was read, kept and removed.
 
-    def __init__(self, filters: dict[str, Any], normalizer, index: HashIndex | None = None):
+    Each document is removed by the first filter it fails, in the order too_short, junk_ratio, duplicate;
+    only kept documents enter the duplicate index.
+    """
+
+    def __init__(self, filters: dict[str, Any], index: HashIndex | None = None):
         self.min_chars = int(filters.get("min_doc_chars") or 0)
         self.max_ratio = filters.get("max_tokens_per_char")
         self.dedup = bool(filters.get("dedup", False))
-        self.normalizer = normalizer
         self.index = index if index is not None else HashIndex()
         self.stats = FilterStats()
 
-    def before_tokenizing(self, docs: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
-        """Indices of the documents to tokenize (short ones too, to count their tokens; not duplicates),
-        and the pending state for ``after_tokenizing``."""
-        lengths = np.fromiter((len(d) for d in docs), np.int64, len(docs))
-        self.stats.documents_read += len(docs)
-        self.stats.chars_read += int(lengths.sum())
-        long_enough = lengths >= self.min_chars
-        pending: dict[str, Any] = {"lengths": lengths, "long": long_enough}
-        if not self.dedup:
-            return np.arange(len(docs)), pending
-        cand = np.flatnonzero(long_enough)
-        hashes = np.fromiter(
-            (text_hash(self.normalizer.normalize_str(docs[i])) for i in cand), np.uint64, len(cand)
-        )
-        uniq, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-        seen, seen_tokens = self.index.lookup(uniq)
-        is_first = np.zeros(len(cand), bool)
-        is_first[first] = True
-        dup = ~is_first | seen[inverse]
-        pending.update(
-            cand=cand, dup=dup, inverse=inverse, uniq=uniq, first=first, seen=seen, seen_tokens=seen_tokens
-        )
-        duplicate = np.zeros(len(docs), bool)
-        duplicate[cand[dup]] = True
-        return np.flatnonzero(~duplicate), pending
-
-    def after_tokenizing(
-        self, tokenized: np.ndarray, token_counts: np.ndarray, pending: dict[str, Any]
-    ) -> np.ndarray:
-        """Given the token counts of the tokenized documents, a mask over ``tokenized`` of those to pack."""
-        lengths = pending["lengths"][tokenized]
-        short = ~pending["long"][tokenized]
-        self.stats.removed["too_short"].add(
-            int(short.sum()), int(lengths[short].sum()), int(token_counts[short].sum())
-        )
-        junk = np.zeros(len(tokenized), bool)
+    def __call__(self, chars: np.ndarray, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Keep mask for a batch: ``chars`` per document, token ids ``flat[offsets[i]:offsets[i+1]]``."""
+        tokens = np.diff(offsets)
+        self.stats.documents_read += len(chars)
+        self.stats.chars_read += int(chars.sum())
+        keep = np.ones(len(chars), bool)
+        keep = self._remove("too_short", keep, chars < self.min_chars, chars, tokens)
         if self.max_ratio is not None:
-            junk = ~short & (token_counts > self.max_ratio * np.maximum(lengths, 1))
-            self.stats.removed["junk_ratio"].add(
-                int(junk.sum()), int(lengths[junk].sum()), int(token_counts[junk].sum())
-            )
+            junk = tokens > self.max_ratio * np.maximum(chars, 1)
+            keep = self._remove("junk_ratio", keep, junk, chars, tokens)
         if self.dedup:
-            self._record_duplicates(token_counts[~short], pending)
-        keep = ~short & ~junk
+            keep = self._remove("duplicate", keep, self._duplicates(keep, flat, offsets), chars, tokens)
         self.stats.documents_kept += int(keep.sum())
-        self.stats.chars_kept += int(lengths[keep].sum())
-        self.stats.tokens_kept += int(token_counts[keep].sum())
+        self.stats.chars_kept += int(chars[keep].sum())
+        self.stats.tokens_kept += int(tokens[keep].sum())
         return keep
 
-    def _record_duplicates(self, cand_tokens: np.ndarray, pending: dict[str, Any]) -> None:
-        """``cand_tokens``: token counts of the long-enough, non-duplicate documents, in order."""
-        cand, dup, inverse, first = pending["cand"], pending["dup"], pending["inverse"], pending["first"]
-        tokens_of_cand = np.zeros(len(cand), np.int64)
-        tokens_of_cand[~dup] = cand_tokens
-        # A duplicate's tokens are those of its first occurrence: identical normalised text, identical ids.
-        first_tokens = np.where(pending["seen"], pending["seen_tokens"], tokens_of_cand[first])
-        dup_tokens = first_tokens[inverse][dup]
-        chars = int(pending["lengths"][cand[dup]].sum())
-        self.stats.removed["duplicate"].add(int(dup.sum()), chars, int(dup_tokens.sum()))
-        new = ~pending["seen"]
-        self.index.add(pending["uniq"][new], first_tokens[new])
+    def _remove(self, name: str, keep: np.ndarray, drop: np.ndarray, chars: np.ndarray, tokens: np.ndarray):
+        drop = keep & drop
+        self.stats.removed[name].add(int(drop.sum()), int(chars[drop].sum()), int(tokens[drop].sum()))
+        return keep & ~drop
+
+    def _duplicates(self, keep: np.ndarray, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Documents whose ids equal an earlier kept document's (in this batch or before); adds the rest."""
+        cand = np.flatnonzero(keep)
+        hashes = np.fromiter(
+            (ids_hash(flat[offsets[i] : offsets[i + 1]]) for i in cand), np.uint64, len(cand)
+        )
+        uniq, first = np.unique(hashes, return_index=True)
+        seen, _ = self.index.lookup(uniq)
+        is_first_new = np.zeros(len(cand), bool)
+        is_first_new[first[~seen]] = True
+        self.index.add(uniq[~seen], np.diff(offsets)[cand[first[~seen]]])
+        dup = np.zeros(len(keep), bool)
+        dup[cand[~is_first_new]] = True
+        return dup

@@ -26,6 +26,13 @@ def token_stream(ids: list[list[int]] | list[np.ndarray], sep_id: int) -> np.nda
     return np.insert(flat, np.cumsum(lengths), sep_id).astype(np.int32, copy=False)
 
 
+def stream_from_flat(flat: np.ndarray, offsets: np.ndarray, keep: np.ndarray, sep_id: int) -> np.ndarray:
+    """``token_stream`` of the kept documents, where document i's ids are ``flat[offsets[i]:offsets[i+1]]``."""
+    lengths = np.diff(offsets)
+    kept_flat = flat[np.repeat(keep, lengths)]
+    return np.insert(kept_flat, np.cumsum(lengths[keep]), sep_id).astype(np.int32, copy=False)
+
+
 class Packer:
     """Turns a token stream into full ``(n, seq_len)`` sequences, carrying the remainder to the next call."""
 

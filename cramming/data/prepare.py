@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,11 @@ from cramming.data import cache, sources
 from cramming.data.config import as_dict, validate_data_config
 from cramming.data.filters import DocumentFilter, FilterStats, HashIndex
 from cramming.data.ordering import quality_order
-from cramming.data.packing import PackedSequences, Packer, storage_dtype, token_stream
-from cramming.data.tokenizer import sample_documents, special_ids, train_tokenizer, untrained_tokenizer
+from cramming.data.packing import PackedSequences, Packer, storage_dtype, stream_from_flat
+from cramming.data.tokenizer import sample_documents, special_ids, train_tokenizer
 
 PIPELINE_VERSION = 1
+BATCH_CHARS = 8_000_000  # text per encode_batch call: enough work for every core, bounded memory
 Log = Callable[[str], None] | None
 
 
@@ -123,20 +124,16 @@ def get_tokenizer(cfg: dict[str, Any], root: Path, say: Callable[[str], None]) -
 
 
 def _sample_for_tokenizer(cfg: dict[str, Any]) -> Iterator[str]:
-    """The head of the train stream, after the length and dedup filters, up to ``sample_mb``."""
-    filt = DocumentFilter(
-        {**cfg["filters"], "max_tokens_per_char": None}, untrained_tokenizer(cfg["tokenizer"]).normalizer
-    )
-    min_chars = filt.min_chars
+    """The head of the train stream up to ``sample_mb``, without short documents and exact repeats."""
+    min_chars = int(cfg["filters"].get("min_doc_chars") or 0)
     seen: set[int] = set()
-    from cramming.data.filters import text_hash
 
     def kept() -> Iterator[str]:
         for doc in sources.train_documents(cfg):
             if len(doc) < min_chars:
                 continue
-            if filt.dedup:
-                h = text_hash(filt.normalizer.normalize_str(doc))
+            if cfg["filters"].get("dedup"):
+                h = hash(" ".join(doc.lower().split()))
                 if h in seen:
                     continue
                 seen.add(h)
@@ -264,9 +261,7 @@ def build_split(
     if state.get("done"):
         say(f"data: {name} split already packed in {entry} (resumed preparation)")
         return state["record"], state["stats"]
-    filt = DocumentFilter(
-        cfg["filters"], tok.normalizer, HashIndex(state["index_keys"], state["index_values"])
-    )
+    filt = DocumentFilter(cfg["filters"], HashIndex(state["index_keys"], state["index_values"]))
     filt.stats = FilterStats.from_dict(state["filters"]) if state["filters"] else filt.stats
     packer = Packer(cfg["seq_len"], ids, carry=state["carry"])
     dtype = storage_dtype(cfg["vocab_size"])
@@ -307,24 +302,42 @@ def build_split(
     return record, stats
 
 
-def _batches(documents: Iterable[str], size: int) -> Iterator[list[str]]:
-    it = iter(documents)
-    while batch := list(islice(it, size)):
+def _batches(documents: Iterable[str], size: int, max_chars: int = BATCH_CHARS) -> Iterator[list[str]]:
+    """Lists of up to ``size`` documents and about ``max_chars`` characters (bounds the memory of a batch)."""
+    batch, chars = [], 0
+    for doc in documents:
+        batch.append(doc)
+        chars += len(doc)
+        if len(batch) == size or chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
         yield batch
 
 
-def _encode_and_pack(
-    batch: list[str], tok: Tokenizer, filt: DocumentFilter, packer: Packer, sep: int
-) -> tuple[np.ndarray, int, int]:
-    """Filter and tokenize one batch of documents; (full sequences, chars read, tokens kept)."""
-    kept_before = filt.stats.tokens_kept
-    to_tokenize, pending = filt.before_tokenizing(batch)
-    encodings = tok.encode_batch_fast([batch[i] for i in to_tokenize], add_special_tokens=False)
-    ids = [e.ids for e in encodings]
-    counts = np.fromiter((len(x) for x in ids), np.int64, len(ids))
-    keep = filt.after_tokenizing(to_tokenize, counts, pending)
-    stream = token_stream([ids[j] for j in np.flatnonzero(keep)], sep)
-    return packer.add(stream), int(pending["lengths"].sum()), filt.stats.tokens_kept - kept_before
+def _encode_and_pack(batch: list[str], tok: Tokenizer, filt: DocumentFilter, packer: Packer, sep: int):
+    """Tokenize and filter one batch of documents; (full sequences, chars read, tokens kept)."""
+    flat, offsets = encode_documents(tok, batch)
+    chars = np.fromiter((len(d) for d in batch), np.int64, len(batch))
+    keep = filt(chars, flat, offsets)
+    stream = stream_from_flat(flat, offsets, keep, sep)
+    return packer.add(stream), int(chars.sum()), int(np.diff(offsets)[keep].sum())
+
+
+def encode_documents(tok: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of ``docs`` (no special tokens) as one int32 array and document offsets into it.
+
+    Documents are encoded paragraph by paragraph, which spreads a long book over all cores; the ids are
+    the same as encoding the whole document, since the BERT pre-tokenizer splits at every newline.
+    """
+    pieces = [p for doc in docs for p in doc.split("\n")]
+    per_doc = np.fromiter((doc.count("\n") + 1 for doc in docs), np.int64, len(docs))
+    encodings = tok.encode_batch_fast(pieces, add_special_tokens=False)
+    piece_lengths = np.fromiter((len(e) for e in encodings), np.int64, len(encodings))
+    flat = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32, int(piece_lengths.sum()))
+    piece_ends = np.concatenate([[0], np.cumsum(piece_lengths)])
+    offsets = piece_ends[np.concatenate([[0], np.cumsum(per_doc)])]
+    return flat, offsets
 
 
 def _write_rows(seqs, writer, packer, filt, progress, entry, name) -> None:
