@@ -59,7 +59,8 @@ def _cdf_and_grad(x, TANH: tl.constexpr):
     """(cdf(x), gelu'(x))."""
     if TANH:
         cdf, s1s = _sigmoid_parts(2.0 * SQRT_2_PI * (x + TANH_C * x * x * x))
-        dcdf = 2.0 * s1s * SQRT_2_PI * (1.0 + 3.0 * TANH_C * x * x)
+        # s1s underflows to 0 for |x| > ~10; capping x^2 keeps 0 * inf (NaN) out of the tails
+        dcdf = 2.0 * s1s * SQRT_2_PI * (1.0 + 3.0 * TANH_C * tl.minimum(x * x, 400.0))
     else:
         cdf = 0.5 * (1.0 + tl.math.erf(x * SQRT_1_2))
         dcdf = tl.exp(-0.5 * x * x) * INV_SQRT_2PI
