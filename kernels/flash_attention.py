@@ -89,6 +89,17 @@ def _load_rows(base, rows, offs_d, stride_t, T, CHECK: tl.constexpr, UPCAST: tl.
 
 
 @triton.jit
+def _cast_for_store(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
+    """x.to(dtype), rounding to nearest even in the interpreter too (its fp32->bf16 cast truncates)."""
+    if UPCAST:
+        if dtype == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)  # the carry rounds the kept top 16 bits
+            x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
 def _key_valid(mask_base, cols, stride_mt, T, HAS_MASK: tl.constexpr):
     """True for keys inside the sequence and (with a padding mask) not padded."""
     valid = cols < T
@@ -156,7 +167,7 @@ def _attn_fwd(Q, K, V, Out, LSE, MASK,
     o = acc / l_safe[:, None]
     lse = tl.where(no_keys, float("inf"), m_i + tl.math.log2(l_safe))
     o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
-    tl.store(o_ptrs, o.to(Out.dtype.element_ty), mask=(offs_m < T)[:, None])
+    tl.store(o_ptrs, _cast_for_store(o, Out.dtype.element_ty, UPCAST), mask=(offs_m < T)[:, None])
     tl.store(LSE + (b * H + h) * T + offs_m, lse, mask=offs_m < T)
 
 
@@ -216,8 +227,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, MASK,
     store_mask = (offs_n < T)[:, None]
     dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :]
     dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvt + offs_d[None, :]
-    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=store_mask)
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=store_mask)
+    tl.store(dk_ptrs, _cast_for_store(dk, DK.dtype.element_ty, UPCAST), mask=store_mask)
+    tl.store(dv_ptrs, _cast_for_store(dv, DV.dtype.element_ty, UPCAST), mask=store_mask)
 
 
 @triton.jit
@@ -270,7 +281,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, MASK,
                    offs_d, n_full, T, T, qk_scale, BLOCK_N, True, HAS_MASK, UPCAST, PRECISION)  # fmt: skip
     dq = dq * scale
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :]
-    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=(offs_m < T)[:, None])
+    tl.store(dq_ptrs, _cast_for_store(dq, DQ.dtype.element_ty, UPCAST), mask=(offs_m < T)[:, None])
 
 
 # ----------------------------------------------------------------------------------------------
