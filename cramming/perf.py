@@ -1,0 +1,128 @@
+"""Model FLOPs utilisation (MFU): the peak a device can do and the share of it a run achieves.
+
+On GPU the peak is the device's dense bf16 tensor-core rate from a table (a measured
+large matmul where the device or precision is not in the table). On CPU there is no
+useful table, so the peak is a large matmul measured with the same thread count the
+run uses; the result is cached per (device, dtype, threads).
+
+    peak = device_peak_flops(torch.device("cpu"), "fp32", threads=2)
+    print(mfu(tokens_per_s, flops_per_token(arch, n_params, 128, 0.25, 32768), peak))
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import torch
+
+# Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, by device-name substring; first match wins.
+GPU_BF16_PEAK_TFLOPS: dict[str, float] = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "A6000": 155.0,
+    "L40S": 362.0,
+    "A10G": 125.0,
+    "RTX 4090": 165.0,
+}
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_peak_cache: dict[tuple[str, str, int], float] = {}
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    if precision not in _DTYPES:
+        raise ValueError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
+    return _DTYPES[precision]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    threads: int | None = None,
+    size: int | None = None,
+    repeats: int | None = None,
+) -> float:
+    """Best FLOP/s of several ``size``×``size`` matmuls (2·n³ FLOPs each) with ``threads`` CPU threads.
+
+    The best run, not the mean, because the machine may be shared: the peak is what the
+    hardware can do, and noise only ever makes a run slower.
+    """
+    device = torch.device(device)
+    on_gpu = device.type == "cuda"
+    size = (8192 if on_gpu else 2048) if size is None else size
+    repeats = (20 if on_gpu else 5) if repeats is None else repeats
+    if size < 1 or repeats < 1:
+        raise ValueError(f"size={size} and repeats={repeats} must be positive")
+    previous = torch.get_num_threads()
+    if threads is not None and not on_gpu:
+        torch.set_num_threads(threads)
+    try:
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        out = torch.mm(a, b)  # warm-up: allocations, BLAS thread pool
+        _sync(device)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2.0 * size**3 / best
+
+
+def table_peak_flops(device: torch.device | str) -> float | None:
+    """The dense bf16 peak (FLOP/s) of a CUDA device from the table, or None if it is not listed."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    tflops = next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in name), None)
+    return None if tflops is None else tflops * 1e12
+
+
+def device_peak_flops(
+    device: torch.device | str, precision: str = "fp32", threads: int | None = None, refresh: bool = False
+) -> float:
+    """Peak FLOP/s for MFU: the table on a listed GPU in bf16, else a measured matmul (cached).
+
+    ``refresh=True`` measures again and keeps the larger of the old and new value, so a run
+    on a noisy machine can re-measure between steps and keep the best.
+    """
+    device = torch.device(device)
+    dtype = precision_dtype(precision)
+    if precision == "bf16":
+        tabled = table_peak_flops(device)
+        if tabled is not None:
+            return tabled
+    threads = threads or torch.get_num_threads()
+    key = (str(device), precision, threads if device.type == "cpu" else 0)
+    if refresh or key not in _peak_cache:
+        measured = measure_matmul_peak(dtype, device, threads)
+        _peak_cache[key] = max(measured, _peak_cache.get(key, 0.0))
+    return _peak_cache[key]
+
+
+def model_flops_per_token(
+    model: torch.nn.Module, arch: Mapping, seq_len: int, mlm_probability: float, vocab_size: int
+) -> float:
+    """Training FLOPs per token of ``model`` (see ``cramming.model.flops_per_token``)."""
+    from cramming.model import count_parameters, flops_per_token
+
+    return flops_per_token(arch, count_parameters(model), seq_len, mlm_probability, vocab_size)
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation as a fraction (0.45 = 45%) of ``peak_flops``."""
+    if peak_flops <= 0:
+        raise ValueError(f"peak_flops must be positive, got {peak_flops}")
+    return tokens_per_s * flops_per_token / peak_flops
