@@ -1,0 +1,406 @@
+"""GLUE fine-tuning and dev scores for an exported model.
+
+    python -m cramming.glue model=outputs/RUN/model glue_dir=PATH tasks=[sst2,cola] seeds=3
+
+For every task whose files are present: fine-tune a classifier whose encoder is loaded
+strictly from the export, ``seeds`` times; score the dev set(s) after the last epoch; keep
+every seed's scores and report their median; predict the test set(s) with the median seed's
+model. Writes ``OUT/results.json``, ``OUT/confusion/TASK.png``, ``OUT/submission/*.tsv``,
+``OUT/submission.zip`` and ``OUT/log.txt`` (OUT defaults to ``<model>/../glue``).
+Scores are percentages. Settings are in conf/glue.yaml; ``run_glue`` is the Python entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cramming import ops
+from cramming.classify import (
+    FinetuneConfig,
+    check_precision,
+    encode_examples,
+    finetune,
+    predict,
+    resolve_device,
+    set_threads,
+)
+from cramming.data import glue as glue_data
+from cramming.data.glue import AVERAGE_COLUMNS, AX, TASKS, Split, TaskData, TaskSpec
+from cramming.export import atomic_write, load_model, load_tokenizer, read_config
+from cramming.metrics import classification_metrics, f1_binary, plot_confusion, regression_metrics
+from cramming.model import build_classifier
+from cramming.submission import write_submission, zip_submission
+
+log = logging.getLogger(__name__)
+
+POSITIVE_INT = ("seeds", "batch_size", "eval_batch_size", "max_length")
+OPTIONAL_INT = ("max_train_examples", "max_eval_examples", "max_test_examples", "num_threads")
+
+
+def default_settings() -> dict:
+    """The defaults of conf/glue.yaml (without Hydra's own keys)."""
+    text = resources.files("cramming.conf").joinpath("glue.yaml").read_text()
+    cfg = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+    return {k: v for k, v in cfg.items() if k not in ("defaults", "hydra")}
+
+
+def resolve_settings(settings: Mapping | None) -> dict:
+    """Defaults overlaid with ``settings`` (a DictConfig or dict; unknown keys such as ``name`` are
+    ignored), validated: every bad value is a ValueError naming it and what is accepted."""
+    if isinstance(settings, DictConfig):
+        settings = OmegaConf.to_container(settings, resolve=True)
+    merged = default_settings()
+    merged.update({k: v for k, v in dict(settings or {}).items() if k in merged})
+    merged["tasks"] = glue_data.check_task_names(merged["tasks"])
+    for key in POSITIVE_INT:
+        if not isinstance(merged[key], int) or merged[key] < 1:
+            raise ValueError(f"{key}={merged[key]!r} must be an integer >= 1")
+    if not isinstance(merged["epochs"], (int, float)) or merged["epochs"] <= 0:
+        raise ValueError(f"epochs={merged['epochs']!r} must be a number > 0 (fractions allowed, e.g. 0.5)")
+    for key in OPTIONAL_INT:
+        if merged[key] is not None and (not isinstance(merged[key], int) or merged[key] < 1):
+            raise ValueError(f"{key}={merged[key]!r} must be a positive integer or null (no limit)")
+    if merged["max_length"] < 8:
+        raise ValueError(f"max_length={merged['max_length']} is too short for [CLS] a [SEP] b [SEP]")
+    for key, low, high in (("lr", 0.0, 1.0), ("dropout", 0.0, 0.9), ("warmup_fraction", 0.0, 0.99)):
+        value = merged[key]
+        if not isinstance(value, (int, float)) or not (low <= value <= high) or (key == "lr" and value == 0):
+            raise ValueError(f"{key}={value!r} must be a number in ({low}, {high}]")
+    check_precision(merged["precision"])
+    if merged["kernels"] is not None and merged["kernels"] not in ops.CHOICES:
+        raise ValueError(f"kernels={merged['kernels']!r} is not one of {list(ops.CHOICES)} or null")
+    return merged
+
+
+def check_model_dir(model_dir) -> dict:
+    """The export's config.json; a ValueError (before any long work) when ``model_dir`` is not an export."""
+    if model_dir in (None, "", "???"):
+        raise ValueError("model is required: model=outputs/RUN/model (an exported model folder)")
+    path = Path(str(model_dir))
+    if not path.is_dir():
+        raise ValueError(
+            f"model={model_dir} is not a folder; give an exported model folder such as outputs/RUN/model "
+            "(holding model.safetensors, config.json and tokenizer.json)"
+        )
+    return read_config(path)
+
+
+def plan_tasks(settings: Mapping) -> tuple[list[str], dict[str, str]]:
+    """Which requested tasks can run, and why the others cannot (local files only; hub tasks are
+    tried when loaded). A glue_dir holding none of the requested tasks is a ValueError."""
+    names = settings["tasks"]
+    if settings["glue_dir"] is None:
+        return list(names), {}
+    glue_dir = Path(settings["glue_dir"])
+    if not glue_dir.is_dir():
+        raise ValueError(
+            f"glue_dir={glue_dir} is not a folder; give a glue_data folder (CoLA/train.tsv, SST-2/dev.tsv, ...) "
+            "or leave glue_dir unset to use the hub dataset nyu-mll/glue"
+        )
+    run, skipped = [], {}
+    for name in names:
+        missing = glue_data.missing_files(glue_dir, TASKS[name])
+        if missing:
+            skipped[name] = "missing " + ", ".join(str(p.relative_to(glue_dir)) for p in missing)
+        else:
+            run.append(name)
+    if not run:
+        wanted = "; ".join(
+            f"{TASKS[n].title}: " + ", ".join(str(p.relative_to(glue_dir)) for p in glue_data.required_files(glue_dir, TASKS[n]))
+            for n in names
+        )  # fmt: skip
+        raise ValueError(
+            f"glue_dir={glue_dir} holds none of the requested tasks {names}; expected the glue_data layout ({wanted})"
+        )
+    return run, skipped
+
+
+def load_task(name: str, settings: Mapping) -> TaskData:
+    spec = TASKS[name]
+    if settings["glue_dir"] is not None:
+        data = glue_data.load_local(Path(settings["glue_dir"]), spec)
+        if name == "mnli" and glue_data.split_path(Path(settings["glue_dir"]), AX, "diagnostic").is_file():
+            data.test.update(glue_data.load_local(Path(settings["glue_dir"]), AX).test)
+    else:
+        data = glue_data.load_hub(spec, settings["hub_cache_dir"])
+        if name == "mnli":
+            try:
+                data.test.update(glue_data.load_hub(AX, settings["hub_cache_dir"]).test)
+            except Exception as err:  # the diagnostic set is optional
+                log.warning("AX skipped: the hub diagnostic set could not be loaded (%s)", err)
+    if data.train is None or not data.dev:
+        raise ValueError(f"{spec.title}: no train or dev split")
+    return data
+
+
+def subsample(split: Split, limit: int | None, seed: int = 0) -> Split:
+    """A random subset of ``limit`` rows in file order (files are often sorted by source or genre)."""
+    if limit is None or len(split) <= limit:
+        return split
+    keep = np.sort(np.random.default_rng(seed).choice(len(split), size=limit, replace=False))
+    return split.select(keep.tolist())
+
+
+def score_split(
+    spec: TaskSpec, labels: list, logits: np.ndarray, suffix: str = ""
+) -> tuple[dict, dict | None]:
+    """Metric values in percent, and (classification) the per-class report and confusion matrix."""
+    key = lambda m: f"{m}_{suffix}" if suffix else m  # noqa: E731
+    if spec.regression:
+        reg = regression_metrics(labels, logits[:, 0])
+        return {key(m): 100.0 * reg[m] for m in spec.metrics}, None
+    pred = logits.argmax(axis=-1)
+    report = classification_metrics(labels, pred, spec.labels)
+    values = {"accuracy": report["accuracy"], "matthews": report["matthews"], "f1": f1_binary(labels, pred)}
+    return {key(m): 100.0 * values[m] for m in spec.metrics}, report
+
+
+def majority_rate(spec: TaskSpec, labels: list) -> float | None:
+    if spec.regression or not labels:
+        return None
+    return 100.0 * np.bincount(labels, minlength=spec.num_labels).max() / len(labels)
+
+
+def run_seed(spec, data, encoded, model_info, settings, seed, device) -> dict:
+    """Fine-tune once; dev scores, dev reports and test logits of this seed."""
+    torch.manual_seed(seed)
+    model = build_classifier(
+        model_info["arch"],
+        model_info["vocab_size"],
+        spec.num_labels,
+        model_info["encoder"],
+        settings["dropout"],
+    )
+    cfg = FinetuneConfig(
+        lr=settings["lr"], batch_size=int(settings["batch_size"]), epochs=settings["epochs"],
+        warmup_fraction=settings["warmup_fraction"], weight_decay=settings["weight_decay"],
+        precision=settings["precision"], log_every=settings["log_every"],
+    )  # fmt: skip
+    started = time.perf_counter()
+    finetune(model, encoded["train"], cfg, seed=seed, device=device)
+    scores, reports = {}, {}
+    for name, dev in encoded["dev"].items():
+        logits = predict(model, dev, settings["eval_batch_size"], device, settings["precision"])
+        split_scores, reports[name] = score_split(spec, dev.labels.tolist(), logits, name)
+        scores.update(split_scores)
+    test_logits = {
+        name: predict(model, test, settings["eval_batch_size"], device, settings["precision"])
+        for name, test in encoded["test"].items()
+    }
+    return {"seed": seed, "scores": scores, "reports": reports, "test": test_logits,
+            "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+def encode_task(spec: TaskSpec, data: TaskData, tokenizer, settings: Mapping) -> dict:
+    max_len = int(settings["max_length"])
+
+    def encode(split: Split, labelled: bool = True):
+        labels = split.label_ids(spec) if labelled else None
+        return encode_examples(tokenizer, split.texts_a, split.texts_b, labels, max_len, spec.regression)
+
+    train = subsample(data.train, settings["max_train_examples"])
+    dev = {name: subsample(split, settings["max_eval_examples"]) for name, split in data.dev.items()}
+    test = {}
+    if settings["submission"]:
+        limit = settings["max_test_examples"]
+        test = {
+            name: split.select(range(min(len(split), limit or len(split))))
+            for name, split in data.test.items()
+        }
+    return {
+        "train": encode(train),
+        "dev": {name: encode(split) for name, split in dev.items()},
+        "test": {name: encode(split, labelled=False) for name, split in test.items()},
+        "test_index": {name: split.index for name, split in test.items()},
+    }
+
+
+def run_task(name: str, tokenizer, model_info: dict, settings: Mapping, out_dir: Path, device) -> dict:
+    """Fine-tune and score one task over every seed; write its confusion PNGs and submission TSVs."""
+    spec, started = TASKS[name], time.perf_counter()
+    data = load_task(name, settings)
+    encoded = encode_task(spec, data, tokenizer, settings)
+    examples = {
+        "train": len(encoded["train"]), "train_available": len(data.train),
+        "dev": {k or "dev": len(v) for k, v in encoded["dev"].items()},
+        "dev_available": {k or "dev": len(v) for k, v in data.dev.items()},
+        "test": {k: len(v) for k, v in encoded["test"].items()},
+    }  # fmt: skip
+    log.info("%s: train %d/%d, dev %s, test %s", spec.title, examples["train"], examples["train_available"],
+             examples["dev"], examples["test"])  # fmt: skip
+    runs = []
+    for i in range(int(settings["seeds"])):
+        runs.append(run_seed(spec, data, encoded, model_info, settings, settings["seed"] + i, device))
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in runs[-1]["scores"].items())
+        log.info("%s seed %d: %s (%.1fs)", spec.title, runs[-1]["seed"], shown, runs[-1]["seconds"])
+    keys = list(runs[0]["scores"])
+    median = {k: statistics.median(r["scores"][k] for r in runs) for k in keys}
+    headline_key = next(iter(spec.headline.values()))
+    chosen = min(runs, key=lambda r: abs(r["scores"][headline_key] - median[headline_key]))
+    result = {
+        "title": spec.title, "metrics": keys, "headline": {c: median[k] for c, k in spec.headline.items()},
+        "median": median, "seeds": [{"seed": r["seed"], "scores": r["scores"], "seconds": r["seconds"]} for r in runs],
+        "median_seed": chosen["seed"], "examples": examples,
+        "majority_baseline": {k or "dev": majority_rate(spec, v.labels.tolist()) for k, v in encoded["dev"].items()},
+    }  # fmt: skip
+    if not spec.regression:
+        result["classes"] = write_confusion(spec, chosen["reports"], out_dir)
+    if encoded["test"]:
+        result["submission"] = {
+            sub: write_submission(out_dir / "submission", sub, spec, encoded["test_index"][sub], logits).name
+            for sub, logits in chosen["test"].items()
+        }
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def write_confusion(spec: TaskSpec, reports: dict, out_dir: Path) -> dict:
+    """confusion/TASK.png (MNLI: mnli-m.png, mnli-mm.png) and the per-class report for the JSON."""
+    classes = {}
+    for split, report in reports.items():
+        suffix = {"matched": "-m", "mismatched": "-mm"}.get(split, f"-{split}" if split else "")
+        png = plot_confusion(
+            report["confusion_matrix"], report["labels"], out_dir / "confusion" / f"{spec.name}{suffix}.png",
+            f"{spec.title}{suffix} dev (rows true, columns predicted)",
+        )  # fmt: skip
+        classes[split or "dev"] = {
+            "labels": report["labels"],
+            "per_class": report["per_class"],
+            "confusion_matrix": report["confusion_matrix"],
+            "png": str(png.relative_to(out_dir)),
+        }
+    return classes
+
+
+def glue_average(tasks: Mapping[str, dict]) -> dict:
+    """Mean of the available GLUE numbers (MNLI counts twice, WNLI never), labelled with its coverage."""
+    headline = {col: v for result in tasks.values() for col, v in result["headline"].items()}
+    covered = [c for c in AVERAGE_COLUMNS if c in headline]
+    value = float(np.mean([headline[c] for c in covered])) if covered else None
+    shown = "n/a" if value is None else f"{value:.2f}"
+    label = f"average over {len(covered)}/{len(AVERAGE_COLUMNS)} ({', '.join(covered) or 'none'}): {shown}"
+    return {
+        "value": value,
+        "covered": covered,
+        "count": len(covered),
+        "of": len(AVERAGE_COLUMNS),
+        "label": label,
+    }
+
+
+def load_encoder(model_dir: Path) -> dict:
+    """Architecture, vocabulary size and the ``encoder.*`` weights of an export (MLM or classifier)."""
+    model = load_model(model_dir)
+    state = {k[len("encoder.") :]: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    if not state:
+        raise ValueError(f"{model_dir}: the export has no encoder.* weights to fine-tune")
+    return {"arch": model.config["arch"], "vocab_size": model.config["vocab_size"], "encoder": state}
+
+
+def write_results(out_dir: Path, results: dict) -> None:
+    text = json.dumps(results, indent=2, default=float) + "\n"
+    atomic_write(out_dir / "results.json", lambda tmp: Path(tmp).write_text(text))
+
+
+def run_glue(model_dir, settings: Mapping | None = None, out_dir: str | Path | None = None) -> dict:
+    """Fine-tune and score ``model_dir`` on the GLUE tasks in ``settings``; returns results.json's content."""
+    settings = resolve_settings(settings)
+    config = check_model_dir(model_dir)
+    model_dir = Path(str(model_dir)).resolve()
+    names, skipped = plan_tasks(settings)
+    out_dir = Path(out_dir or settings["out_dir"] or model_dir.parent / "glue").resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("cramming").addHandler(handler)
+    try:
+        return _run(model_dir, config, settings, names, skipped, out_dir)
+    finally:
+        logging.getLogger("cramming").removeHandler(handler)
+        handler.close()
+
+
+def _run(model_dir: Path, config: dict, settings: dict, names: list, skipped: dict, out_dir: Path) -> dict:
+    device = resolve_device(settings["device"])
+    threads = set_threads(settings["num_threads"])
+    if settings["kernels"] is not None:
+        ops.configure({"kernels": settings["kernels"]})
+    for name, reason in skipped.items():
+        log.warning("%s skipped: %s", TASKS[name].title, reason)
+    for stale in (out_dir / "submission").glob("*.tsv"):
+        stale.unlink()
+    tokenizer, model_info = load_tokenizer(model_dir), load_encoder(model_dir)
+    results = {
+        "model": str(model_dir), "run": model_dir.parent.name, "scale": "percent",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": {**settings, "model": str(model_dir)}, "device": str(device), "threads": threads,
+        "arch": config["arch"].get("name"), "tasks": {}, "skipped": skipped,
+    }  # fmt: skip
+    log.info("GLUE on %s (%s, %d threads) -> %s; tasks %s", model_dir, device, threads, out_dir, names)
+    for name in names:
+        try:
+            results["tasks"][name] = run_task(name, tokenizer, model_info, settings, out_dir, device)
+        except (OSError, ConnectionError) as err:  # hub unreachable or a file vanished: skip, keep going
+            skipped[name] = f"could not be loaded: {err}"
+            log.warning("%s skipped: %s", TASKS[name].title, skipped[name])
+        results["headline"] = {c: v for r in results["tasks"].values() for c, v in r["headline"].items()}
+        results["average"] = glue_average(results["tasks"])
+        write_results(out_dir, results)
+    if not results["tasks"]:
+        raise ValueError(f"no GLUE task could be run: {skipped}")
+    results["submission"] = finish_submission(results, out_dir)
+    write_results(out_dir, results)
+    log_summary(results, out_dir)
+    return results
+
+
+def finish_submission(results: dict, out_dir: Path) -> dict:
+    files = sorted(f for r in results["tasks"].values() for f in r.get("submission", {}).values())
+    info = {"files": files, "zip": None, "skipped": {}}
+    if "AX.tsv" not in files:
+        info["skipped"]["AX"] = "AX is predicted with the MNLI model; MNLI was not run (or AX is absent)"
+        if results["settings"]["submission"]:
+            log.info("AX.tsv skipped: %s", info["skipped"]["AX"])
+    zipped = zip_submission(out_dir / "submission", out_dir / "submission.zip")
+    info["zip"] = zipped.name if zipped else None
+    return info
+
+
+def log_summary(results: dict, out_dir: Path) -> None:
+    lines = ["GLUE dev scores (percent, median over seeds):"]
+    for r in results["tasks"].values():
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in r["median"].items())
+        base = [f"{v:.1f}" for v in r["majority_baseline"].values() if v is not None]
+        extra = f" | majority class {'/'.join(base)}" if base else ""
+        lines.append(f"  {r['title']:<6} {shown}{extra} ({r['seconds']:.0f}s)")
+    for name, reason in results["skipped"].items():
+        lines.append(f"  {TASKS[name].title:<6} skipped: {reason}")
+    lines.append(results["average"]["label"])
+    lines.append(f"results: {out_dir / 'results.json'}")
+    if results["submission"]["zip"]:
+        lines.append(
+            f"submission: {out_dir / results['submission']['zip']} ({', '.join(results['submission']['files'])})"
+        )
+    log.info("\n".join(lines))
+
+
+@hydra.main(config_path="pkg://cramming.conf", config_name="glue", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    run_glue(settings.pop("model"), settings)
+
+
+if __name__ == "__main__":
+    main()
