@@ -1,0 +1,180 @@
+"""Flash-attention Triton kernel against PyTorch attention (CPU, TRITON_INTERPRET=1 from conftest).
+
+Oracle: ``attention_ref`` (SDPA, math backend on CPU) in float64. Low-precision dtypes follow the
+flash-attention rule: the kernel's max error against the float64 oracle is at most 2x PyTorch's own
+error (SDPA run in that dtype) against the same oracle, plus a tiny epsilon.
+"""
+
+import math
+
+import pytest
+import torch
+from cramming.kernels import Attention, attention, attention_ref
+
+from cramming import ops
+
+pytestmark = pytest.mark.interpreter
+
+EPS = {torch.float32: 1e-6, torch.bfloat16: 1e-4, torch.float16: 1e-5}
+
+
+def _inputs(B, H, T, D, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v, do = (torch.randn(B, H, T, D, generator=g, dtype=torch.float64) for _ in range(4))
+    return q, k, v, do
+
+
+def _mask(B, T, seed=0, all_masked=()):
+    """Random key-padding mask with at least one real key per row, except rows in all_masked."""
+    g = torch.Generator().manual_seed(seed + 1)
+    mask = torch.rand(B, T, generator=g) > 0.4
+    mask[:, 0] = True
+    for b in all_masked:
+        mask[b] = False
+    return mask
+
+
+def _run(fn, q, k, v, do, dtype, **kwargs):
+    """Output and (dq, dk, dv) of fn on copies of q, k, v cast to dtype."""
+    xs = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
+    out = fn(*xs, **kwargs)
+    grads = torch.autograd.grad(out, xs, do.to(dtype))
+    return [out.detach(), *grads]
+
+
+def _max_errors(results, oracle):
+    return [(r.double() - o).abs().max().item() for r, o in zip(results, oracle)]
+
+
+def _check_flash_rule(q, k, v, do, dtype, **kwargs):
+    oracle = _run(attention_ref, q, k, v, do, torch.float64, **kwargs)
+    ours = _run(attention, q, k, v, do, dtype, **kwargs)
+    torch_err = _max_errors(_run(attention_ref, q, k, v, do, dtype, **kwargs), oracle)
+    our_err = _max_errors(ours, oracle)
+    for name, ours_t, ours_e, torch_e in zip(("out", "dq", "dk", "dv"), ours, our_err, torch_err):
+        assert ours_t.dtype == dtype
+        assert torch.isfinite(ours_t).all(), f"{name} has non-finite values"
+        assert ours_e <= 2 * torch_e + EPS[dtype], f"{name}: kernel err {ours_e:.3g} vs torch {torch_e:.3g}"
+
+
+@pytest.mark.parametrize(
+    "T,D,masked",
+    [(1, 32, False), (17, 64, True), (64, 32, False), (127, 64, True), (130, 32, False), (130, 128, True)],
+)
+def test_fp32_matches_reference(T, D, masked):
+    q, k, v, do = _inputs(2, 1, T, D)
+    mask = _mask(2, T) if masked else None
+    _check_flash_rule(q, k, v, do, torch.float32, key_padding_mask=mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("T,D,masked", [(127, 64, True), (130, 32, False)])
+def test_low_precision_flash_rule(dtype, T, D, masked):
+    q, k, v, do = _inputs(1, 2, T, D, seed=T)
+    mask = _mask(1, T, seed=T) if masked else None
+    _check_flash_rule(q, k, v, do, dtype, key_padding_mask=mask)
+
+
+def test_fully_masked_sequence_gives_zeros_and_finite_grads():
+    T = 70
+    q, k, v, do = _inputs(3, 1, T, 32)
+    mask = _mask(3, T, all_masked=(1,))
+    mask[2, 40:] = False  # right padding: padded query rows still attend to the 40 real keys
+    out, dq, dk, dv = _run(attention, q, k, v, do, torch.float32, key_padding_mask=mask)
+    for t in (out, dq, dk, dv):
+        assert torch.isfinite(t).all()
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert torch.equal(dq[1], torch.zeros_like(dq[1]))
+    assert torch.equal(dk[1], torch.zeros_like(dk[1])) and torch.equal(dv[1], torch.zeros_like(dv[1]))
+    # masked keys get no gradient; padded query rows match the reference
+    assert (dk[2, :, 40:] == 0).all() and (dv[2, :, 40:] == 0).all()
+    oracle = _run(attention_ref, q, k, v, do, torch.float64, key_padding_mask=mask)
+    for ours, ref in zip((out, dq, dk, dv), oracle):
+        torch.testing.assert_close(ours.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_custom_scale():
+    q, k, v, do = _inputs(1, 2, 40, 64)
+    oracle = _run(attention_ref, q, k, v, do, torch.float64, scale=0.37)
+    ours = _run(attention, q, k, v, do, torch.float32, scale=0.37)
+    for o, r in zip(ours, oracle):
+        torch.testing.assert_close(o.double(), r, atol=1e-5, rtol=1e-5)
+    default = attention(q.float(), k.float(), v.float())
+    assert not torch.allclose(ours[0], default, atol=1e-3), "scale was ignored"
+
+
+def test_odd_head_dim_is_padded_and_bthd_layout_reads_strided_views():
+    B, T, H, D = 2, 19, 2, 48  # D=48 pads to 64
+    qkv = torch.randn(B, T, 3, H, D, dtype=torch.float64)  # packed projection output
+    q, k, v = qkv.unbind(dim=2)  # each (B, T, H, D), non-contiguous
+    mask = _mask(B, T)
+    ours = attention(q.float(), k.float(), v.float(), key_padding_mask=mask, layout="bthd")
+    assert ours.shape == (B, T, H, D)
+    ref = attention_ref(*(x.transpose(1, 2) for x in (q, k, v)), key_padding_mask=mask)  # (B, H, T, D)
+    torch.testing.assert_close(ours.double(), ref.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_backward_is_deterministic_and_module_wraps_function():
+    q, k, v, do = _inputs(1, 2, 100, 32)
+    mask = _mask(1, 100)
+    first = _run(attention, q, k, v, do, torch.float32, key_padding_mask=mask)
+    module = Attention(scale=1 / math.sqrt(32))
+    second = _run(module, q, k, v, do, torch.float32, key_padding_mask=mask)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def _bad_inputs():
+    good = torch.zeros(1, 2, 8, 32)
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    return {
+        "3d": ((good[0], good[0], good[0]), {}, "4-d"),
+        "shape mismatch": ((good, torch.zeros(1, 2, 9, 32), good), {}, "(1, 2, 9, 32)"),
+        "head dim 256": ((torch.zeros(1, 1, 4, 256),) * 3, {}, "D=256"),
+        "int dtype": ((good.long(), good.long(), good.long()), {}, "torch.int64"),
+        "mixed dtypes": ((good, good.half(), good), {}, "torch.float16"),
+        "mask shape": (
+            (good, good, good),
+            {"key_padding_mask": torch.ones(1, 9, dtype=torch.bool)},
+            "(1, 9)",
+        ),
+        "mask dtype": ((good, good, good), {"key_padding_mask": mask.float()}, "torch.float32"),
+        "scale": ((good, good, good), {"scale": -1.0}, "scale"),
+        "layout": ((good, good, good), {"layout": "tbhd"}, "tbhd"),
+        "empty": ((torch.zeros(1, 2, 0, 32),) * 3, {}, "(1, 2, 0, 32)"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_inputs()))
+def test_bad_inputs_raise_value_error(case):
+    args, kwargs, needle = _bad_inputs()[case]
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        attention(*args, **kwargs)
+
+
+def test_dispatch_uses_kernel_and_matches_torch():
+    q, k, v, _ = (x.float() for x in _inputs(2, 2, 33, 32))
+    mask = _mask(2, 33)
+    try:
+        ops.configure({"kernels": "torch"})
+        expected = ops.attention(q, k, v, key_padding_mask=mask)
+        ops.configure({"kernels": "triton"})
+        got = ops.attention(q, k, v, key_padding_mask=mask)
+    finally:
+        ops.configure({"kernels": "auto"})
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, attention(q, k, v, key_padding_mask=mask), atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_torch_compile_forward_and_backward():
+    q, k, v, do = _inputs(1, 2, 33, 32)
+    mask = _mask(1, 33)
+
+    def f(q, k, v, key_padding_mask):
+        return attention(q * 2, k, v, key_padding_mask=key_padding_mask).sin()
+
+    eager = _run(f, q, k, v, do, torch.float32, key_padding_mask=mask)
+    compiled = _run(torch.compile(f, fullgraph=True), q, k, v, do, torch.float32, key_padding_mask=mask)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
