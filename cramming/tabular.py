@@ -318,7 +318,31 @@ def load_examples(
     bad_rows: str = "skip",
     labels_required: bool = True,
 ) -> Examples:
-    """Read ``path`` and pull out its text, pair and label columns, checking every row.
+    """Read ``path`` and pull out its text, pair and label columns, checking every row (see below)."""
+    if bad_rows not in BAD_ROWS + ("keep",):
+        raise ValueError(f"bad_rows={bad_rows!r} is not one of {list(BAD_ROWS)}")
+    table = read_table(path, "error" if bad_rows == "error" else "skip")
+    return examples_from_table(table, text_column, text_pair_column, label_column, bad_rows, labels_required)
+
+
+def _row_problem(texts: dict[str, object], allow_empty: bool) -> str | None:
+    for column, value in texts.items():
+        if is_missing(value) and not allow_empty:
+            return f"empty text in column {column!r}"
+        if _text(value) is None:
+            return f"column {column!r} holds a {type(value).__name__}, not text"
+    return None
+
+
+def examples_from_table(
+    table: Table,
+    text_column: str,
+    text_pair_column: str | None = None,
+    label_column: str | None = None,
+    bad_rows: str = "skip",
+    labels_required: bool = True,
+) -> Examples:
+    """The text, pair and label columns of ``table``, checking every row.
 
     A row with an empty text, pair or (required) label is skipped and counted with
     ``bad_rows="skip"``, raises with ``"error"``, and with ``"keep"`` (prediction only) is
@@ -326,8 +350,8 @@ def load_examples(
     the examples come without labels.
     """
     if bad_rows not in BAD_ROWS + ("keep",):
-        raise ValueError(f"bad_rows={bad_rows!r} is not one of {list(BAD_ROWS)}")
-    table = read_table(path, "error" if bad_rows == "error" else "skip")
+        raise ValueError(f"bad_rows={bad_rows!r} is not one of {list(BAD_ROWS) + ['keep']}")
+    path = table.path
     texts = table.column(text_column)
     pairs = table.column(text_pair_column) if text_pair_column else None
     labels = None
@@ -341,23 +365,15 @@ def load_examples(
         row = {text_column: texts[i]}
         if pairs is not None:
             row[text_pair_column] = pairs[i]
-        problem = next((f"empty text in column {c!r}" for c, v in row.items() if is_missing(v)), None)
-        problem = problem or next(
-            (
-                f"column {c!r} holds a {type(v).__name__}, not text"
-                for c, v in row.items()
-                if _text(v) is None
-            ),
-            None,
-        )
+        problem = _row_problem(row, bad_rows == "keep")
         if problem is None and labels is not None and is_missing(labels[i]):
             problem = f"no label in column {label_column!r}"
-        if problem is not None and not (bad_rows == "keep" and problem.startswith("empty text")):
+        if problem is not None:
             _bad(Path(path), line, problem, bad_rows, examples)
             continue
-        examples.texts.append(_text(texts[i]) or "")
+        examples.texts.append(_text(texts[i]) if not is_missing(texts[i]) else "")
         if pairs is not None:
-            examples.pairs.append(_text(pairs[i]) or "")
+            examples.pairs.append(_text(pairs[i]) if not is_missing(pairs[i]) else "")
         if labels is not None:
             examples.labels.append(labels[i])
         examples.lines.append(line)

@@ -57,3 +57,36 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def build_tiny_classifier(mlm_dir: Path, out_dir: Path, labels: list[str], seed: int = 1) -> Path:
+    """A classifier on the tiny export's encoder with a random head, saved like a fine-tuned export."""
+    from cramming.export import load_model, load_tokenizer, read_config
+    from cramming.model import build_classifier
+
+    config = read_config(mlm_dir)
+    torch.manual_seed(seed)
+    encoder = load_model(mlm_dir).encoder.state_dict()
+    model = build_classifier(config["arch"], config["vocab_size"], len(labels), encoder)
+    extra = {
+        "labels": labels,
+        "id2label": {str(i): n for i, n in enumerate(labels)},
+        "label2id": {n: i for i, n in enumerate(labels)},
+        "text_column": "text",
+        "max_length": 64,
+    }
+    return save_export(model.eval(), load_tokenizer(mlm_dir), out_dir, extra=extra)
+
+
+def finetune_cfg(**overrides) -> dict:
+    """conf/finetune.yaml as a plain dict, on CPU with the PyTorch ops, plus ``overrides``."""
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "finetune.yaml"))
+    cfg.pop("defaults")
+    cfg.pop("hydra")
+    cfg.update(impl={"kernels": "torch", "device": "cpu", "threads": 2, "precision": "fp32"}, log_every=0)
+    cfg.update(overrides)
+    return cfg
+
+
+# Overrides that keep CLI runs in tests on the CPU reference ops (conftest sets TRITON_INTERPRET=1).
+CLI_IMPL = ["impl.kernels=torch", "impl.device=cpu", "impl.threads=2"]
