@@ -399,7 +399,10 @@ def log_summary(results: dict, out_dir: Path) -> None:
 @hydra.main(config_path="pkg://cramming.conf", config_name="glue", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     settings = OmegaConf.to_container(cfg, resolve=True)
-    run_glue(settings.pop("model"), settings)
+    try:
+        run_glue(settings.pop("model"), settings)
+    except ValueError as err:  # bad input: one clear paragraph, no traceback
+        raise SystemExit(f"cramming.glue: {err}") from None
 
 
 if __name__ == "__main__":

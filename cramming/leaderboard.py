@@ -1,0 +1,276 @@
+"""One table ranking every finished run in ``outputs/``: Markdown, CSV and an HTML page.
+
+    python -m cramming.leaderboard [--outputs outputs] [--out outputs/leaderboard]
+
+A finished run is a folder with ``model/config.json`` (a pretraining export) and/or
+``glue/results.json`` (from ``python -m cramming.glue``); ``summary.json`` from the
+pretraining run adds arch, budget, hardware, tokens seen and the MLM loss when present.
+Rows are sorted by GLUE average; each average is shown with its coverage (how many of
+the nine GLUE numbers it covers), because averages over different task sets do not
+compare. Published reference rows are kept in their own section, marked as references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import json
+import logging
+import sys
+from pathlib import Path
+
+from cramming.data.glue import AVERAGE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+TASK_COLUMNS = (*AVERAGE_COLUMNS, "WNLI")
+INFO_COLUMNS = ("run", "arch", "budget", "hardware", "tokens_seen", "steps", "final_mlm_loss")
+
+# Published GLUE dev scores (design §4; shared/data/glue/README.md). Not measured here.
+REFERENCES = [
+    {
+        "run": "crammedBERT (published)",
+        "arch": "crammed-bert",
+        "budget": "24h",
+        "hardware": "1x A6000",
+        "scores": {"MNLI-m": 84.1, "MNLI-mm": 84.6, "QQP": 87.5, "QNLI": 90.2, "SST-2": 92.0,
+                   "CoLA": 53.3, "STS-B": 87.4, "MRPC": 88.9, "RTE": 58.5},
+        "average": 80.7,
+        "coverage": "9/9",
+        "source": "JonasGeiping/cramming model card, GLUE dev, median of 5 fine-tunings, GLUE-sane",
+    },
+    {
+        "run": "BERT-base (published)",
+        "arch": "bert-base",
+        "budget": "",
+        "hardware": "",
+        "scores": {},
+        "average": 80.9,
+        "coverage": "9/9",
+        "source": "Geiping & Goldstein 2022, BERT-base fine-tuned with the same GLUE-sane protocol (average only)",
+    },
+]  # fmt: skip
+
+
+def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``, or {} (with a warning) when it is absent or unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("ignoring %s: %s", path, err)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _text(value) -> str:
+    """A summary field as short text (a device description may be a dict with a name)."""
+    if isinstance(value, dict):
+        return str(value.get("name") or value.get("device") or json.dumps(value, sort_keys=True))
+    return "" if value is None else str(value)
+
+
+def find_runs(outputs: Path) -> list[Path]:
+    """Run folders (up to two levels below ``outputs``) holding an export or GLUE results."""
+    found = set()
+    for pattern in (
+        "*/model/config.json",
+        "*/glue/results.json",
+        "*/*/model/config.json",
+        "*/*/glue/results.json",
+    ):
+        found.update(p.parent.parent for p in outputs.glob(pattern))
+    return sorted(found)
+
+
+def run_row(run_dir: Path, outputs: Path) -> dict:
+    summary = _read_json(run_dir / "summary.json")
+    config = _read_json(run_dir / "model" / "config.json")
+    results = _read_json(run_dir / "glue" / "results.json")
+    arch = summary.get("arch") or (config.get("arch") or {}).get("name") or results.get("arch")
+    average = results.get("average") or {}
+    return {
+        "kind": "measured",
+        "run": str(run_dir.relative_to(outputs)),
+        "arch": arch if isinstance(arch, str) else (arch or {}).get("name", ""),
+        "budget": _text(summary.get("budget")),
+        "hardware": _text(summary.get("hardware") or summary.get("device")),
+        "tokens_seen": summary.get("tokens_seen"),
+        "steps": summary.get("steps"),
+        "final_mlm_loss": summary.get("final_mlm_loss"),
+        "scores": {k: v for k, v in (results.get("headline") or {}).items() if k in TASK_COLUMNS},
+        "average": average.get("value"),
+        "coverage": f"{average['count']}/{average['of']}" if "count" in average else "",
+        "source": str((run_dir / "glue" / "results.json").relative_to(outputs)) if results else "",
+    }
+
+
+def collect(outputs: Path) -> list[dict]:
+    """Measured rows, best average first (runs without GLUE scores last)."""
+    rows = [run_row(d, outputs) for d in find_runs(outputs)]
+    return sorted(rows, key=lambda r: (r["average"] is None, -(r["average"] or 0.0), r["run"]))
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int) and value >= 10_000:
+        for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if value >= size:
+                return f"{value / size:.1f}{unit}"
+    return str(value)
+
+
+def table_cells(row: dict) -> list[str]:
+    cells = [
+        row["run"], row["arch"] or "", str(row["budget"] or ""), str(row["hardware"] or ""),
+        _fmt(row.get("tokens_seen")), _fmt(row.get("steps")), _fmt(row.get("final_mlm_loss"), 3),
+    ]  # fmt: skip
+    cells += [_fmt(row["scores"].get(c)) for c in TASK_COLUMNS]
+    return cells + [_fmt(row["average"]), row["coverage"]]
+
+
+HEADER = [*INFO_COLUMNS, *TASK_COLUMNS, "average", "coverage"]
+
+
+def to_markdown(rows: list[dict], references: list[dict]) -> str:
+    def table(items):
+        lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in table_cells(r)) + " |" for r in items]
+        return lines
+
+    out = ["# cramming leaderboard", "", "GLUE dev scores in percent (median over fine-tuning seeds). "
+           "`coverage` says how many of the nine GLUE numbers (MNLI-m/-mm, QQP, QNLI, SST-2, CoLA, STS-B, "
+           "MRPC, RTE) the average covers; WNLI is never averaged.", "", "## Measured runs", ""]  # fmt: skip
+    out += table(rows) if rows else ["(no finished runs found)"]
+    out += ["", "## Published references (not measured here)", ""] + table(references)
+    out += [""] + [f"- {r['run']}: {r['source']}" for r in references]
+    return "\n".join(out) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict], references: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["kind", *HEADER, "source"])
+        for kind, items in (("measured", rows), ("reference", references)):
+            for row in items:
+                writer.writerow([kind, *csv_cells(row), row["source"]])
+
+
+def csv_cells(row: dict) -> list:
+    """Raw values (full precision, unabbreviated counts) for machine reading."""
+    raw = lambda v: "" if v is None else (round(v, 4) if isinstance(v, float) else v)  # noqa: E731
+    cells = [row["run"], row["arch"] or "", row["budget"] or "", row["hardware"] or ""]
+    cells += [raw(row.get(k)) for k in ("tokens_seen", "steps", "final_mlm_loss")]
+    cells += [raw(row["scores"].get(c)) for c in TASK_COLUMNS]
+    return cells + [raw(row["average"]), row["coverage"]]
+
+
+def bar_chart_svg(rows: list[dict], references: list[dict]) -> str:
+    """Horizontal bars of the GLUE average; references hatched grey and labelled as such."""
+    items = [(r, False) for r in rows if r["average"] is not None] + [(r, True) for r in references]
+    bar_h, gap, left, width = 22, 8, 260, 420
+    height = max(1, len(items)) * (bar_h + gap) + 30
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" role="img">',
+        '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
+        '<rect width="6" height="6" fill="#ddd"/><line x1="0" y1="0" x2="0" y2="6" stroke="#999" stroke-width="3"/>'
+        "</pattern></defs>",
+    ]
+    for i, (row, is_ref) in enumerate(items):
+        y = 10 + i * (bar_h + gap)
+        value = max(0.0, min(100.0, float(row["average"])))
+        fill = "url(#hatch)" if is_ref else "#3b6fb6"
+        label = html.escape(f"{row['run']}{' [reference]' if is_ref else ''}")
+        parts.append(f'<text x="{left - 8}" y="{y + 16}" text-anchor="end" font-size="13">{label}</text>')
+        parts.append(
+            f'<rect x="{left}" y="{y}" width="{value / 100 * width:.1f}" height="{bar_h}" fill="{fill}"/>'
+        )
+        text = html.escape(f"{row['average']:.1f} ({row['coverage']})")
+        parts.append(
+            f'<text x="{left + value / 100 * width + 6:.1f}" y="{y + 16}" font-size="12">{text}</text>'
+        )
+    axis_y = 10 + len(items) * (bar_h + gap)
+    parts.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + width}" y2="{axis_y}" stroke="#444"/>')
+    for tick in range(0, 101, 20):
+        x = left + tick / 100 * width
+        parts.append(f'<text x="{x}" y="{axis_y + 14}" font-size="10" text-anchor="middle">{tick}</text>')
+    return "\n".join(parts + ["</svg>"])
+
+
+def to_html(rows: list[dict], references: list[dict]) -> str:
+    def table(items, css):
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+        body = "".join(
+            f'<tr class="{css}">' + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r)) + "</tr>"
+            for r in items
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    sources = "".join(f"<li>{html.escape(r['run'])}: {html.escape(r['source'])}</li>" for r in references)
+    measured = table(rows, "measured") if rows else "<p>(no finished runs found)</p>"
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>cramming leaderboard</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; margin-bottom: 1.5em; font-size: 13px; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+tr.reference {{ background: #f3f3f3; font-style: italic; color: #555; }}
+</style></head><body>
+<h1>cramming leaderboard</h1>
+<p>GLUE dev scores in percent (median over fine-tuning seeds). <em>coverage</em> is how many of the nine
+GLUE numbers the average covers; WNLI is never averaged.</p>
+<h2>GLUE average</h2>
+{bar_chart_svg(rows, references)}
+<h2>Measured runs</h2>
+{measured}
+<h2>Published references (not measured here)</h2>
+{table(references, "reference")}
+<ul>{sources}</ul>
+</body></html>
+"""
+
+
+def write_leaderboard(outputs: str | Path, out: str | Path | None = None) -> dict[str, Path]:
+    """Collect the runs under ``outputs`` and write leaderboard.{md,csv,html} into ``out``."""
+    outputs = Path(outputs)
+    if not outputs.is_dir():
+        raise ValueError(
+            f"--outputs {outputs} is not a folder; give the folder holding the run folders (outputs)"
+        )
+    out = Path(out) if out else outputs / "leaderboard"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect(outputs)
+    paths = {"md": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}
+    paths["md"].write_text(to_markdown(rows, REFERENCES), encoding="utf-8")
+    write_csv(paths["csv"], rows, REFERENCES)
+    paths["html"].write_text(to_html(rows, REFERENCES), encoding="utf-8")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m cramming.leaderboard", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--outputs", default="outputs", help="folder holding the run folders (default: outputs)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="where to write the tables (default: OUTPUTS/leaderboard)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        paths = write_leaderboard(args.outputs, args.out)
+    except ValueError as err:
+        sys.exit(f"cramming.leaderboard: {err}")
+    print(paths["md"].read_text(), end="")
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+if __name__ == "__main__":
+    main()
