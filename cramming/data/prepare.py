@@ -36,6 +36,10 @@ BATCH_CHARS = 8_000_000  # text per encode_batch call: enough work for every cor
 Log = Callable[[str], None] | None
 
 
+def _quiet(_msg: str) -> None:
+    pass
+
+
 @dataclass
 class PreparedCorpus:
     tokenizer: Tokenizer
@@ -55,7 +59,7 @@ def prepare_corpus(data_cfg: Any, log: Log = print) -> PreparedCorpus:
     """Train (or reuse) the tokenizer and pack train/validation into cached ``seq_len`` sequences."""
     cfg = as_dict(data_cfg)
     validate_data_config(cfg)
-    say = log or (lambda _msg: None)
+    say = _quiet if log is None else log
     _set_workers(cfg["num_workers"])
     root = Path(cfg["cache_dir"]).expanduser()
     tok, tok_key = get_tokenizer(cfg, root, say)
@@ -72,6 +76,12 @@ def prepare_corpus(data_cfg: Any, log: Log = print) -> PreparedCorpus:
                 shutil.rmtree(entry)
             manifest = build_corpus(cfg, tok, key, entry, log)
     return load_corpus(entry, manifest, reused)
+
+
+def corpus_key(data_cfg: Any) -> str:
+    """The cache key ``prepare_corpus`` would use for this config (without building anything)."""
+    cfg = as_dict(data_cfg)
+    return cache.config_key(corpus_identity(cfg, cache.config_key(tokenizer_identity(cfg))))
 
 
 def _set_workers(num_workers: int) -> None:
@@ -171,7 +181,7 @@ def load_corpus(entry: Path, manifest: dict[str, Any], reused: bool) -> Prepared
 
 def build_corpus(cfg: dict[str, Any], tok: Tokenizer, key: str, entry: Path, log: Log) -> dict[str, Any]:
     """Build (or resume building) every split, order, write stats and the manifest; returns the manifest."""
-    say = log or (lambda _msg: None)
+    say = _quiet if log is None else log
     entry.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     train_docs, valid_docs = sources.split_streams(cfg)
@@ -255,7 +265,7 @@ def build_split(
     name: str, documents: Iterable[str], cfg: dict[str, Any], tok: Tokenizer, entry: Path, log: Log
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Pack one split into shards, saving the resume state after each finished shard."""
-    say = log or (lambda _msg: None)
+    say = _quiet if log is None else log
     ids = special_ids(tok)
     state = load_progress(entry, name)
     if state.get("done"):
@@ -332,7 +342,8 @@ def encode_documents(tok: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.nd
     """
     pieces = [p for doc in docs for p in doc.split("\n")]
     per_doc = np.fromiter((doc.count("\n") + 1 for doc in docs), np.int64, len(docs))
-    encodings = tok.encode_batch_fast(pieces, add_special_tokens=False)
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast (tokenizers ≥ 0.20) skips offsets
+    encodings = encode(pieces, add_special_tokens=False)
     piece_lengths = np.fromiter((len(e) for e in encodings), np.int64, len(encodings))
     flat = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32, int(piece_lengths.sum()))
     piece_ends = np.concatenate([[0], np.cumsum(piece_lengths)])
