@@ -8,9 +8,10 @@ Every benchmark script runs in two modes:
   interpreter (``TRITON_INTERPRET=1``), wall-clock timing. It proves the script runs
   end to end; its timings are NOT comparable to anything.
 
-Importing this module has no side effects beyond setting ``TRITON_INTERPRET=1``
-when no GPU is present (the interpreter flag must be set before any ``@triton.jit``
-decorator runs, so benchmark scripts import this module before the kernels).
+Importing this module has no side effects. Scripts call ``setup(args)`` first thing in
+``main()``: in smoke mode it sets ``TRITON_INTERPRET=1``, which must happen before the
+kernels are imported (Triton reads it when ``@triton.jit`` decorates), so scripts import
+``cramming.kernels`` inside functions, after ``setup``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -57,6 +55,25 @@ def is_smoke(args: argparse.Namespace | None = None) -> bool:
     """Smoke mode: asked for with ``--smoke``, or forced because there is no CUDA device."""
     asked = bool(getattr(args, "smoke", False))
     return asked or not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def setup(args: argparse.Namespace | None = None) -> bool:
+    """Decide the mode, print it, and prepare the environment; returns True in smoke mode."""
+    smoke = is_smoke(args)
+    if smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+    _raise_compile_cache_limit()
+    smoke_banner(smoke)
+    return smoke
+
+
+def _raise_compile_cache_limit(limit: int = 256) -> None:
+    """Benchmarks compile one graph per shape; the default limit (8) would silently fall back to eager."""
+    import torch._dynamo
+
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, limit)
 
 
 def bench_device(smoke: bool) -> torch.device:
@@ -97,6 +114,23 @@ def gbps(num_bytes: int, ms: float) -> float:
 
 def pct_of_peak(value: float, peak: float | None) -> float | None:
     return None if peak is None else 100.0 * value / peak
+
+
+def add_speedups(
+    rows: Sequence[dict],
+    keys: Sequence[str],
+    ours: str = "triton",
+    baselines: Sequence[str] = ("eager", "compile"),
+) -> None:
+    """Add ``speedup_vs_<baseline>`` (baseline ms / our ms; > 1 is faster) to our rows, matching
+    rows that agree on every field in ``keys``."""
+    times = {(tuple(row[k] for k in keys), row["provider"]): row["ms"] for row in rows}
+    for row in rows:
+        if row["provider"] != ours:
+            continue
+        for base in baselines:
+            other = times.get((tuple(row[k] for k in keys), base))
+            row[f"speedup_vs_{base}"] = None if other is None else other / row["ms"]
 
 
 def save_results(rows: Sequence[dict], name: str, out_dir: Path | str) -> tuple[Path, Path]:

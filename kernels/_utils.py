@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import triton
@@ -58,17 +58,6 @@ def store(ptr, value, mask):
 def launch(kernel):
     """The kernel as launched inside an op body: traceable on GPU, plain in the interpreter."""
     return kernel if INTERPRET else torch.library.wrap_triton(kernel)
-
-
-def autotune(configs: Sequence[triton.Config], key: list[str], prune: Callable | None = None):
-    """``triton.autotune`` on a GPU (``prune`` is its ``early_config_prune``); the first config
-    only in the interpreter, which has no driver to benchmark with (multi-config autotuning
-    fails there). Kernels therefore list an interpreter-friendly config first."""
-    if INTERPRET:
-        return triton.autotune(list(configs[:1]), key=key)
-    return triton.autotune(
-        list(configs), key=key, prune_configs_by={"early_config_prune": prune} if prune else None
-    )
 
 
 @functools.lru_cache(maxsize=8)

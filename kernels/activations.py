@@ -16,7 +16,7 @@ import triton.language as tl
 from torch import nn
 
 from ._utils import (
-    autotune,
+    INTERPRET,
     check_approximate,
     check_contiguous,
     check_device,
@@ -70,23 +70,20 @@ def _cdf_and_grad(x, TANH: tl.constexpr):
 # ----------------------------------------------------------------------------- GELU (flat)
 
 
-def _flat_configs() -> list[triton.Config]:
-    first = [triton.Config({"BLOCK": 16384}, num_warps=4)]  # the interpreter's: few programs
-    return first + [triton.Config({"BLOCK": b}, num_warps=w) for b in (1024, 2048, 4096) for w in (4, 8)]
+# Flat kernels: 4096 elements per program, 16 per thread (several 16-byte vector accesses each).
+FLAT = {"BLOCK": 16384, "num_warps": 4} if INTERPRET else {"BLOCK": 4096, "num_warps": 8}
 
 
-@autotune(_flat_configs(), key=["size_class"])
 @triton.jit
-def _gelu_fwd_kernel(X, Y, n, size_class, TANH: tl.constexpr, BLOCK: tl.constexpr):
+def _gelu_fwd_kernel(X, Y, n, TANH: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     store(Y + offs, x * _cdf(x, TANH), mask)
 
 
-@autotune(_flat_configs(), key=["size_class"])
 @triton.jit
-def _gelu_bwd_kernel(DY, X, DX, n, size_class, TANH: tl.constexpr, BLOCK: tl.constexpr):
+def _gelu_bwd_kernel(DY, X, DX, n, TANH: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
@@ -98,34 +95,18 @@ def _gelu_bwd_kernel(DY, X, DX, n, size_class, TANH: tl.constexpr, BLOCK: tl.con
 # ----------------------------------------------------------------------------- 2-D tiles
 
 
-def _tile_configs() -> list[triton.Config]:
-    first = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 1024}, num_warps=4)]  # the interpreter's
-    return first + [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w)
-        for n in (256, 512, 1024)
-        for m in (1, 2, 4, 8, 16)
-        for w in (4, 8)
-        if 1024 <= m * n <= 8192 and 4 <= m * n // (32 * w) <= 32
-    ]
+def _tile(n: int) -> dict:
+    """(rows, columns) tile for width n: BLOCK_N the largest power of two in [128, 1024] dividing n
+    (no masked tail; 512 for BERT's 1536), BLOCK_M rows to make ~4096 elements, 16 per thread."""
+    block_n = next((b for b in (1024, 512, 256, 128) if n % b == 0), min(1024, triton.next_power_of_2(n)))
+    if INTERPRET:  # cost there is per op per program: few, large programs
+        return {"BLOCK_M": 32, "BLOCK_N": block_n, "num_warps": 4}
+    block_m = min(16, max(1, 4096 // block_n))
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": max(1, min(8, block_m * block_n // 512))}
 
 
-def _prune_tiles(configs, named_args, **kwargs):
-    """Drop column blocks much wider than the row (they would be mostly masked)."""
-    n = {**named_args, **kwargs}["N"]
-    kept = [c for c in configs[1:] if c.kwargs["BLOCK_N"] <= max(256, triton.next_power_of_2(n))]
-    return kept or configs[1:2]
-
-
-def _size_class(numel: int) -> int:
-    """Autotuning key: re-tune per power-of-two size bucket, not per exact size."""
-    return max(numel, 1).bit_length()
-
-
-@autotune(_tile_configs(), key=["N", "size_class"], prune=_prune_tiles)
 @triton.jit
-def _bias_gelu_fwd_kernel(
-    X, B, Y, M, N, size_class, TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
-):
+def _bias_gelu_fwd_kernel(X, B, Y, M, N, TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = (row < M)[:, None] & (col < N)[None, :]
@@ -135,10 +116,9 @@ def _bias_gelu_fwd_kernel(
     store(Y + offs, x * _cdf(x, TANH), mask)
 
 
-@autotune(_tile_configs(), key=["N", "size_class"], prune=_prune_tiles)
 @triton.jit
 def _bias_gelu_bwd_kernel(
-    DY, X, B, DX, DB, M, N, rows_per_program, size_class,
+    DY, X, B, DX, DB, M, N, rows_per_program,
     TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -161,11 +141,8 @@ def _bias_gelu_bwd_kernel(
     tl.store(DB + pid * N + col, tl.sum(db_acc, axis=0), mask=col_ok)
 
 
-@autotune(_tile_configs(), key=["N", "size_class"], prune=_prune_tiles)
 @triton.jit
-def _geglu_fwd_kernel(
-    X, Y, M, N, size_class, TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
-):
+def _geglu_fwd_kernel(X, Y, M, N, TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """X: (M, 2N) holding [a | b]; Y: (M, N) = gelu(a) * b."""
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -177,11 +154,8 @@ def _geglu_fwd_kernel(
     store(Y + row[:, None].to(tl.int64) * N + col[None, :], y, mask)
 
 
-@autotune(_tile_configs(), key=["N", "size_class"], prune=_prune_tiles)
 @triton.jit
-def _geglu_bwd_kernel(
-    DY, X, DX, M, N, size_class, TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr
-):
+def _geglu_bwd_kernel(DY, X, DX, M, N, TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """da = dy * b * gelu'(a), db = dy * gelu(a), written as DX = [da | db]."""
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -198,8 +172,12 @@ def _geglu_bwd_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-def _tile_grid(M: int, N: int):
-    return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(N, meta["BLOCK_N"]))
+def _launch_tiles(kernel, M: int, N: int, *args, **constexprs) -> None:
+    """One program per (BLOCK_M rows, BLOCK_N columns) tile of an (M, N) problem."""
+    if M > 0 and N > 0:
+        tile = _tile(N)
+        grid = (triton.cdiv(M, tile["BLOCK_M"]), triton.cdiv(N, tile["BLOCK_N"]))
+        launch(kernel)[grid](*args, M, N, **constexprs, **tile)
 
 
 def _gelu_launch(kernel, out: torch.Tensor, *tensors: torch.Tensor, tanh: bool) -> torch.Tensor:
@@ -207,8 +185,7 @@ def _gelu_launch(kernel, out: torch.Tensor, *tensors: torch.Tensor, tanh: bool) 
         check_contiguous("input", t)
     n = out.numel()
     if n > 0:
-        grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]),)  # noqa: E731
-        launch(kernel)[grid](*tensors, out, n, _size_class(n), TANH=tanh)
+        launch(kernel)[(triton.cdiv(n, FLAT["BLOCK"]),)](*tensors, out, n, TANH=tanh, **FLAT)
     return out
 
 
@@ -219,22 +196,20 @@ def _bias_gelu_backward(dy, x, bias, tanh):
     dx = torch.empty_like(x)
     rows_per_program, programs = row_groups(M, x.device)
     db = torch.zeros(programs, N, device=x.device, dtype=torch.float32)
-    if M > 0:
-        grid = lambda meta: (programs, triton.cdiv(N, meta["BLOCK_N"]))  # noqa: E731
-        launch(_bias_gelu_bwd_kernel)[grid](
-            dy, x, bias, dx, db, M, N, rows_per_program, _size_class(x.numel()), TANH=tanh
+    if M > 0 and N > 0:
+        tile = _tile(N)  # each program walks its group of rows for one column block
+        launch(_bias_gelu_bwd_kernel)[(programs, triton.cdiv(N, tile["BLOCK_N"]))](
+            dy, x, bias, dx, db, M, N, rows_per_program, TANH=tanh, **tile
         )
     return dx, db.sum(0)
 
 
 def _geglu_launch(kernel, out, *tensors, tanh):
-    """out is (M, N) for the forward and (M, 2N) for the backward; tensors end with x (M, 2N)."""
+    """out is (M, H) for the forward and (M, 2H) for the backward; tensors end with x (M, 2H)."""
     for t in tensors:
         check_contiguous("input", t)
     x = tensors[-1]
-    M, N = x.shape[0], x.shape[1] // 2
-    if M > 0 and N > 0:
-        launch(kernel)[_tile_grid(M, N)](*tensors, out, M, N, _size_class(M * N), TANH=tanh)
+    _launch_tiles(kernel, x.shape[0], x.shape[1] // 2, *tensors, out, TANH=tanh)
     return out
 
 
@@ -255,11 +230,7 @@ def _gelu_bwd(dy: torch.Tensor, x: torch.Tensor, approximate: str) -> torch.Tens
 def _bias_gelu_fwd(x: torch.Tensor, bias: torch.Tensor, approximate: str) -> torch.Tensor:
     check_contiguous("x", x)
     y = torch.empty_like(x)
-    M, N = x.shape
-    if x.numel() > 0:
-        launch(_bias_gelu_fwd_kernel)[_tile_grid(M, N)](
-            x, bias, y, M, N, _size_class(x.numel()), TANH=approximate == "tanh"
-        )
+    _launch_tiles(_bias_gelu_fwd_kernel, x.shape[0], x.shape[1], x, bias, y, TANH=approximate == "tanh")
     return y
 
 

@@ -16,7 +16,7 @@ import triton.language as tl
 from torch import nn
 
 from ._utils import (
-    autotune,
+    INTERPRET,
     check_contiguous,
     check_device,
     check_float,
@@ -31,29 +31,16 @@ from ._utils import (
 MAX_WIDTH = 16384  # one row must fit in registers
 
 
-def _configs(block_ms: tuple[int, ...]) -> list[triton.Config]:
-    # The first config is the interpreter's: few programs, each doing many rows at once.
-    first = [triton.Config({"BLOCK_M": 32}, num_warps=4)]
-    return first + [triton.Config({"BLOCK_M": m}, num_warps=w) for m in block_ms for w in (1, 2, 4, 8, 16)]
+def _tile(n: int) -> dict:
+    """Launch parameters for width n: BLOCK_N covers the row; BLOCK_M rows per tile so a tile holds
+    >= 2048 elements (enough work per program at small widths); ~8 elements per thread."""
+    block_n = triton.next_power_of_2(n)
+    if INTERPRET:  # cost there is per op per program: few programs, many rows each
+        return {"BLOCK_N": block_n, "BLOCK_M": 32, "num_warps": 4}
+    block_m = min(16, max(1, 2048 // block_n))
+    return {"BLOCK_N": block_n, "BLOCK_M": block_m, "num_warps": min(16, max(1, block_m * block_n // 256))}
 
 
-def _prune(min_per_thread: int, max_per_thread: int):
-    """Keep tiles with a sane number of elements per thread for this width (BLOCK_N)."""
-
-    def prune(configs, named_args, **kwargs):
-        block_n = {**named_args, **kwargs}["BLOCK_N"]
-        kept = [
-            c
-            for c in configs[1:]
-            if min_per_thread <= c.kwargs["BLOCK_M"] * block_n // (32 * c.num_warps) <= max_per_thread
-        ]
-        # Very wide rows: fall back to one row per program with the most warps.
-        return kept or [triton.Config({"BLOCK_M": 1}, num_warps=16)]
-
-    return prune
-
-
-@autotune(_configs((1, 2, 4, 8, 16)), key=["N"], prune=_prune(8, 32))
 @triton.jit
 def _fwd_kernel(
     X, R, W, B, Y, S, Mean, Rstd, M, N, eps,
@@ -82,7 +69,6 @@ def _fwd_kernel(
     tl.store(Rstd + row, rstd, mask=row_ok)
 
 
-@autotune(_configs((1, 2, 4)), key=["N"], prune=_prune(4, 16))
 @triton.jit
 def _bwd_kernel(
     DY, X, W, Mean, Rstd, DS, DX, DW, DB, M, N, rows_per_program,
@@ -138,12 +124,11 @@ def _forward(x, residual, weight, bias, eps):
     mean = torch.empty(M, device=x.device, dtype=torch.float32)
     rstd = torch.empty(M, device=x.device, dtype=torch.float32)
     if M > 0:
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)  # noqa: E731
-        launch(_fwd_kernel)[grid](
+        tile = _tile(N)
+        launch(_fwd_kernel)[(triton.cdiv(M, tile["BLOCK_M"]),)](
             x, x if residual is None else residual, weight, weight if bias is None else bias,
             y, y if summed is None else summed, mean, rstd, M, N, eps,
-            HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-            BLOCK_N=triton.next_power_of_2(N),
+            HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None, **tile,
         )  # fmt: skip
     return y, summed, mean, rstd
 
@@ -160,7 +145,7 @@ def _backward(dy, x, weight, mean, rstd, dsum, has_bias):
         launch(_bwd_kernel)[(programs,)](
             dy, x, weight, mean, rstd, dy if dsum is None else dsum, dx, dw, db if has_bias else dw,
             M, N, rows_per_program,
-            HAS_DSUM=dsum is not None, HAS_BIAS=has_bias, BLOCK_N=triton.next_power_of_2(N),
+            HAS_DSUM=dsum is not None, HAS_BIAS=has_bias, **_tile(N),
         )  # fmt: skip
     else:
         dw.zero_()

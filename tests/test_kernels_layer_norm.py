@@ -6,6 +6,8 @@ most twice PyTorch's own low-precision error against it, plus a tiny epsilon (th
 FlashAttention tests use).
 """
 
+import os
+
 import pytest
 import torch
 from cramming.kernels import (
@@ -19,6 +21,16 @@ from cramming.kernels import (
 import cramming.ops as ops
 
 pytestmark = pytest.mark.interpreter
+
+# With TRITON_INTERPRET=0 on a CUDA machine the same tests run the compiled kernels on the GPU.
+DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def on_device():
+    with torch.device(DEVICE):  # default device for every tensor the tests create
+        yield
+
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(1, 768), (7, 1000), (129, 768), (129, 1000)]
