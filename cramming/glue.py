@@ -349,17 +349,25 @@ def _run(model_dir: Path, config: dict, settings: dict, names: list, skipped: di
         "arch": config["arch"].get("name"), "tasks": {}, "skipped": skipped,
     }  # fmt: skip
     log.info("GLUE on %s (%s, %d threads) -> %s; tasks %s", model_dir, device, threads, out_dir, names)
-    for name in names:
+    for i, name in enumerate(names):
         try:
             results["tasks"][name] = run_task(name, tokenizer, model_info, settings, out_dir, device)
-        except (OSError, ConnectionError) as err:  # hub unreachable or a file vanished: skip, keep going
-            skipped[name] = f"could not be loaded: {err}"
-            log.warning("%s skipped: %s", TASKS[name].title, skipped[name])
+        except OSError as err:  # hub unreachable or a file vanished: skip, keep going
+            # an unreachable hub fails every task alike (after retries): skip the rest at once
+            hub_down = settings["glue_dir"] is None and isinstance(err, ConnectionError)
+            for rest in names[i:] if hub_down else [name]:
+                skipped[rest] = f"could not be loaded: {err}"
+                log.warning("%s skipped: %s", TASKS[rest].title, skipped[rest])
+            if hub_down:
+                break
         results["headline"] = {c: v for r in results["tasks"].values() for c, v in r["headline"].items()}
         results["average"] = glue_average(results["tasks"])
         write_results(out_dir, results)
     if not results["tasks"]:
-        raise ValueError(f"no GLUE task could be run: {skipped}")
+        source = "the hub dataset nyu-mll/glue (needs network access or its HF cache; for local files give glue_dir=PATH)"
+        if settings["glue_dir"] is not None:
+            source = f"glue_dir={settings['glue_dir']}"
+        raise ValueError(f"no GLUE task could be run from {source}: {skipped}")
     results["submission"] = finish_submission(results, out_dir)
     write_results(out_dir, results)
     log_summary(results, out_dir)

@@ -9,6 +9,7 @@ scales them to percent where it reports them.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def f1_binary(y_true: Sequence[int], y_pred: Sequence[int], positive: int = 1) -
 
 def matthews(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
     """Matthews correlation; 0 when a row or column of the confusion matrix is empty."""
-    return float(skm.matthews_corrcoef(y_true, y_pred))
+    with warnings.catch_warnings():  # sklearn warns about a single class; the answer (0) is defined
+        warnings.simplefilter("ignore")
+        return float(skm.matthews_corrcoef(y_true, y_pred))
 
 
 def _correlation(fn, x: Sequence[float], y: Sequence[float]) -> float:
