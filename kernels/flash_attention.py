@@ -67,7 +67,7 @@ _DQ_CONFIGS = _configs(
     [(128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4), (128, 64, 8, 2),
      (128, 32, 4, 5)]
 )  # fmt: skip
-# T is bucketed to a power of two so a new sequence length does not trigger a new autotune run
+# T is bucketed to a power of two (see _t_bucket) so a new sequence length does not trigger a new autotune run
 _KEY = ["T_BUCKET", "HEAD_DIM"]
 
 
@@ -301,6 +301,11 @@ def _precision(q: torch.Tensor) -> str:
     return "ieee" if q.dtype == torch.float32 else "tf32"
 
 
+def _t_bucket(T: int) -> int:
+    """Autotune key for T (the kernels ignore it). Symbolic T under torch.compile passes through unchanged."""
+    return triton.next_power_of_2(T) if isinstance(T, int) else T
+
+
 def _grid(T: int, H: int, B: int, block: str):
     def grid(meta: dict) -> tuple[int, int, int]:
         return (triton.cdiv(T, meta[block]), H, B)
@@ -317,7 +322,7 @@ def _launch_fwd(
     mask, smb, smt, has_mask = _mask_args(q, key_padding_mask)
     torch.library.wrap_triton(_attn_fwd)[_grid(T, H, B, "BLOCK_M")](
         q, k, v, o, lse, mask, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], smb, smt,
-        H, T, triton.next_power_of_2(T), scale * LOG2E,
+        H, T, _t_bucket(T), scale * LOG2E,
         HEAD_DIM=D, HAS_MASK=has_mask, UPCAST=_INTERPRET, PRECISION=_precision(q),
     )  # fmt: skip
     return o, lse
@@ -340,12 +345,12 @@ def _launch_bwd(
     torch.library.wrap_triton(_attn_bwd_dkdv)[_grid(T, H, B, "BLOCK_N")](
         q, k, v, do, dk, dv, lse, delta, mask, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], smb, smt,
-        H, T, triton.next_power_of_2(T), scale * LOG2E, scale, **common,
+        H, T, _t_bucket(T), scale * LOG2E, scale, **common,
     )  # fmt: skip
     torch.library.wrap_triton(_attn_bwd_dq)[_grid(T, H, B, "BLOCK_M")](
         q, k, v, do, dq, lse, delta, mask, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dq.stride()[:3], smb, smt,
-        H, T, triton.next_power_of_2(T), scale * LOG2E, scale, **common,
+        H, T, _t_bucket(T), scale * LOG2E, scale, **common,
     )  # fmt: skip
     return dq, dk, dv
 
