@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from cramming import classify, metrics, ops
 from cramming.export import load_model, load_tokenizer, read_config, save_export
 from cramming.model import build_classifier
+from cramming.predict import cli_errors
 from cramming.tabular import Examples, bad_row, check_bad_rows, load_examples, write_table
 
 log = logging.getLogger("cramming.finetune")
@@ -378,19 +378,6 @@ def _log_to_file(path: Path):
         logger.removeHandler(handler)
         logger.setLevel(previous)
         handler.close()
-
-
-def cli_errors(fn):
-    """Run ``fn``; a ValueError (bad input, bad option) becomes one ``error:`` line and exit status 2."""
-
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-
-    return wrapper
 
 
 @hydra.main(config_path="pkg://cramming.conf", config_name="finetune", version_base="1.3")

@@ -1,0 +1,181 @@
+"""Predict with a fine-tuned export: one label and one probability per class for every input row.
+
+    python -m cramming.predict model=outputs/RUN/finetuned input=file.csv output=preds.csv
+    printf 'a great film\\nawful\\n' | python -m cramming.predict model=outputs/RUN/finetuned
+
+Input: .csv .tsv .jsonl .json .parquet .txt (one text per line), or text lines on stdin when
+``input`` is omitted or ``-`` (a tab separates the two texts of a pair). Output columns: the
+input columns (``keep_columns=true``), ``prediction``, and ``prob_<label>`` per class (a
+regression model writes only ``prediction``). The format follows the output extension; without
+``output`` the rows go to stdout as CSV. Batches are sorted by length and run under
+``torch.inference_mode`` on every CPU core (``impl.threads``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cramming import classify, ops
+from cramming.export import load_model, load_tokenizer, read_config
+from cramming.tabular import (
+    WRITE_FORMATS,
+    Examples,
+    Table,
+    examples_from_table,
+    file_format,
+    read_table,
+    write_table,
+)
+
+log = logging.getLogger("cramming.predict")
+
+
+def stdin_examples(lines: Sequence[str], pair: bool) -> Examples:
+    """Text lines (``a<TAB>b`` for pairs); blank lines are skipped."""
+    rows = [(i, line.rstrip("\r\n")) for i, line in enumerate(lines, start=1) if line.strip()]
+    if not rows:
+        raise ValueError("no input: pass input=FILE or text lines on stdin")
+    texts, pairs = [], [] if pair else None
+    for i, line in rows:
+        if pair:
+            first, sep, second = line.partition("\t")
+            if not sep:
+                raise ValueError(
+                    f"stdin line {i}: the model takes sentence pairs; separate the two texts with a tab"
+                )
+            texts.append(first)
+            pairs.append(second)
+        else:
+            texts.append(line)
+    return Examples("<stdin>", texts, pairs, None, [i for i, _ in rows])
+
+
+def cli_errors(fn):
+    """Run ``fn``; a ValueError (bad input, bad option) becomes one ``error:`` line and exit status 2."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
+class Predictor:
+    """A fine-tuned export ready for inference: ``predictor(texts, pairs) -> (labels, probs)``."""
+
+    def __init__(self, model_dir: str | Path, device: str = "auto", max_length: int | None = None):
+        self.config = read_config(model_dir)
+        if self.config.get("task") != "classification":
+            raise ValueError(
+                f"{model_dir} is a pretrained {self.config.get('task')} export, not a fine-tuned classifier; "
+                "fine-tune it first with python -m cramming.finetune"
+            )
+        self.device = classify.resolve_device(device)
+        self.model = load_model(model_dir, device=self.device)
+        self.tokenizer = load_tokenizer(model_dir)
+        self.labels = self.config.get("labels")  # None for regression
+        self.max_length = int(max_length or self.config.get("max_length") or 128)
+
+    def logits(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64
+    ) -> np.ndarray:
+        data = classify.encode_examples(self.tokenizer, texts, pairs, max_len=self.max_length)
+        return classify.predict(self.model, data, batch_size, self.device)
+
+    def __call__(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64
+    ) -> dict:
+        """``prediction`` per text; for classifiers also ``probs`` (N, C) in label order."""
+        logits = self.logits(texts, pairs, batch_size)
+        if not self.labels:
+            return {"prediction": [float(x) for x in logits[:, 0]]}
+        probs = classify.softmax(logits)
+        return {"prediction": [self.labels[i] for i in probs.argmax(-1)], "probs": probs}
+
+
+def output_columns(
+    result: Mapping, labels: Sequence[str] | None, examples: Examples, table: Table | None
+) -> dict[str, list]:
+    """Input columns (of the rows that were predicted) followed by the prediction and probabilities."""
+    columns: dict[str, list] = {}
+    if table is not None:
+        row_of_line = {line: i for i, line in enumerate(table.lines)}
+        rows = [row_of_line[line] for line in examples.lines]
+        columns = {name: [values[i] for i in rows] for name, values in table.columns.items()}
+    else:
+        columns["text"] = examples.texts
+        if examples.pairs is not None:
+            columns["text_pair"] = examples.pairs
+
+    def fresh(name: str) -> str:  # never overwrite an input column
+        while name in columns:
+            name = f"predicted_{name}"
+        return name
+
+    columns[fresh("prediction")] = result["prediction"]
+    for i, name in enumerate(labels or []):
+        columns[fresh(f"prob_{name}")] = [round(float(p), 6) for p in result["probs"][:, i]]
+    return columns
+
+
+def run_predict(cfg: Mapping) -> dict[str, list]:
+    """Predict as configured (keys of conf/predict.yaml); returns the output columns."""
+    output = cfg.get("output")
+    if output:
+        file_format(output, WRITE_FORMATS)  # a bad output name fails before any work
+    elif (cfg.get("format") or "csv") not in ("csv", "tsv", "jsonl"):
+        raise ValueError(f"format={cfg.get('format')!r} is not one of csv, tsv, jsonl (stdout formats)")
+    impl = cfg.get("impl") or {}
+    ops.configure(impl)
+    classify.set_threads(impl.get("threads"))
+    predictor = Predictor(cfg["model"], impl.get("device", "auto"), cfg.get("max_length"))
+    config = predictor.config
+    text_column = cfg.get("text_column") or config.get("text_column") or "text"
+    pair_column = cfg.get("text_pair_column") or config.get("text_pair_column")
+    source = cfg.get("input")
+    table = None
+    if source in (None, "", "-"):
+        examples = stdin_examples(sys.stdin.readlines(), pair_column is not None)
+    else:
+        bad_rows = cfg.get("bad_rows", "keep")
+        table = read_table(source, "error" if bad_rows == "error" else "skip")
+        examples = examples_from_table(table, text_column, pair_column, None, bad_rows, False)
+        if not cfg.get("keep_columns", True):
+            table = None
+    started = time.perf_counter()
+    with torch.inference_mode():
+        result = predictor(examples.texts, examples.pairs, int(cfg.get("batch_size", 64)))
+    seconds = time.perf_counter() - started
+    log.info(
+        "predicted %d rows in %.2fs (%.0f rows/s)", len(examples), seconds, len(examples) / max(seconds, 1e-9)
+    )
+    columns = output_columns(result, predictor.labels, examples, table)
+    write_table(columns, output, None if output else (cfg.get("format") or "csv"))
+    if output:
+        log.info("wrote %d predictions to %s", len(examples), output)
+    return columns
+
+
+@hydra.main(config_path="pkg://cramming.conf", config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    # Logs go to stderr so that stdout carries only the predictions.
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+    cli_errors(run_predict)(OmegaConf.to_container(cfg, resolve=True))
+
+
+if __name__ == "__main__":
+    main()

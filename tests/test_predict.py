@@ -1,0 +1,117 @@
+"""Prediction with a fine-tuned export: API, CLI (files and stdin), output formats, bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_export import CLI_IMPL, build_tiny_classifier, build_tiny_export, read_glue_tsv, write_csv
+
+from cramming import ops
+from cramming.predict import Predictor, run_predict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LABELS = ["negative", "neutral", "positive"]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tiny_corpus) -> dict:
+    root = tmp_path_factory.mktemp("predict")
+    mlm = build_tiny_export(tiny_corpus["train"], root / "model")
+    return {"mlm": mlm, "classifier": build_tiny_classifier(mlm, root / "finetuned", LABELS)}
+
+
+@pytest.fixture(scope="module")
+def sentences(glue_dir) -> list[str]:
+    return [r["sentence"] for r in read_glue_tsv(glue_dir / "SST-2" / "dev.tsv", 50)]
+
+
+@pytest.fixture(autouse=True)
+def _torch_ops():
+    ops.configure({"kernels": "torch"})
+    yield
+    ops.configure({"kernels": "auto"})
+
+
+def predict_cfg(model: Path, **overrides) -> dict:
+    cfg = {"model": str(model), "input": "-", "output": None, "format": None, "text_column": None}
+    cfg.update(text_pair_column=None, keep_columns=True, bad_rows="keep", batch_size=8, max_length=None)
+    cfg.update(impl={"kernels": "torch", "device": "cpu", "threads": 2})
+    cfg.update(overrides)
+    return cfg
+
+
+def test_batched_length_sorted_predictions_match_one_at_a_time(exports, sentences):
+    predictor = Predictor(exports["classifier"], device="cpu")
+    result = predictor(sentences, batch_size=8)
+    assert result["probs"].shape == (len(sentences), 3)
+    np.testing.assert_allclose(result["probs"].sum(axis=1), 1.0, atol=1e-5)
+    assert result["prediction"] == [LABELS[i] for i in result["probs"].argmax(1)]
+    single = np.concatenate([predictor.logits([s]) for s in sentences[:10]])
+    np.testing.assert_allclose(predictor.logits(sentences, batch_size=4)[:10], single, atol=1e-5)
+
+
+def test_file_in_file_out_keeps_columns_and_rows(tmp_path, exports, sentences):
+    rows = [{"id": str(i), "text": s, "prediction": "old"} for i, s in enumerate(sentences[:20])]
+    rows[3]["text"] = ""  # kept (bad_rows=keep): one output row per input row
+    write_csv(tmp_path / "in.csv", rows)
+    run_predict(
+        predict_cfg(exports["classifier"], input=str(tmp_path / "in.csv"), output=str(tmp_path / "p.jsonl"))
+    )
+    out = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in out] == [str(i) for i in range(20)]
+    assert all(r["prediction"] == "old" for r in out)  # the input column is never overwritten
+    for r in out:
+        probs = [r[f"prob_{name}"] for name in LABELS]
+        assert abs(sum(probs) - 1) < 1e-4 and r["predicted_prediction"] == LABELS[int(np.argmax(probs))]
+    expected = Predictor(exports["classifier"], device="cpu")([r["text"] for r in rows])["prediction"]
+    assert [r["predicted_prediction"] for r in out] == expected
+
+    run_predict(
+        predict_cfg(
+            exports["classifier"],
+            input=str(tmp_path / "in.csv"),
+            output=str(tmp_path / "p.csv"),
+            bad_rows="skip",
+        )
+    )
+    assert len(list(csv.DictReader(open(tmp_path / "p.csv")))) == 19
+
+
+def test_errors_name_the_problem(tmp_path, exports):
+    write_csv(tmp_path / "in.csv", [{"sentence": "fine"}])
+    with pytest.raises(ValueError, match="has no column 'text'.*'sentence'"):
+        run_predict(predict_cfg(exports["classifier"], input=str(tmp_path / "in.csv")))
+    with pytest.raises(ValueError, match="not a fine-tuned classifier"):
+        run_predict(predict_cfg(exports["mlm"], input=str(tmp_path / "in.csv")))
+    with pytest.raises(ValueError, match="unsupported file extension '.xlsx'"):
+        cfg = predict_cfg(exports["classifier"], input=str(tmp_path / "in.csv"), output="p.xlsx")
+        run_predict({**cfg, "text_column": "sentence"})
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "cramming.predict", *args, *CLI_IMPL]
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+
+
+@pytest.mark.slow
+def test_cli_stdin_to_stdout_and_file_to_file(tmp_path, exports, sentences):
+    proc = run_cli(f"model={exports['classifier']}", stdin="\n".join(sentences[:5]) + "\n\n")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))  # stdout holds only the CSV; logs go to stderr
+    assert [r["text"] for r in rows] == sentences[:5]
+    assert list(rows[0]) == ["text", "prediction"] + [f"prob_{n}" for n in LABELS]
+    assert all(abs(sum(float(r[f"prob_{n}"]) for n in LABELS) - 1) < 1e-4 for r in rows)
+
+    write_csv(tmp_path / "in.csv", [{"text": s} for s in sentences])
+    proc = run_cli(
+        f"model={exports['classifier']}", f"input={tmp_path / 'in.csv'}", f"output={tmp_path / 'o.csv'}"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(csv.DictReader(open(tmp_path / "o.csv")))) == len(sentences)
