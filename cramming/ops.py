@@ -14,8 +14,8 @@ runs is chosen per op from ``cfg.impl``:
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
-import warnings
 from collections.abc import Mapping
 
 import torch
@@ -69,9 +69,11 @@ def _use_triton(op: str, tensor: torch.Tensor) -> bool:
         return True
     if op not in _warned:
         _warned.add(op)
-        warnings.warn(
-            f"{op}: no Triton path for {tensor.device.type} tensors here; using the PyTorch reference",
-            stacklevel=3,
+        logging.getLogger("cramming").warning(
+            "%s: no Triton path for %s tensors here (TRITON_INTERPRET=1 runs the interpreter); using the PyTorch "
+            "reference",
+            op,
+            tensor.device.type,
         )
     return False
 
@@ -127,8 +129,8 @@ def attention(
     if dropout_p > 0.0:
         if _choice["attention"] != "torch" and "attention-dropout" not in _warned:
             _warned.add("attention-dropout")
-            warnings.warn(
-                "attention dropout is not fused in the Triton kernel; using PyTorch attention", stacklevel=2
+            logging.getLogger("cramming").warning(
+                "attention dropout is not fused in the Triton kernel; using PyTorch attention"
             )
         return attention_ref(q, k, v, key_padding_mask, scale=scale, dropout_p=dropout_p)
     if _use_triton("attention", q):

@@ -82,23 +82,35 @@ def peak_flops(runtime: Runtime) -> float:
         from cramming.perf import device_peak_flops
     except ImportError:
         return float("nan")
-    return device_peak_flops(runtime.device, runtime.dtype)
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(runtime.dtype, "fp32")
+    return device_peak_flops(runtime.device, precision)
 
 
-def optimizer_step(model, optimizer, microbatches, lr: float, grad_clip: float, runtime: Runtime):
-    """Accumulate gradients over the microbatches and step; returns (mean loss, grad norm, finite)."""
+def optimizer_step(
+    model, optimizer, next_microbatch, accum: int, lr: float, grad_clip: float, runtime, stop=None
+):
+    """Accumulate gradients over ``accum`` microbatches and step.
+
+    Returns (mean loss, grad norm, finite), or None when ``stop()`` turned true between
+    microbatches: the partial step is dropped, so a long accumulation cannot overshoot
+    the budget by more than one microbatch.
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
     total = torch.zeros((), device=runtime.device)
-    for inputs, labels in microbatches:
+    for index in range(accum):
+        if index > 0 and stop is not None and stop():
+            optimizer.zero_grad(set_to_none=True)
+            return None
+        inputs, labels = next_microbatch()
         with runtime.autocast():
             loss = model(inputs, labels)["loss"]
-        (loss / len(microbatches)).backward()
+        (loss / accum).backward()
         total += loss.detach()
     params = [p for p in model.parameters() if p.grad is not None]
     max_norm = grad_clip if grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    mean_loss = total / len(microbatches)
+    mean_loss = total / accum
     finite = bool(torch.isfinite(grad_norm) & torch.isfinite(mean_loss))
     if finite:
         optimizer.step()
@@ -209,14 +221,13 @@ class Pretrainer:
         return True
 
     # -- the loop ------------------------------------------------------------------------------
-    def next_microbatches(self, count: int) -> list:
-        batches = []
-        for _ in range(count):
-            ids = next(self.loader)
-            inputs, labels = self.collator(ids, generator=self.mask_generator)
-            device = self.runtime.device
-            batches.append((inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)))
-        return batches
+    def next_microbatch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, labels = self.collator(next(self.loader), generator=self.mask_generator)
+        device = self.runtime.device
+        return inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+    def time_is_up(self) -> bool:
+        return self.budget.kind == "time" and self.clock.exhausted()
 
     def run(self) -> dict:
         t = self.train_cfg
@@ -227,14 +238,28 @@ class Pretrainer:
         self.clock.start()
         self.window = {"time": time.monotonic(), "tokens": 0, "steps": 0}
         last_ckpt = last_valid = time.monotonic()
+        lr = grad_norm = float("nan")
         while not self.clock.exhausted():
             p = self.clock.progress()
             accum = accumulation_steps(p, micro, *ramp)
             lr = float(t["lr"]) * lr_factor(t["schedule"], p, float(t.get("warmup_fraction", 0.1)))
-            batches = self.next_microbatches(accum)
-            loss, grad_norm, finite = optimizer_step(
-                self.step_model, self.optimizer, batches, lr, float(t["grad_clip"]), self.runtime
+            result = optimizer_step(
+                self.step_model,
+                self.optimizer,
+                self.next_microbatch,
+                accum,
+                lr,
+                float(t["grad_clip"]),
+                self.runtime,
+                stop=self.time_is_up,
             )
+            if result is None:
+                log.info(
+                    "budget ran out inside step %d; its partial accumulation was dropped",
+                    self.progress.step + 1,
+                )
+                break
+            loss, grad_norm, finite = result
             self.after_step(accum * micro * seq_len * self.runtime.world_size, finite)
             self.progress.losses.append(float(loss))
             if self.should_log():

@@ -1,0 +1,149 @@
+"""The pretraining CLI end to end on the tiny corpus, and its answers to bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+import cramming
+from cramming.cli import pretrain_main
+from cramming.data import prepare_corpus
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(args, cwd, timeout=300):
+    env = {**os.environ, "TRITON_INTERPRET": "0", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "cramming", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def tiny_args(tiny_corpus, tmp_path, name, budget):
+    return [
+        f"budget={budget}",
+        f"name={name}",
+        f"base_dir={tmp_path / 'outputs'}",
+        "arch=tiny",
+        "train=cpu",
+        "data=local",
+        f"data.files=[{tiny_corpus['train']}]",
+        f"data.validation_files=[{tiny_corpus['valid']}]",
+        "data.vocab_size=2048",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "impl.kernels=torch",
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_corpus, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("pretrain")
+    result = run_cli(tiny_args(tiny_corpus, tmp_path, "e2e", "40s"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path, result
+
+
+def test_run_stops_by_itself_and_loss_falls(finished_run):
+    tmp_path, result = finished_run
+    run = tmp_path / "outputs" / "e2e"
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "summary.json", "plots/loss.png"):
+        assert (run / name).is_file(), name
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        assert (run / "model" / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["steps"] > 5
+    assert 40 <= summary["elapsed_s"] < 40 + 15  # stopped by itself, small overshoot
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"] - 0.5
+    valid = [r for r in records if r["kind"] == "valid"]
+    assert valid and valid[-1]["loss"] < 8.0
+    assert "budget spent" in (run / "log.txt").read_text()
+
+
+def test_export_reloads_to_identical_logits(finished_run):
+    tmp_path, _ = finished_run
+    model = cramming.load_model(tmp_path / "outputs" / "e2e" / "model")
+    again = cramming.load_model(tmp_path / "outputs" / "e2e" / "model")
+    ids = torch.randint(5, model.vocab_size, (2, 32))
+    with torch.no_grad():
+        assert torch.equal(model(ids)["logits"], again(ids)["logits"])
+    checkpoint = sorted((tmp_path / "outputs" / "e2e" / "checkpoints").glob("step_*.pt"))[-1]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    fresh = cramming.model.build_mlm(state["arch"], state["vocab_size"])
+    fresh.load_state_dict(state["model"], strict=True)
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(ids)["logits"], model(ids)["logits"])
+
+
+def test_second_run_reuses_the_cache(finished_run, tiny_corpus):
+    tmp_path, _ = finished_run
+    result = run_cli(tiny_args(tiny_corpus, tmp_path, "again", "3steps"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log_text = (tmp_path / "outputs" / "again" / "log.txt").read_text()
+    assert "reused" in log_text.lower()
+    summary = json.loads((tmp_path / "outputs" / "again" / "summary.json").read_text())
+    assert summary["steps"] == 3
+
+
+def test_bad_budget_from_the_command_line(tmp_path, tiny_corpus):
+    result = run_cli(tiny_args(tiny_corpus, tmp_path, "bad", "abc"), cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "budget='abc'" in result.stderr and "24h" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cache").exists()  # refused before any work
+
+
+def test_unknown_arch_from_the_command_line(tmp_path):
+    result = run_cli(["arch=huge", "budget=1m"], cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "huge" in result.stderr and "crammed-bert" in result.stderr
+
+
+def _main_with(overrides, capsys):
+    with initialize_config_module("cramming.conf", version_base="1.3"):
+        cfg = compose("pretrain", overrides=overrides)
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_main(cfg)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget", ["-1h", "0", "12parsecs"])
+def test_bad_budgets_in_process(budget, tmp_path, tiny_corpus, capsys):
+    err = _main_with(tiny_args(tiny_corpus, tmp_path, "bad", budget), capsys)
+    assert budget in err and "500steps" in err
+
+
+def test_bad_data_files(tmp_path, tiny_corpus, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e\n".encode("latin-1") * 100)
+    good_cache = tmp_path / "cache"
+    prepare_corpus_cfg = tiny_args(tiny_corpus, tmp_path, "bad", "1m")
+    for bad, fragment in [
+        (str(tmp_path / "nothing-*.txt"), "nothing-"),
+        (str(empty), "empty.txt"),
+        (str(latin1), "latin1.txt"),
+    ]:
+        overrides = [o for o in prepare_corpus_cfg if not o.startswith("data.files=")] + [f"data.files=[{bad}]"]
+        err = _main_with(overrides, capsys)
+        assert fragment in err, err
+    assert not good_cache.exists()
+
+
+def test_nothing_cached_is_damaged_by_a_bad_run(tmp_path, tiny_corpus, capsys):
+    with initialize_config_module("cramming.conf", version_base="1.3"):
+        cfg = compose("pretrain", overrides=tiny_args(tiny_corpus, tmp_path, "ok", "1m"))
+    corpus = prepare_corpus(cfg.data, log=lambda *a: None)
+    before = sorted((p.name, p.stat().st_size) for p in Path(corpus.cache_dir).rglob("*") if p.is_file())
+    _main_with(tiny_args(tiny_corpus, tmp_path, "ok", "abc"), capsys)
+    after = sorted((p.name, p.stat().st_size) for p in Path(corpus.cache_dir).rglob("*") if p.is_file())
+    assert before == after
