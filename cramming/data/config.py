@@ -31,7 +31,13 @@ DEFAULTS: dict[str, Any] = {
     "vocab_size": 32768,
     "seq_len": 128,
     "cache_dir": ".cache/cramming",
-    "tokenizer": {"lowercase": True, "strip_accents": True, "ascii_only": True, "sample_mb": 256},
+    "tokenizer": {
+        "lowercase": True,
+        "strip_accents": True,
+        "ascii_only": True,
+        "sample_mb": 256,
+        "path": None,
+    },
     "filters": {"max_tokens_per_char": 0.25, "min_doc_chars": 200, "dedup": True},
     "ordering": "none",
     "num_workers": 0,
@@ -139,6 +145,11 @@ def _check_options(cfg: dict[str, Any]) -> None:
     if not isinstance(sample_mb, (int, float)) or sample_mb <= 0:
         raise ValueError(
             f"data.tokenizer.sample_mb={sample_mb!r} is not valid; it must be a positive number."
+        )
+    tok_path = cfg["tokenizer"].get("path")
+    if tok_path and not Path(str(tok_path)).expanduser().is_file():
+        raise ValueError(
+            f"data.tokenizer.path={tok_path!r} is not a file; give a tokenizer.json or null (train one)."
         )
     ratio = cfg["filters"].get("max_tokens_per_char")
     if ratio is not None and (not isinstance(ratio, (int, float)) or ratio <= 0):

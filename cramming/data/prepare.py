@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import resource
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from cramming.data.config import as_dict, validate_data_config
 from cramming.data.filters import DocumentFilter, FilterStats, HashIndex
 from cramming.data.ordering import quality_order
 from cramming.data.packing import PackedSequences, Packer, storage_dtype, stream_from_flat
-from cramming.data.tokenizer import sample_documents, special_ids, train_tokenizer
+from cramming.data.tokenizer import attach_post_processor, sample_documents, special_ids, train_tokenizer
 
 PIPELINE_VERSION = 1
 BATCH_CHARS = 8_000_000  # text per encode_batch call: enough work for every core, bounded memory
@@ -110,7 +112,12 @@ def tokenizer_identity(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_tokenizer(cfg: dict[str, Any], root: Path, say: Callable[[str], None]) -> tuple[Tokenizer, str]:
-    """The WordPiece tokenizer trained on a bounded sample of the train stream, cached by config hash."""
+    """The WordPiece tokenizer trained on a bounded sample of the train stream, cached by config hash.
+
+    ``tokenizer.path`` names an existing tokenizer.json to use instead (keyed by its content).
+    """
+    if cfg["tokenizer"].get("path"):
+        return load_tokenizer_file(Path(cfg["tokenizer"]["path"]).expanduser(), cfg["vocab_size"], say)
     key = cache.config_key(tokenizer_identity(cfg))
     path = root / "tokenizers" / key / "tokenizer.json"
     with cache.file_lock(root / "tokenizers" / f"{key}.lock"):
@@ -130,6 +137,25 @@ def get_tokenizer(cfg: dict[str, Any], root: Path, say: Callable[[str], None]) -
             f"data: trained WordPiece tokenizer ({tok.get_vocab_size()} tokens) on ≤{cfg['tokenizer']['sample_mb']} MB "
             f"in {time.perf_counter() - start:.1f}s; cached as {key}"
         )
+    return tok, key
+
+
+def load_tokenizer_file(path: Path, vocab_size: int, say: Callable[[str], None]) -> tuple[Tokenizer, str]:
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as err:
+        raise ValueError(
+            f"data.tokenizer.path={str(path)!r} is not a readable tokenizer.json ({err})."
+        ) from err
+    special_ids(tok)
+    if tok.get_vocab_size() > vocab_size:
+        raise ValueError(
+            f"data.tokenizer.path={str(path)!r} has {tok.get_vocab_size()} tokens, more than "
+            f"data.vocab_size={vocab_size}; give a vocab_size of at least that."
+        )
+    attach_post_processor(tok)
+    key = cache.file_sha256(path)[:16]
+    say(f"data: using tokenizer {path} ({tok.get_vocab_size()} tokens, key {key})")
     return tok, key
 
 
@@ -286,7 +312,8 @@ def build_split(
     start = time.perf_counter() - progress["seconds"]
     bar = _progress_bar(name, log)
     try:
-        for batch in _batches(islice(documents, state["docs"], None), cfg["batch_documents"]):
+        batches = _prefetch(_batches(islice(documents, state["docs"], None), cfg["batch_documents"]))
+        for batch in batches:
             seqs, chars, tokens = _encode_and_pack(batch, tok, filt, packer, ids["sep"])
             progress["docs"] += len(batch)
             progress["chars"] += chars
@@ -323,6 +350,45 @@ def _batches(documents: Iterable[str], size: int, max_chars: int = BATCH_CHARS) 
             batch, chars = [], 0
     if batch:
         yield batch
+
+
+def _prefetch(batches: Iterator[list[str]], depth: int = 2) -> Iterator[list[str]]:
+    """Read (decompress, split) the next batches in a thread while the current one is encoded.
+
+    ``encode_batch`` releases the GIL, so reading overlaps with tokenizing; ``depth`` bounds the memory.
+    """
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not offer(batch):
+                    return
+            offer(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            offer(err)
+
+    thread = threading.Thread(target=produce, name="cramming-data-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := slots.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _encode_and_pack(batch: list[str], tok: Tokenizer, filt: DocumentFilter, packer: Packer, sep: int):
