@@ -1,0 +1,108 @@
+"""End to end on CPU: a tiny random-init export, `python -m cramming.glue` on SST-2 + STS-B, the leaderboard."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+from _glue_fixtures import make_tiny_export
+
+from cramming.export import load_model
+from cramming.glue import load_encoder, run_glue
+from cramming.model import build_classifier
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_corpus):
+    """outputs/RUN with a tiny export in RUN/model, as pretraining leaves it."""
+    outputs = tmp_path_factory.mktemp("outputs")
+    make_tiny_export(outputs / "tiny-run" / "model", tiny_corpus["train"])
+    (outputs / "tiny-run" / "summary.json").write_text(
+        json.dumps(
+            {"arch": "tiny", "budget": "0s", "hardware": "cpu", "tokens_seen": 0, "final_mlm_loss": 7.5}
+        )
+    )
+    return outputs / "tiny-run"
+
+
+def test_classifier_encoder_is_the_export_encoder(run_dir):
+    info = load_encoder(run_dir / "model")
+    mlm = load_model(run_dir / "model")
+    clf = build_classifier(info["arch"], info["vocab_size"], 2, info["encoder"])
+    torch.testing.assert_close(clf.encoder.embeddings.word.weight, mlm.encoder.embeddings.word.weight)
+    torch.testing.assert_close(clf.encoder.blocks[1].ffn.out.weight, mlm.encoder.blocks[1].ffn.out.weight)
+
+
+def test_bad_inputs_fail_before_any_work(run_dir, glue_dir, tmp_path):
+    with pytest.raises(ValueError, match="is not an exported cramming model"):
+        run_glue(run_dir, {"glue_dir": str(glue_dir)})  # the run folder, not its model/ folder
+    with pytest.raises(ValueError, match="model is required"):
+        run_glue(None, {})
+    with pytest.raises(ValueError, match="holds none of the requested tasks"):
+        run_glue(run_dir / "model", {"glue_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="unknown GLUE task 'mnli-m'"):
+        run_glue(run_dir / "model", {"glue_dir": str(glue_dir), "tasks": ["mnli-m"]})
+    assert not (run_dir / "glue").exists()
+
+
+@pytest.mark.slow
+def test_cli_runs_sst2_and_stsb_and_leaderboard_shows_it(run_dir, glue_dir):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # plain PyTorch ops: fast
+    cmd = [
+        sys.executable, "-m", "cramming.glue", f"model={run_dir / 'model'}", f"glue_dir={glue_dir}",
+        "tasks=[sst2,stsb,qnli]", "max_train_examples=160", "max_eval_examples=120", "max_test_examples=50",
+        "epochs=1", "batch_size=16", "lr=1e-4", "num_threads=1", "kernels=torch",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "QNLI skipped: missing QNLI/train.tsv" in log
+    assert "average over 2/9 (SST-2, STS-B)" in log
+
+    out = run_dir / "glue"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["tasks"]) == {"sst2", "stsb"} and "qnli" in results["skipped"]
+    assert (
+        results["settings"]["max_train_examples"] == 160 and results["settings"]["max_eval_examples"] == 120
+    )
+    sst2, stsb = results["tasks"]["sst2"], results["tasks"]["stsb"]
+    assert sst2["examples"]["train"] == 160 and sst2["examples"]["dev"] == {"dev": 120}
+    assert 0.0 <= sst2["median"]["accuracy"] <= 100.0 and len(sst2["seeds"]) == 1
+    assert set(stsb["median"]) == {"pearson", "spearman"} and "classes" not in stsb
+    assert sum(map(sum, sst2["classes"]["dev"]["confusion_matrix"])) == 120
+    assert set(sst2["classes"]["dev"]["per_class"]) == {"negative", "positive"}
+    assert results["average"]["count"] == 2 and results["average"]["of"] == 9
+    assert results["average"]["value"] == pytest.approx(
+        (sst2["median"]["accuracy"] + stsb["median"]["pearson"]) / 2
+    )
+    assert (out / "confusion" / "sst2.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "confusion" / "stsb.png").exists()
+
+    sst2_tsv = (out / "submission" / "SST-2.tsv").read_text().splitlines()
+    assert sst2_tsv[0] == "index\tprediction" and len(sst2_tsv) == 51
+    assert {line.split("\t")[1] for line in sst2_tsv[1:]} <= {"0", "1"}
+    assert [line.split("\t")[0] for line in sst2_tsv[1:4]] == ["0", "1", "2"]
+    stsb_values = [
+        float(line.split("\t")[1]) for line in (out / "submission" / "STS-B.tsv").read_text().splitlines()[1:]
+    ]
+    assert len(stsb_values) == 50 and all(0.0 <= v <= 5.0 for v in stsb_values)
+    assert sorted(zipfile.ZipFile(out / "submission.zip").namelist()) == ["SST-2.tsv", "STS-B.tsv"]
+    assert "AX" in results["submission"]["skipped"]
+
+    outputs = run_dir.parent
+    lb = subprocess.run(
+        [sys.executable, "-m", "cramming.leaderboard", "--outputs", str(outputs)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert lb.returncode == 0, lb.stderr
+    rows = list(csv.DictReader(open(outputs / "leaderboard" / "leaderboard.csv")))
+    measured = [r for r in rows if r["kind"] == "measured"]
+    assert [r["run"] for r in measured] == ["tiny-run"]
+    assert float(measured[0]["SST-2"]) == pytest.approx(sst2["median"]["accuracy"], abs=1e-3)
+    assert measured[0]["coverage"] == "2/9" and measured[0]["arch"] == "tiny"
+    assert "tiny-run" in (outputs / "leaderboard" / "leaderboard.md").read_text()
+    assert "<svg" in (outputs / "leaderboard" / "leaderboard.html").read_text()
