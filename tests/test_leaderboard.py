@@ -1,0 +1,102 @@
+"""cramming.leaderboard on a hand-made outputs/ folder."""
+
+import csv
+import json
+
+import pytest
+
+from cramming.leaderboard import REFERENCES, collect, main, write_leaderboard
+
+
+def _results(headline: dict, covered: list) -> dict:
+    value = sum(headline[c] for c in covered) / len(covered)
+    return {"headline": headline, "average": {"value": value, "count": len(covered), "of": 9}}
+
+
+@pytest.fixture
+def outputs(tmp_path):
+    root = tmp_path / "outputs"
+    # finished run with GLUE results and a pretraining summary
+    (root / "good" / "glue").mkdir(parents=True)
+    (root / "good" / "glue" / "results.json").write_text(
+        json.dumps(_results({"SST-2": 80.0, "CoLA": 20.0, "WNLI": 50.0}, ["SST-2", "CoLA"]))
+    )
+    (root / "good" / "summary.json").write_text(
+        json.dumps(
+            {
+                "arch": "small",
+                "budget": "90m",
+                "device": {"name": "NVIDIA H200"},
+                "tokens_seen": 2_500_000_000,
+                "steps": 1200,
+                "final_mlm_loss": 2.3456,
+                "valid_mlm_loss": 2.4,
+                "elapsed": 5400,
+            }
+        )  # fmt: skip
+    )
+    # a better run without summary.json, export only config
+    (root / "better" / "glue").mkdir(parents=True)
+    (root / "better" / "glue" / "results.json").write_text(json.dumps(_results({"SST-2": 90.0}, ["SST-2"])))
+    (root / "better" / "model").mkdir()
+    (root / "better" / "model" / "config.json").write_text(json.dumps({"arch": {"name": "tiny"}}))
+    # pretrained but not yet evaluated, with a broken summary
+    (root / "pretrained-only" / "model").mkdir(parents=True)
+    (root / "pretrained-only" / "model" / "config.json").write_text(
+        json.dumps({"arch": {"name": "crammed-bert"}})
+    )
+    (root / "pretrained-only" / "summary.json").write_text("{not json")
+    # not a run: no export, no results
+    (root / "crashed" / "checkpoints").mkdir(parents=True)
+    return root
+
+
+def test_collect_sorts_by_average_and_reads_summaries(outputs):
+    rows = collect(outputs)
+    assert [r["run"] for r in rows] == ["better", "good", "pretrained-only"]
+    better, good, pending = rows
+    assert better["arch"] == "tiny" and better["coverage"] == "1/9" and better["budget"] == ""
+    assert good["average"] == pytest.approx(50.0) and good["coverage"] == "2/9"
+    assert good["hardware"] == "NVIDIA H200" and good["tokens_seen"] == 2_500_000_000
+    assert good["scores"]["WNLI"] == 50.0
+    assert pending["average"] is None and pending["arch"] == "crammed-bert"
+
+
+def test_tables_keep_references_apart(outputs, tmp_path):
+    paths = write_leaderboard(outputs, tmp_path / "lb")
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert [r["kind"] for r in rows] == ["measured"] * 3 + ["reference"] * len(REFERENCES)
+    good = next(r for r in rows if r["run"] == "good")
+    assert (
+        good["tokens_seen"] == "2500000000" and good["final_mlm_loss"] == "2.3456" and good["CoLA"] == "20.0"
+    )
+    crammed = next(r for r in rows if r["kind"] == "reference" and "crammedBERT" in r["run"])
+    assert (crammed["MNLI-m"], crammed["MNLI-mm"], crammed["CoLA"], crammed["average"]) == (
+        "84.1",
+        "84.6",
+        "53.3",
+        "80.7",
+    )
+    assert any(r["average"] == "80.9" for r in rows if r["kind"] == "reference")
+
+    md = paths["md"].read_text()
+    measured, references = md.split("## Published references")
+    assert "| good | small | 90m | NVIDIA H200 | 2.5G | 1200 | 2.346 |" in measured
+    assert "crammedBERT" not in measured and "crammedBERT" in references and "80.7" in references
+    assert measured.index("| better |") < measured.index("| good |") < measured.index("| pretrained-only |")
+
+    page = paths["html"].read_text()
+    assert page.count("<svg") == 1 and "[reference]" in page and 'class="reference"' in page
+    assert "crashed" not in page
+
+
+def test_cli_and_bad_outputs_folder(outputs, tmp_path, capsys):
+    main(["--outputs", str(outputs)])
+    assert (outputs / "leaderboard" / "leaderboard.html").is_file()
+    assert "better" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="is not a folder"):
+        main(["--outputs", str(tmp_path / "missing")])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    paths = write_leaderboard(empty)
+    assert "(no finished runs found)" in paths["md"].read_text()
