@@ -133,6 +133,15 @@ def add_speedups(
             row[f"speedup_vs_{base}"] = None if other is None else other / row["ms"]
 
 
+def print_case(rows: Sequence[dict]) -> None:
+    """One line per benchmark case: every provider/mode's time and bandwidth."""
+    first = rows[0]
+    timings = ", ".join(
+        f"{r['provider']}/{r['mode']} {r['ms']:.3f} ms {r.get('gbps') or 0:.0f} GB/s" for r in rows
+    )
+    print(f"{first['op']} {first['rows']}x{first['width']} {first['dtype']}: {timings}")
+
+
 def save_results(rows: Sequence[dict], name: str, out_dir: Path | str) -> tuple[Path, Path]:
     """Write ``rows`` (a list of flat dicts) to ``<out_dir>/<name>.csv`` and ``.json``."""
     out_dir = Path(out_dir)
