@@ -6,12 +6,14 @@ Four layers, top to bottom:
    log-sum-exp), and the FA2 backward: a preprocess kernel for ``delta = rowsum(dO * O)``, one kernel
    over key blocks for dK/dV and one over query blocks for dQ (no atomics, so gradients are
    deterministic).
-2. Launchers: allocate outputs, pick the grid, launch.
+2. Launchers: allocate outputs, pick the grid and tile, launch. On a GPU the tile is autotuned per
+   (power-of-two bucket of T, D, mask, dtypes); ``CRAMMING_AUTOTUNE=0`` (read at each launch) uses the
+   first listed tile instead, which keeps GPU test runs from compiling every config for every shape.
 3. Autograd: ``torch.library.triton_op`` + ``wrap_triton`` + ``register_autograd`` on GPU, so
    ``torch.compile`` sees through the op. Under ``TRITON_INTERPRET=1`` ``wrap_triton`` hands back the
    raw interpreted kernel, which cannot run on the fake tensors ``torch.compile`` traces with; there the
    same functions are registered with ``torch.library.custom_op`` plus a fake (shape-only) impl, an
-   opaque op that compiles too.
+   opaque op that compiles too (both via ``_utils.define_op``).
 4. Public API: ``attention(q, k, v, key_padding_mask=None, scale=None, layout="bhtd")`` and the thin
    ``Attention`` module.
 
@@ -26,6 +28,7 @@ LSE holds the base-2 log-sum-exp of those scaled scores, +inf for rows without a
 """
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -33,42 +36,46 @@ import triton
 import triton.language as tl
 from torch import nn
 
-_INTERPRET = bool(triton.knobs.runtime.interpret)
+from ._utils import INTERPRET, define_op, launch, store
+
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (32, 64, 128)
 LAYOUTS = ("bhtd", "bthd")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _PRE_BLOCK = 64  # rows per program of the delta preprocess kernel
+_UPCAST = INTERPRET  # the interpreter holds bf16 as raw uint16: compute in fp32 there
 
 
 # ----------------------------------------------------------------------------------------------
-# autotune configurations: one small config in the interpreter (multi-config autotune needs a driver)
+# tile configurations: (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M is the query block, BLOCK_N
+# the key block. On a GPU each kernel is autotuned over its list (keyed on T, D, mask and dtypes); with
+# CRAMMING_AUTOTUNE=0 (short GPU test runs) or in the interpreter (no driver to time with) the first
+# entry, or _INTERPRET_TILE, is launched directly.
+
+_INTERPRET_TILE = (64, 64, 4, 1)
+_FWD_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2),
+              (64, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 4)]  # fmt: skip
+_DKDV_TILES = [(32, 128, 4, 3), (32, 128, 8, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 4),
+               (64, 128, 8, 2), (32, 128, 4, 4)]  # fmt: skip
+_DQ_TILES = [(128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4),
+             (128, 64, 8, 2), (128, 32, 4, 4)]  # fmt: skip
+# T is bucketed to a power of two (see _t_bucket) so a new sequence length does not trigger a new run
+_KEY = ["T_BUCKET", "HEAD_DIM", "HAS_MASK"]
 
 
-def _configs(candidates: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    if _INTERPRET:
-        candidates = [(64, 64, 4, 1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn, w, s in candidates
-    ]
+def _autotuned(kernel, tiles: list[tuple[int, int, int, int]]):
+    if INTERPRET:
+        return None
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
+    return triton.autotune(configs=configs, key=_KEY)(kernel)
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M is the query block, BLOCK_N the key block
-_FWD_CONFIGS = _configs(
-    [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (64, 64, 4, 3),
-     (64, 128, 4, 3), (64, 64, 4, 4)]
-)  # fmt: skip
-_DKDV_CONFIGS = _configs(
-    [(32, 128, 4, 3), (32, 128, 8, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 4), (64, 128, 8, 2),
-     (32, 128, 4, 5)]
-)  # fmt: skip
-_DQ_CONFIGS = _configs(
-    [(128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4), (128, 64, 8, 2),
-     (128, 32, 4, 5)]
-)  # fmt: skip
-# T is bucketed to a power of two (see _t_bucket) so a new sequence length does not trigger a new autotune run
-_KEY = ["T_BUCKET", "HEAD_DIM"]
+def _kernel_and_tile(kernel, tuned, tiles: list[tuple[int, int, int, int]]) -> tuple:
+    """The launchable kernel and the launch kwargs that fix its tile (none when autotuning)."""
+    if tuned is not None and os.environ.get("CRAMMING_AUTOTUNE", "1") != "0":
+        return launch(tuned), {}
+    m, n, w, s = _INTERPRET_TILE if INTERPRET else tiles[0]
+    return launch(kernel), {"BLOCK_M": m, "BLOCK_N": n, "num_warps": w, "num_stages": s}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,20 +90,9 @@ def _load_rows(base, rows, offs_d, stride_t, T, CHECK: tl.constexpr, UPCAST: tl.
         x = tl.load(ptrs, mask=(rows < T)[:, None], other=0.0)
     else:
         x = tl.load(ptrs)
-    if UPCAST:  # the interpreter holds bf16 as raw uint16: compute in fp32 there
+    if UPCAST:
         x = x.to(tl.float32)
     return x
-
-
-@triton.jit
-def _cast_for_store(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
-    """x.to(dtype), rounding to nearest even in the interpreter too (its fp32->bf16 cast truncates)."""
-    if UPCAST:
-        if dtype == tl.bfloat16:
-            bits = x.to(tl.uint32, bitcast=True)
-            bits = bits + 0x7FFF + ((bits >> 16) & 1)  # the carry rounds the kept top 16 bits
-            x = bits.to(tl.float32, bitcast=True)
-    return x.to(dtype)
 
 
 @triton.jit
@@ -133,7 +129,6 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kt, stride_vt
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_KEY)
 @triton.jit
 def _attn_fwd(Q, K, V, Out, LSE, MASK,
               stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
@@ -167,7 +162,7 @@ def _attn_fwd(Q, K, V, Out, LSE, MASK,
     o = acc / l_safe[:, None]
     lse = tl.where(no_keys, float("inf"), m_i + tl.math.log2(l_safe))
     o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
-    tl.store(o_ptrs, _cast_for_store(o, Out.dtype.element_ty, UPCAST), mask=(offs_m < T)[:, None])
+    store(o_ptrs, o, (offs_m < T)[:, None])
     tl.store(LSE + (b * H + h) * T + offs_m, lse, mask=offs_m < T)
 
 
@@ -183,7 +178,6 @@ def _attn_bwd_preprocess(Out, DO, DELTA, stride_ob, stride_oh, stride_ot, stride
     tl.store(DELTA + (b * H + h) * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
 
 
-@triton.autotune(configs=_DKDV_CONFIGS, key=_KEY)
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, MASK,
                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
@@ -227,8 +221,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, MASK,
     store_mask = (offs_n < T)[:, None]
     dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :]
     dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvt + offs_d[None, :]
-    tl.store(dk_ptrs, _cast_for_store(dk, DK.dtype.element_ty, UPCAST), mask=store_mask)
-    tl.store(dv_ptrs, _cast_for_store(dv, DV.dtype.element_ty, UPCAST), mask=store_mask)
+    store(dk_ptrs, dk, store_mask)
+    store(dv_ptrs, dv, store_mask)
 
 
 @triton.jit
@@ -250,7 +244,6 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, mask_base, stride_kt, strid
     return dq
 
 
-@triton.autotune(configs=_DQ_CONFIGS, key=_KEY)
 @triton.jit
 def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, MASK,
                  stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
@@ -281,7 +274,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, MASK,
                    offs_d, n_full, T, T, qk_scale, BLOCK_N, True, HAS_MASK, UPCAST, PRECISION)  # fmt: skip
     dq = dq * scale
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :]
-    tl.store(dq_ptrs, _cast_for_store(dq, DQ.dtype.element_ty, UPCAST), mask=(offs_m < T)[:, None])
+    store(dq_ptrs, dq, (offs_m < T)[:, None])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,6 +306,11 @@ def _grid(T: int, H: int, B: int, block: str):
     return grid
 
 
+_attn_fwd_tuned = _autotuned(_attn_fwd, _FWD_TILES)
+_attn_bwd_dkdv_tuned = _autotuned(_attn_bwd_dkdv, _DKDV_TILES)
+_attn_bwd_dq_tuned = _autotuned(_attn_bwd_dq, _DQ_TILES)
+
+
 def _launch_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,10 +318,11 @@ def _launch_fwd(
     o = torch.empty_like(q)
     lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     mask, smb, smt, has_mask = _mask_args(q, key_padding_mask)
-    torch.library.wrap_triton(_attn_fwd)[_grid(T, H, B, "BLOCK_M")](
+    kernel, tile = _kernel_and_tile(_attn_fwd, _attn_fwd_tuned, _FWD_TILES)
+    kernel[_grid(T, H, B, "BLOCK_M")](
         q, k, v, o, lse, mask, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], smb, smt,
         H, T, _t_bucket(T), scale * LOG2E,
-        HEAD_DIM=D, HAS_MASK=has_mask, UPCAST=_INTERPRET, PRECISION=_precision(q),
+        HEAD_DIM=D, HAS_MASK=has_mask, UPCAST=_UPCAST, PRECISION=_precision(q), **tile,
     )  # fmt: skip
     return o, lse
 
@@ -338,55 +337,52 @@ def _launch_bwd(
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     delta = torch.empty_like(lse)  # (B, H, T) fp32
     mask, smb, smt, has_mask = _mask_args(q, key_padding_mask)
-    common = dict(HEAD_DIM=D, HAS_MASK=has_mask, UPCAST=_INTERPRET, PRECISION=_precision(q))
-    torch.library.wrap_triton(_attn_bwd_preprocess)[(triton.cdiv(T, _PRE_BLOCK), H, B)](
+    common = dict(HEAD_DIM=D, HAS_MASK=has_mask, UPCAST=_UPCAST, PRECISION=_precision(q))
+    launch(_attn_bwd_preprocess)[(triton.cdiv(T, _PRE_BLOCK), H, B)](
         o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T, HEAD_DIM=D, BLOCK_M=_PRE_BLOCK,
     )  # fmt: skip
-    torch.library.wrap_triton(_attn_bwd_dkdv)[_grid(T, H, B, "BLOCK_N")](
+    kernel, tile = _kernel_and_tile(_attn_bwd_dkdv, _attn_bwd_dkdv_tuned, _DKDV_TILES)
+    kernel[_grid(T, H, B, "BLOCK_N")](
         q, k, v, do, dk, dv, lse, delta, mask, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], smb, smt,
-        H, T, _t_bucket(T), scale * LOG2E, scale, **common,
+        H, T, _t_bucket(T), scale * LOG2E, scale, **common, **tile,
     )  # fmt: skip
-    torch.library.wrap_triton(_attn_bwd_dq)[_grid(T, H, B, "BLOCK_M")](
+    kernel, tile = _kernel_and_tile(_attn_bwd_dq, _attn_bwd_dq_tuned, _DQ_TILES)
+    kernel[_grid(T, H, B, "BLOCK_M")](
         q, k, v, do, dq, lse, delta, mask, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dq.stride()[:3], smb, smt,
-        H, T, _t_bucket(T), scale * LOG2E, scale, **common,
+        H, T, _t_bucket(T), scale * LOG2E, scale, **common, **tile,
     )  # fmt: skip
     return dq, dk, dv
 
 
 # ----------------------------------------------------------------------------------------------
 # autograd: triton_op on GPU (torch.compile traces into the kernels), an opaque custom_op with a fake
-# impl under the interpreter (see the module docstring)
-
-_define_op = torch.library.custom_op if _INTERPRET else torch.library.triton_op
+# impl under the interpreter (_utils.define_op; see the module docstring)
 
 
-@_define_op("cramming::flash_attention_fwd", mutates_args=())
+def _fwd_fake(q, k, v, key_padding_mask, scale):
+    B, H, T, _ = q.shape
+    return torch.empty_like(q), q.new_empty((B, H, T), dtype=torch.float32)
+
+
+def _bwd_fake(do, q, k, v, o, lse, key_padding_mask, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+@define_op("flash_attention_fwd", fake=_fwd_fake)
 def _fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch_fwd(q, k, v, key_padding_mask, scale)
 
 
-@_define_op("cramming::flash_attention_bwd", mutates_args=())
+@define_op("flash_attention_bwd", fake=_bwd_fake)
 def _bwd_op(
     do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
     key_padding_mask: torch.Tensor | None, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     return _launch_bwd(do, q, k, v, o, lse, key_padding_mask, scale)
-
-
-if _INTERPRET:  # triton_op derives these itself from the traced launcher
-
-    @_fwd_op.register_fake
-    def _fwd_fake(q, k, v, key_padding_mask, scale):
-        B, H, T, _ = q.shape
-        return torch.empty_like(q), q.new_empty((B, H, T), dtype=torch.float32)
-
-    @_bwd_op.register_fake
-    def _bwd_fake(do, q, k, v, o, lse, key_padding_mask, scale):
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -438,7 +434,7 @@ def _check_inputs(
         )
     if not (q.device == k.device == v.device):
         raise ValueError(f"attention q, k, v are on different devices: {q.device}, {k.device}, {v.device}")
-    if q.device.type != "cuda" and not _INTERPRET:
+    if q.device.type != "cuda" and not INTERPRET:
         raise ValueError(f"attention kernels need CUDA tensors (or TRITON_INTERPRET=1), got {q.device}")
     if scale is not None and not scale > 0:
         raise ValueError(f"attention scale must be a positive number, got {scale}")

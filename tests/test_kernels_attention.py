@@ -6,6 +6,7 @@ error (SDPA run in that dtype) against the same oracle, plus a tiny epsilon.
 """
 
 import math
+import os
 
 import pytest
 import torch
@@ -15,23 +16,35 @@ from cramming import ops
 
 pytestmark = pytest.mark.interpreter
 
+# With TRITON_INTERPRET=0 on a CUDA machine the same tests run the compiled kernels on the GPU.
+DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def on_device(monkeypatch):
+    # one fixed tile per kernel: autotuning every config for every test shape would take minutes on a GPU
+    monkeypatch.setenv("CRAMMING_AUTOTUNE", "0")
+    with torch.device(DEVICE):  # default device for every tensor the tests create
+        yield
+
+
 EPS = {torch.float32: 1e-6, torch.bfloat16: 1e-4, torch.float16: 1e-5}
 
 
 def _inputs(B, H, T, D, seed=0):
     g = torch.Generator().manual_seed(seed)
-    q, k, v, do = (torch.randn(B, H, T, D, generator=g, dtype=torch.float64) for _ in range(4))
-    return q, k, v, do
+    q, k, v, do = (torch.randn(B, H, T, D, generator=g, dtype=torch.float64, device="cpu") for _ in range(4))
+    return tuple(x.to(DEVICE) for x in (q, k, v, do))
 
 
 def _mask(B, T, seed=0, all_masked=()):
     """Random key-padding mask with at least one real key per row, except rows in all_masked."""
     g = torch.Generator().manual_seed(seed + 1)
-    mask = torch.rand(B, T, generator=g) > 0.4
+    mask = torch.rand(B, T, generator=g, device="cpu") > 0.4
     mask[:, 0] = True
     for b in all_masked:
         mask[b] = False
-    return mask
+    return mask.to(DEVICE)
 
 
 def _run(fn, q, k, v, do, dtype, **kwargs):
@@ -178,3 +191,11 @@ def test_torch_compile_forward_and_backward():
     compiled = _run(torch.compile(f, fullgraph=True), q, k, v, do, torch.float32, key_padding_mask=mask)
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_autotuned_kernels_on_gpu(monkeypatch):
+    monkeypatch.setenv("CRAMMING_AUTOTUNE", "1")
+    q, k, v, do = _inputs(2, 4, 256, 64)
+    _check_flash_rule(q, k, v, do, torch.bfloat16, key_padding_mask=_mask(2, 256))
