@@ -115,6 +115,19 @@ def test_cache_is_reused_without_tokenizing(tmp_path, small_txt, monkeypatch):
     assert np.array_equal(second.train[:], first.train[:])
 
 
+def test_verified_files_are_not_hashed_again(tmp_path, small_txt, monkeypatch):
+    import cramming.data.cache as cache
+
+    cfg = make_cfg(tmp_path, [small_txt])
+    prepare_corpus(cfg, log=None)  # the build hashes every file as it writes it, and remembers size and mtime
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} hashed again although unchanged")
+
+    monkeypatch.setattr(cache, "file_sha256", no_hashing)
+    assert prepare_corpus(cfg, log=None).reused
+
+
 def test_cache_key_changes_with_what_shapes_the_corpus(tmp_path, small_txt):
     base = make_cfg(tmp_path, [small_txt])
     changes = [

@@ -4,6 +4,8 @@ A corpus entry ``<cache_dir>/corpora/<key>/`` holds ``tokenizer.json``, shard fi
 ``<split>-<nnnnn>.bin`` (raw uint16/uint32, ``seq_len`` per row), an optional ``order.npy``,
 ``stats.json`` and, written last, ``manifest.json``. The manifest lists every file with its size and
 sha256 and carries a checksum of itself; an entry without a valid manifest is unfinished or damaged.
+``verified.json`` remembers the size and mtime of files whose sha256 was checked, so a reused cache is
+hashed once, not on every start.
 While a preparation runs, ``progress/`` holds the resume state after each finished shard.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 MANIFEST = "manifest.json"
+VERIFIED = "verified.json"  # sha256-checked files with the size and mtime they had then
 
 
 def config_key(obj: Any, length: int = 16) -> str:
@@ -142,6 +145,20 @@ class ShardWriter:
             self._file = None
 
 
+def stamp_files(root: Path, records: list[dict[str, Any]]) -> None:
+    """Record files just written (with their sha256 known) as verified."""
+    stamps = {}
+    for rec in records:
+        stat = (Path(root) / rec["file"]).stat()
+        stamps[rec["file"]] = [stat.st_size, stat.st_mtime_ns, rec["sha256"]]
+    write_json(Path(root) / VERIFIED, stamps)
+
+
+def manifest_records(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    records = [rec for split in manifest["splits"].values() for rec in split["shards"]]
+    return records + [manifest[k] for k in ("tokenizer", "order") if manifest.get(k)]
+
+
 def manifest_checksum(manifest: dict[str, Any]) -> str:
     return config_key({k: v for k, v in manifest.items() if k != "checksum"}, length=64)
 
@@ -151,17 +168,30 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     write_json(Path(root) / MANIFEST, manifest)
 
 
-def verify_files(root: Path, records: list[dict[str, Any]], full: bool) -> str | None:
-    """The first problem with the listed files (missing, wrong size, wrong sha256), or None."""
+def verify_files(
+    root: Path, records: list[dict[str, Any]], full: bool, stamps: dict | None = None
+) -> str | None:
+    """The first problem with the listed files (missing, wrong size, wrong sha256), or None.
+
+    ``stamps`` (file -> [size, mtime_ns, sha256]) lists files already hashed: one whose size and mtime are
+    unchanged is not hashed again; files hashed now are added to it.
+    """
     for rec in records:
         path = Path(root) / rec["file"]
         if not path.is_file():
             return f"{rec['file']} is missing"
-        size = path.stat().st_size
-        if size != rec["bytes"]:
-            return f"{rec['file']} has {size} bytes, the manifest says {rec['bytes']}"
-        if full and file_sha256(path) != rec["sha256"]:
+        stat = path.stat()
+        if stat.st_size != rec["bytes"]:
+            return f"{rec['file']} has {stat.st_size} bytes, the manifest says {rec['bytes']}"
+        if not full:
+            continue
+        stamp = [stat.st_size, stat.st_mtime_ns, rec["sha256"]]
+        if stamps is not None and stamps.get(rec["file"]) == stamp:
+            continue
+        if file_sha256(path) != rec["sha256"]:
             return f"{rec['file']} does not match its sha256"
+        if stamps is not None:
+            stamps[rec["file"]] = stamp
     return None
 
 
@@ -176,10 +206,24 @@ def read_manifest(root: Path, full: bool) -> tuple[dict[str, Any] | None, str | 
         return None, f"manifest unreadable ({err})"
     if manifest.get("checksum") != manifest_checksum(manifest):
         return None, "manifest checksum mismatch"
-    records = [rec for split in manifest["splits"].values() for rec in split["shards"]]
-    records += [manifest[k] for k in ("tokenizer", "order") if manifest.get(k)]
-    problem = verify_files(root, records, full)
-    return (None, problem) if problem else (manifest, None)
+    records = manifest_records(manifest)
+    # Hashing every shard on every start is slow for big corpora: remember what was verified, by stat.
+    stamp_path = Path(root) / VERIFIED
+    try:
+        stamps = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        stamps = {}
+    before = dict(stamps)
+    problem = verify_files(root, records, full, stamps)
+    if problem:
+        stamp_path.unlink(missing_ok=True)
+        return None, problem
+    if stamps != before:
+        try:
+            write_json(stamp_path, stamps)
+        except OSError:  # a read-only cache is still usable
+            pass
+    return manifest, None
 
 
 def file_record(root: Path, name: str) -> dict[str, Any]:

@@ -235,6 +235,7 @@ def build_corpus(cfg: dict[str, Any], tok: Tokenizer, key: str, entry: Path, log
         "order": order,
         "stats": summary,
     }
+    cache.stamp_files(entry, cache.manifest_records(manifest))
     cache.write_manifest(entry, manifest)
     shutil.rmtree(entry / "progress", ignore_errors=True)
     say(_summary_line(summary, entry))
