@@ -6,7 +6,7 @@
 Providers: this kernel (``triton``); SDPA restricted to each backend in turn with
 ``torch.nn.attention.sdpa_kernel`` (``sdpa_flash``, ``sdpa_efficient``, ``sdpa_cudnn``, ``sdpa_math``;
 a backend that refuses the inputs, e.g. flash with a padding mask, is listed as unsupported); eager
-bmm-softmax-bmm (``eager``) and ``torch.compile`` of it (``compiled``). H = 12, D = 64, bf16, with
+bmm-softmax-bmm (``eager``) and ``torch.compile`` of it (``compile``). H = 12, D = 64, bf16, with
 and without a key-padding mask (lengths drawn in [T/2, T]). FLOPs: forward 4*B*H*T^2*D, backward
 2.5x forward (so fwd+bwd = 3.5x), counted over the full padded T.
 
@@ -17,7 +17,6 @@ kernel, its max abs difference to SDPA on the same inputs.
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -32,18 +31,7 @@ GPU_SHAPES = {"T": (128, 512, 1024, 4096), "tokens": 65536, "H": 12, "D": 64}
 SMOKE_SHAPES = {"T": (16, 40), "tokens": 80, "H": 2, "D": 32}
 SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
 MODES = ("fwd", "fwd+bwd")
-
-
-def _setup(args) -> bool:
-    """Smoke mode needs TRITON_INTERPRET=1 before the kernels are imported."""
-    if hasattr(common, "setup"):
-        return common.setup(args)
-    smoke = common.is_smoke(args)
-    if smoke:
-        os.environ["TRITON_INTERPRET"] = "1"
-    torch._dynamo.config.recompile_limit = 256  # one compiled graph per shape
-    common.smoke_banner(smoke)
-    return smoke
+_NO_TIME = {"ms": None, "ms_p20": None, "ms_p80": None}
 
 
 def eager_attention(q, k, v, key_padding_mask=None):
@@ -74,7 +62,7 @@ def providers() -> dict[str, Callable]:
     table = {"triton": attention}
     table.update({f"sdpa_{name}": _sdpa(name) for name in SDPA_BACKENDS})
     table["eager"] = eager_attention
-    table["compiled"] = torch.compile(eager_attention, dynamic=False)
+    table["compile"] = torch.compile(eager_attention, dynamic=False)
     return table
 
 
@@ -116,10 +104,10 @@ def measure(name: str, fn: Callable, mode: str, inputs: tuple, smoke: bool) -> d
         timing = common.time_fn(step, smoke=smoke)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
-        return {"status": "oom"}
+        return {"status": "oom", **_NO_TIME}
     except RuntimeError:
         if name.startswith("sdpa_"):  # this backend cannot take these inputs (mask, dtype, device)
-            return {"status": "unsupported"}
+            return {"status": "unsupported", **_NO_TIME}
         raise
     return {"status": "ok", **timing}
 
@@ -148,14 +136,15 @@ def run(smoke: bool, dtype: torch.dtype) -> list[dict]:
                 flops = 4 * B * H * T * T * D * (1.0 if mode == "fwd" else 3.5)
                 for name, fn in table.items():
                     result = measure(name, fn, mode, inputs, smoke)
-                    tflops = flops / (result["ms"] * 1e-3) / 1e12 if "ms" in result else None
+                    tflops = flops / (result["ms"] * 1e-3) / 1e12 if result["ms"] else None
                     row = {"provider": name, "mode": mode, "padded": padded, "B": B, "H": H, "T": T, "D": D,
                            "dtype": str(dtype).removeprefix("torch."), **result, "tflops": tflops,
                            "pct_peak": common.pct_of_peak(tflops, peak) if tflops else None,
                            "max_err_vs_sdpa": err if name == "triton" else None}  # fmt: skip
                     rows.append(row)
                     print(_format(row), flush=True)
-    return _add_speedups(rows)
+    common.add_speedups(rows, keys=("mode", "padded", "T"))  # speedup_vs_eager, speedup_vs_compile
+    return _add_sdpa_speedups(rows)
 
 
 def _format(row: dict) -> str:
@@ -165,7 +154,7 @@ def _format(row: dict) -> str:
     return f"{head} {row['ms']:9.3f} ms  {row['tflops']:8.2f} TFLOP/s"
 
 
-def _add_speedups(rows: list[dict]) -> list[dict]:
+def _add_sdpa_speedups(rows: list[dict]) -> list[dict]:
     for row in rows:
         same = [r for r in rows if (r["mode"], r["padded"], r["T"]) == (row["mode"], row["padded"], row["T"])]
         sdpa = [r["ms"] for r in same if r["provider"].startswith("sdpa_") and r["status"] == "ok"]
@@ -194,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = common.base_parser(__doc__.split("\n")[0])
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     args = parser.parse_args(argv)
-    smoke = _setup(args)
+    smoke = common.setup(args)  # sets TRITON_INTERPRET=1 in smoke mode, before the kernels import
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     rows = run(smoke, dtype)
     summarize(rows, smoke)
@@ -205,7 +194,9 @@ def main(argv: list[str] | None = None) -> None:
         for padded in (False, True):
             subset = [r for r in rows if r["mode"] == mode and r["padded"] == padded and r["status"] == "ok"]
             suffix = f"{'fwdbwd' if mode == 'fwd+bwd' else 'fwd'}_{'pad' if padded else 'nopad'}"
-            title = f"attention {mode}, {'padded' if padded else 'no padding'}, H=12 D=64 {args.dtype}"
+            shape = f"H={rows[0]['H']} D={rows[0]['D']}"
+            title = f"attention {mode}, {'padded' if padded else 'no padding'}, {shape} {args.dtype}"
+            title += " (SMOKE: not comparable)" if smoke else ""
             paths.append(
                 common.plot(subset, "T", "tflops", "provider", args.out / f"{name}_{suffix}.png", title)
             )
