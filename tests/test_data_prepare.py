@@ -148,6 +148,19 @@ def test_cache_key_changes_with_what_shapes_the_corpus(tmp_path, small_txt):
     assert corpus_key(base) != before, "a changed input file (mtime) is a different corpus"
 
 
+def test_existing_tokenizer_file_is_used(tmp_path, small_txt):
+    first = prepare_corpus(make_cfg(tmp_path, [small_txt]), log=None)
+    path = str(first.cache_dir / "tokenizer.json")
+    cfg = make_cfg(
+        tmp_path, [small_txt], tokenizer={"path": path}, seq_len=32, cache_dir=str(tmp_path / "other")
+    )
+    log = Log()
+    second = prepare_corpus(cfg, log=log)
+    assert log.has("using tokenizer") and not log.has("trained WordPiece")
+    assert second.key == corpus_key(cfg) and second.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+    assert second.tokenizer.encode("a", "b").tokens == ["[CLS]", "a", "[SEP]", "b", "[SEP]"]
+
+
 def test_changed_seq_len_builds_a_new_entry(tmp_path, small_txt):
     a = prepare_corpus(make_cfg(tmp_path, [small_txt]), log=None)
     b = prepare_corpus(make_cfg(tmp_path, [small_txt], seq_len=32), log=None)

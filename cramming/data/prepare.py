@@ -1,10 +1,11 @@
 """``prepare_corpus``: tokenizer + packed train/validation sequences, cached on disk by a config hash.
 
-Flow (design §3): documents stream from the source → filters (short, duplicate) → WordPiece
-``encode_batch`` on all cores → tokens-per-char filter → packing into ``seq_len`` sequences → shard
-files. Memory stays bounded by one batch of text plus one batch of packed rows (the dedup index adds 12
-bytes per kept document). After every finished shard the resume state is saved, so an interrupted
-preparation continues from its last finished shard.
+Flow (design §3): documents stream from the source (read in a background thread) → WordPiece
+``encode_batch`` on all cores, paragraph by paragraph → filters (too short, tokens per character,
+duplicate token ids) → packing into ``seq_len`` sequences across document boundaries → shard files.
+Memory stays bounded by a few batches of text and their tokens (the dedup index adds 12 bytes per kept
+document). After every finished shard the resume state is saved, so an interrupted preparation
+continues from its last finished shard.
 """
 
 from __future__ import annotations
@@ -83,7 +84,13 @@ def prepare_corpus(data_cfg: Any, log: Log = print) -> PreparedCorpus:
 def corpus_key(data_cfg: Any) -> str:
     """The cache key ``prepare_corpus`` would use for this config (without building anything)."""
     cfg = as_dict(data_cfg)
-    return cache.config_key(corpus_identity(cfg, cache.config_key(tokenizer_identity(cfg))))
+    return cache.config_key(corpus_identity(cfg, tokenizer_key(cfg)))
+
+
+def tokenizer_key(cfg: dict[str, Any]) -> str:
+    if cfg["tokenizer"].get("path"):
+        return cache.file_sha256(Path(cfg["tokenizer"]["path"]).expanduser())[:16]
+    return cache.config_key(tokenizer_identity(cfg))
 
 
 def _set_workers(num_workers: int) -> None:
@@ -118,7 +125,7 @@ def get_tokenizer(cfg: dict[str, Any], root: Path, say: Callable[[str], None]) -
     """
     if cfg["tokenizer"].get("path"):
         return load_tokenizer_file(Path(cfg["tokenizer"]["path"]).expanduser(), cfg["vocab_size"], say)
-    key = cache.config_key(tokenizer_identity(cfg))
+    key = tokenizer_key(cfg)
     path = root / "tokenizers" / key / "tokenizer.json"
     with cache.file_lock(root / "tokenizers" / f"{key}.lock"):
         if path.is_file():
@@ -154,7 +161,7 @@ def load_tokenizer_file(path: Path, vocab_size: int, say: Callable[[str], None])
             f"data.vocab_size={vocab_size}; give a vocab_size of at least that."
         )
     attach_post_processor(tok)
-    key = cache.file_sha256(path)[:16]
+    key = cache.file_sha256(path)[:16]  # as tokenizer_key
     say(f"data: using tokenizer {path} ({tok.get_vocab_size()} tokens, key {key})")
     return tok, key
 
