@@ -195,14 +195,14 @@ def run_cli(module: str, *args: str, stdin: str | None = None) -> subprocess.Com
 @pytest.mark.slow
 def test_cli_sst2_binary_end_to_end(tmp_path, tiny_model, sst2):
     rows = [{"text": r["sentence"], "label": ["negative", "positive"][int(r["label"])]} for r in sst2]
-    train = write_csv(tmp_path / "train.csv", rows[:160])
-    dev = write_csv(tmp_path / "dev.csv", rows[160:220])
-    test = write_csv(tmp_path / "test.csv", [{"text": r["text"]} for r in rows[220:250]])
+    train = write_csv(tmp_path / "train.csv", rows[:96])
+    dev = write_csv(tmp_path / "dev.csv", rows[96:144])
+    test = write_csv(tmp_path / "test.csv", [{"text": r["text"]} for r in rows[144:168]])
     out = tmp_path / "finetuned"
     proc = run_cli(
         "cramming.finetune", f"model={tiny_model}", f"train_file={train}", f"validation_file={dev}",
         "text_column=text", "label_column=label", f"test_file={test}", f"out_dir={out}",
-        "epochs=1", "batch_size=32", "seed=3",
+        "epochs=1", "batch_size=32", "seed=3", "max_length=48",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr + proc.stdout
 
@@ -225,14 +225,14 @@ def test_cli_sst2_binary_end_to_end(tmp_path, tiny_model, sst2):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert set(metrics["per_class"]) == {"negative", "positive"}
     confusion = json.loads((out / "validation_confusion.json").read_text())
-    assert np.asarray(confusion["matrix"]).sum() == metrics["rows"] == 60
+    assert np.asarray(confusion["matrix"]).sum() == metrics["rows"] == 48
     assert (out / "validation_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "negative" in (out / "validation_report.txt").read_text()
 
     # The confusion matrix and accuracy agree with the per-row predictions file.
     with open(out / "validation_predictions.csv", newline="") as f:
         preds = list(csv.DictReader(f))
-    assert len(preds) == 60
+    assert len(preds) == 48
     for row in preds:
         assert abs(float(row["prob_negative"]) + float(row["prob_positive"]) - 1) < 1e-4
     accuracy = np.mean([r["prediction"] == r["label"] for r in preds])
@@ -241,7 +241,7 @@ def test_cli_sst2_binary_end_to_end(tmp_path, tiny_model, sst2):
     assert confusion["matrix"][0][1] == pairs[("negative", "positive")]
     # The test file has no labels: predictions only, no metrics.
     assert not (out / "test_metrics.json").exists()
-    assert len(list(csv.DictReader(open(out / "test_predictions.csv")))) == 30
+    assert len(list(csv.DictReader(open(out / "test_predictions.csv")))) == 24
     assert json.loads((out / "metrics.json").read_text())["test"] is None
 
 
@@ -253,8 +253,8 @@ def test_three_classes_integer_labels_jsonl_and_class_weights(tmp_path, tiny_mod
         return 2 if row["label"] == "0" else (10 if len(row["sentence"].split()) <= 8 else 1)
 
     rows = [{"sentence": r["sentence"], "y": label(r)} for r in sst2]
-    train = write_jsonl(tmp_path / "train.jsonl", rows[:120])
-    dev = write_jsonl(tmp_path / "dev.jsonl", rows[120:160])
+    train = write_jsonl(tmp_path / "train.jsonl", rows[:96])
+    dev = write_jsonl(tmp_path / "dev.jsonl", rows[96:144])
     seen = {}
     real_finetune = classify.finetune
 
@@ -265,23 +265,23 @@ def test_three_classes_integer_labels_jsonl_and_class_weights(tmp_path, tiny_mod
     monkeypatch.setattr(classify, "finetune", spy)
     cfg = finetune_cfg(
         model=str(tiny_model), train_file=str(train), validation_file=str(dev), text_column="sentence",
-        label_column="y", out_dir=str(tmp_path / "out"), epochs=1, batch_size=32, class_weights="balanced",
+        label_column="y", out_dir=str(tmp_path / "out"), epochs=1, batch_size=32, class_weights="balanced", max_length=48,
     )  # fmt: skip
     summary = run_finetune(cfg)
     assert summary["labels"] == ["1", "2", "10"]
     counts = np.bincount(seen["labels"], minlength=3)
-    assert counts.tolist() == [sum(label(r) == v for r in sst2[:120]) for v in (1, 2, 10)]
-    np.testing.assert_allclose(seen["weights"].numpy(), 120 / (3 * counts), rtol=1e-6)
+    assert counts.tolist() == [sum(label(r) == v for r in sst2[:96]) for v in (1, 2, 10)]
+    np.testing.assert_allclose(seen["weights"].numpy(), 96 / (3 * counts), rtol=1e-6)
     confusion = json.loads((tmp_path / "out" / "validation_confusion.json").read_text())
     assert np.asarray(confusion["matrix"]).shape == (3, 3) and confusion["labels"] == ["1", "2", "10"]
     assert np.asarray(confusion["matrix"]).sum(axis=1).tolist() == [
-        sum(label(r) == v for r in sst2[120:160]) for v in (1, 2, 10)
+        sum(label(r) == v for r in sst2[96:144]) for v in (1, 2, 10)
     ]
 
 
 @pytest.mark.slow
 def test_sentence_pairs_from_parquet(tmp_path, tiny_model, glue_dir):
-    rows = read_glue_tsv(glue_dir / "RTE" / "train.tsv", 100)
+    rows = read_glue_tsv(glue_dir / "RTE" / "train.tsv", 64)
     table = {k: [r[k] for r in rows] for k in ("sentence1", "sentence2", "label")}
     pq.write_table(pa.table(table), tmp_path / "rte.parquet")
     cfg = finetune_cfg(
@@ -293,7 +293,7 @@ def test_sentence_pairs_from_parquet(tmp_path, tiny_model, glue_dir):
     assert summary["labels"] == ["entailment", "not_entailment"]
     assert read_config(tmp_path / "out")["text_pair_column"] == "sentence2"
     preds = list(csv.DictReader(open(tmp_path / "out" / "validation_predictions.csv")))
-    assert preds[0]["text_pair"] == rows[0]["sentence2"] and len(preds) == 100
+    assert preds[0]["text_pair"] == rows[0]["sentence2"] and len(preds) == 64
 
 
 @pytest.mark.slow
@@ -315,17 +315,24 @@ def test_float_labels_make_a_regression_task(tmp_path, tiny_model, glue_dir):
     assert not (tmp_path / "out" / "validation_confusion.png").exists()
 
 
-def test_cli_bad_input_is_one_clear_line_not_a_traceback(tmp_path, tiny_model):
+def test_cli_bad_input_is_one_clear_line_not_a_traceback(tmp_path, tiny_model, monkeypatch, capsys):
+    """The Hydra entry point turns a ValueError into one `error:` line on stderr and exit status 2."""
+    from cramming import finetune
+
     train = write_csv(
         tmp_path / "train.csv", [{"sentence": "a", "label": "x"}, {"sentence": "b", "label": "y"}]
     )
-    proc = run_cli(
-        "cramming.finetune",
+    argv = [
+        "finetune",
         f"model={tiny_model}",
         f"train_file={train}",
         "text_column=text",
         "label_column=label",
-    )
-    assert proc.returncode == 2
-    assert "error:" in proc.stderr and "has no column 'text'" in proc.stderr and "'sentence'" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    ]
+    monkeypatch.setattr(sys, "argv", argv + CLI_IMPL)
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "has no column 'text'" in err and "'sentence'" in err
+    assert "Traceback" not in err

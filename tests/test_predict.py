@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tiny_export import CLI_IMPL, build_tiny_classifier, build_tiny_export, read_glue_tsv, write_csv
 
 from cramming import ops
-from cramming.predict import Predictor, run_predict
+from cramming.predict import Predictor, run_predict, stdin_examples
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["negative", "neutral", "positive"]
@@ -29,7 +30,7 @@ def exports(tmp_path_factory, tiny_corpus) -> dict:
 
 @pytest.fixture(scope="module")
 def sentences(glue_dir) -> list[str]:
-    return [r["sentence"] for r in read_glue_tsv(glue_dir / "SST-2" / "dev.tsv", 50)]
+    return [r["sentence"] for r in read_glue_tsv(glue_dir / "SST-2" / "dev.tsv", 24)]
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +102,7 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
 
 
 @pytest.mark.slow
-def test_cli_stdin_to_stdout_and_file_to_file(tmp_path, exports, sentences):
+def test_cli_stdin_to_stdout(tmp_path, exports, sentences):
     proc = run_cli(f"model={exports['classifier']}", stdin="\n".join(sentences[:5]) + "\n\n")
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))  # stdout holds only the CSV; logs go to stderr
@@ -109,9 +110,35 @@ def test_cli_stdin_to_stdout_and_file_to_file(tmp_path, exports, sentences):
     assert list(rows[0]) == ["text", "prediction"] + [f"prob_{n}" for n in LABELS]
     assert all(abs(sum(float(r[f"prob_{n}"]) for n in LABELS) - 1) < 1e-4 for r in rows)
 
-    write_csv(tmp_path / "in.csv", [{"text": s} for s in sentences])
-    proc = run_cli(
-        f"model={exports['classifier']}", f"input={tmp_path / 'in.csv'}", f"output={tmp_path / 'o.csv'}"
+
+def test_stdin_pairs_need_a_tab():
+    examples = stdin_examples(["a man sleeps\tnobody sleeps\n", "\n", "x\ty\n"], pair=True)
+    assert (examples.texts, examples.pairs, examples.lines) == (
+        ["a man sleeps", "x"],
+        ["nobody sleeps", "y"],
+        [1, 3],
     )
-    assert proc.returncode == 0, proc.stderr
-    assert len(list(csv.DictReader(open(tmp_path / "o.csv")))) == len(sentences)
+    with pytest.raises(ValueError, match="stdin line 1: the model takes sentence pairs"):
+        stdin_examples(["no tab here\n"], pair=True)
+    with pytest.raises(ValueError, match="no input"):
+        stdin_examples(["\n"], pair=False)
+
+
+def test_regression_export_predicts_one_number_per_row(tmp_path, exports, sentences):
+    from cramming.export import load_model, load_tokenizer, read_config, save_export
+    from cramming.model import build_classifier
+
+    config = read_config(exports["mlm"])
+    model = build_classifier(
+        config["arch"], config["vocab_size"], 1, load_model(exports["mlm"]).encoder.state_dict()
+    )
+    save_export(model, load_tokenizer(exports["mlm"]), tmp_path / "reg", extra={"problem_type": "regression"})
+    write_csv(tmp_path / "in.csv", [{"text": s} for s in sentences[:6]])
+    columns = run_predict(
+        predict_cfg(tmp_path / "reg", input=str(tmp_path / "in.csv"), output=str(tmp_path / "o.csv"))
+    )
+    assert list(columns) == ["text", "prediction"] and len(columns["prediction"]) == 6
+    with torch.no_grad():
+        ids = load_tokenizer(tmp_path / "reg").encode(sentences[0]).ids
+        want = model.eval()(torch.tensor([ids]))["logits"].item()
+    assert columns["prediction"][0] == pytest.approx(want, abs=1e-5)
