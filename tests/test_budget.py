@@ -51,7 +51,14 @@ def test_triangle2(p, expected):
 
 @pytest.mark.parametrize(
     "p, expected",
-    [(0.0, 0.0), (0.05, 0.5), (0.1, 1.0), (0.55, 0.5), (0.75, 0.5 * (1 + math.cos(math.pi * 0.65 / 0.9))), (1.0, 0.0)],
+    [
+        (0.0, 0.0),
+        (0.05, 0.5),
+        (0.1, 1.0),
+        (0.55, 0.5),
+        (0.75, 0.5 * (1 + math.cos(math.pi * 0.65 / 0.9))),
+        (1.0, 0.0),
+    ],
 )
 def test_cosine(p, expected):
     assert lr_factor("budget-cosine", p, warmup_fraction=0.1) == pytest.approx(expected, abs=1e-9)
