@@ -25,7 +25,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cramming import classify, metrics, ops
 from cramming.export import load_model, load_tokenizer, read_config, save_export
@@ -291,6 +291,8 @@ def run_finetune(cfg: Mapping) -> dict:
         splits["validation"] = read_split(cfg, cfg["validation_file"], True)
     if cfg.get("test_file"):
         splits["test"] = read_split(cfg, cfg["test_file"], False)
+    if "validation" not in splits:
+        log.warning("no validation_file: the model is trained and exported without any evaluation")
     task, labels, prepared = prepare_targets(cfg, splits)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _log_to_file(out_dir / "finetune.log"):
@@ -382,7 +384,7 @@ def _log_to_file(path: Path):
 
 @hydra.main(config_path="pkg://cramming.conf", config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    cli_errors(run_finetune)(OmegaConf.to_container(cfg, resolve=True))
+    cli_errors(run_finetune)(cfg)
 
 
 if __name__ == "__main__":

@@ -60,11 +60,14 @@ def stdin_examples(lines: Sequence[str], pair: bool) -> Examples:
 
 
 def cli_errors(fn):
-    """Run ``fn``; a ValueError (bad input, bad option) becomes one ``error:`` line and exit status 2."""
+    """Run ``fn`` on a Hydra config; a ValueError (bad input or option) becomes one ``error:`` line, exit 2."""
 
-    def wrapper(*args, **kwargs):
+    def wrapper(cfg: DictConfig):
         try:
-            return fn(*args, **kwargs)
+            missing = sorted(OmegaConf.missing_keys(cfg))
+            if missing:
+                raise ValueError(f"missing required option(s): {', '.join(k + '=...' for k in missing)}")
+            return fn(OmegaConf.to_container(cfg, resolve=True))
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -174,7 +177,7 @@ def main(cfg: DictConfig) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
             handler.setStream(sys.stderr)
-    cli_errors(run_predict)(OmegaConf.to_container(cfg, resolve=True))
+    cli_errors(run_predict)(cfg)
 
 
 if __name__ == "__main__":

@@ -336,3 +336,7 @@ def test_cli_bad_input_is_one_clear_line_not_a_traceback(tmp_path, tiny_model, m
     err = capsys.readouterr().err
     assert "error:" in err and "has no column 'text'" in err and "'sentence'" in err
     assert "Traceback" not in err
+    monkeypatch.setattr(sys, "argv", ["finetune", f"train_file={train}"])
+    with pytest.raises(SystemExit):
+        finetune.main()
+    assert "missing required option(s): model=..." in capsys.readouterr().err
