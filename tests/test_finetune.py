@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 from collections import Counter
@@ -329,6 +330,9 @@ def test_cli_bad_input_is_one_clear_line_not_a_traceback(tmp_path, tiny_model, m
         "text_column=text",
         "label_column=label",
     ]
+    root = logging.getLogger()  # Hydra configures logging in-process; restore it for the other tests
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
     monkeypatch.setattr(sys, "argv", argv + CLI_IMPL)
     with pytest.raises(SystemExit) as exit_info:
         finetune.main()
