@@ -68,9 +68,10 @@ def num_sms(device_index: int | None) -> int:
 
 
 def row_groups(m: int, device: torch.device) -> tuple[int, int]:
-    """Split m rows into contiguous groups for kernels that reduce over rows (dW, dB):
-    about 4 groups per SM, each a multiple of 16 rows. Returns (rows_per_program, programs)."""
-    per_program = triton.cdiv(triton.cdiv(m, 4 * num_sms(device.index)), 16) * 16
+    """Split m rows into contiguous groups for kernels that reduce over rows (dW, dB): about 8
+    groups per SM (several waves, so a partly filled last wave costs little), each a multiple
+    of 16 rows. Returns (rows_per_program, programs)."""
+    per_program = triton.cdiv(triton.cdiv(m, 8 * num_sms(device.index)), 16) * 16
     per_program = max(per_program, 16)
     return per_program, max(1, triton.cdiv(m, per_program))
 

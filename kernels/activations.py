@@ -29,10 +29,13 @@ from ._utils import (
     store,
 )
 
-SQRT_1_2 = 0.7071067811865476  # 1/sqrt(2)
-INV_SQRT_2PI = 0.3989422804014327  # 1/sqrt(2*pi)
-SQRT_2_PI = 0.7978845608028654  # sqrt(2/pi)
-TANH_C = 0.044715
+# Globals used inside @triton.jit code must be constexpr (the compiler refuses plain floats;
+# the interpreter would not notice). Keep them right of tensors: in the interpreter,
+# constexpr * tensor wraps the tensor in a constexpr and breaks the next op.
+SQRT_1_2 = tl.constexpr(0.7071067811865476)  # 1/sqrt(2)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1/sqrt(2*pi)
+SQRT_2_PI = tl.constexpr(0.7978845608028654)  # sqrt(2/pi)
+TANH_C = tl.constexpr(0.044715)
 
 
 @triton.jit
@@ -48,7 +51,7 @@ def _sigmoid_parts(z):
 def _cdf(x, TANH: tl.constexpr):
     """gelu(x) = x * _cdf(x). For tanh, (1 + tanh(u)) / 2 = sigmoid(2u)."""
     if TANH:
-        cdf, _ = _sigmoid_parts(2.0 * SQRT_2_PI * (x + TANH_C * x * x * x))
+        cdf, _ = _sigmoid_parts((x + x * x * x * TANH_C) * (2.0 * SQRT_2_PI))
     else:
         cdf = 0.5 * (1.0 + tl.math.erf(x * SQRT_1_2))
     return cdf
@@ -58,9 +61,9 @@ def _cdf(x, TANH: tl.constexpr):
 def _cdf_and_grad(x, TANH: tl.constexpr):
     """(cdf(x), gelu'(x))."""
     if TANH:
-        cdf, s1s = _sigmoid_parts(2.0 * SQRT_2_PI * (x + TANH_C * x * x * x))
+        cdf, s1s = _sigmoid_parts((x + x * x * x * TANH_C) * (2.0 * SQRT_2_PI))
         # s1s underflows to 0 for |x| > ~10; capping x^2 keeps 0 * inf (NaN) out of the tails
-        dcdf = 2.0 * s1s * SQRT_2_PI * (1.0 + 3.0 * TANH_C * tl.minimum(x * x, 400.0))
+        dcdf = s1s * (1.0 + tl.minimum(x * x, 400.0) * (3.0 * TANH_C)) * (2.0 * SQRT_2_PI)
     else:
         cdf = 0.5 * (1.0 + tl.math.erf(x * SQRT_1_2))
         dcdf = tl.exp(-0.5 * x * x) * INV_SQRT_2PI
@@ -70,8 +73,9 @@ def _cdf_and_grad(x, TANH: tl.constexpr):
 # ----------------------------------------------------------------------------- GELU (flat)
 
 
-# Flat kernels: 4096 elements per program, 16 per thread (several 16-byte vector accesses each).
-FLAT = {"BLOCK": 16384, "num_warps": 4} if INTERPRET else {"BLOCK": 4096, "num_warps": 8}
+# Flat kernels: 1024 elements per program, 8 per thread (one or two 16-byte vectors per tensor),
+# few enough registers (erf is a long polynomial) for high occupancy.
+FLAT = {"BLOCK": 16384, "num_warps": 4} if INTERPRET else {"BLOCK": 1024, "num_warps": 4}
 
 
 @triton.jit
@@ -97,12 +101,12 @@ def _gelu_bwd_kernel(DY, X, DX, n, TANH: tl.constexpr, BLOCK: tl.constexpr):
 
 def _tile(n: int) -> dict:
     """(rows, columns) tile for width n: BLOCK_N the largest power of two in [128, 1024] dividing n
-    (no masked tail; 512 for BERT's 1536), BLOCK_M rows to make ~4096 elements, 16 per thread."""
+    (no masked tail; 512 for BERT's 1536), BLOCK_M rows to make ~2048 elements, 8 per thread."""
     block_n = next((b for b in (1024, 512, 256, 128) if n % b == 0), min(1024, triton.next_power_of_2(n)))
     if INTERPRET:  # cost there is per op per program: few, large programs
         return {"BLOCK_M": 32, "BLOCK_N": block_n, "num_warps": 4}
-    block_m = min(16, max(1, 4096 // block_n))
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": max(1, min(8, block_m * block_n // 512))}
+    block_m = min(16, max(1, 2048 // block_n))
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": max(1, min(8, block_m * block_n // 256))}
 
 
 @triton.jit

@@ -38,7 +38,7 @@ def _tile(n: int) -> dict:
     if INTERPRET:  # cost there is per op per program: few programs, many rows each
         return {"BLOCK_N": block_n, "BLOCK_M": 32, "num_warps": 4}
     block_m = min(16, max(1, 2048 // block_n))
-    return {"BLOCK_N": block_n, "BLOCK_M": block_m, "num_warps": min(16, max(1, block_m * block_n // 256))}
+    return {"BLOCK_N": block_n, "BLOCK_M": block_m, "num_warps": min(32, max(1, block_m * block_n // 256))}
 
 
 @triton.jit
