@@ -324,11 +324,16 @@ def run_glue(model_dir, settings: Mapping | None = None, out_dir: str | Path | N
     out_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out_dir / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("cramming").addHandler(handler)
+    package_log = logging.getLogger("cramming")
+    old_level = package_log.level
+    if package_log.getEffectiveLevel() > logging.INFO:  # log.txt gets progress even if the caller is quiet
+        package_log.setLevel(logging.INFO)
+    package_log.addHandler(handler)
     try:
         return _run(model_dir, config, settings, names, skipped, out_dir)
     finally:
-        logging.getLogger("cramming").removeHandler(handler)
+        package_log.removeHandler(handler)
+        package_log.setLevel(old_level)
         handler.close()
 
 
@@ -402,6 +407,24 @@ def log_summary(results: dict, out_dir: Path) -> None:
             f"submission: {out_dir / results['submission']['zip']} ({', '.join(results['submission']['files'])})"
         )
     log.info("\n".join(lines))
+
+
+def run_glue_from_pretraining(model_dir, eval_cfg: Mapping, impl: Mapping | None = None) -> dict | None:
+    """The pretraining run's eval step (keys of conf/eval/glue.yaml); results go to <run>/glue.
+
+    A failure here does not undo the finished pretraining: it is logged with the command
+    that retries it, and None is returned.
+    """
+    settings = {k: v for k, v in dict(eval_cfg).items() if k != "name"}
+    impl = impl or {}
+    for key, impl_key in (("device", "device"), ("precision", "precision"), ("num_threads", "threads")):
+        if impl.get(impl_key) is not None:
+            settings.setdefault(key, impl[impl_key])
+    try:
+        return run_glue(model_dir, settings)
+    except ValueError as err:
+        log.error("GLUE evaluation failed: %s\nretry with: python -m cramming.glue model=%s", err, model_dir)
+        return None
 
 
 @hydra.main(config_path="pkg://cramming.conf", config_name="glue", version_base="1.3")

@@ -7,12 +7,13 @@ import subprocess
 import sys
 import zipfile
 
+import _glue_fixtures
 import pytest
 import torch
 from _glue_fixtures import make_tiny_export
 
 from cramming.export import load_model
-from cramming.glue import load_encoder, run_glue
+from cramming.glue import load_encoder, resolve_settings, run_glue, run_glue_from_pretraining
 from cramming.model import build_classifier
 
 
@@ -47,6 +48,52 @@ def test_bad_inputs_fail_before_any_work(run_dir, glue_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown GLUE task 'mnli-m'"):
         run_glue(run_dir / "model", {"glue_dir": str(glue_dir), "tasks": ["mnli-m"]})
     assert not (run_dir / "glue").exists()
+
+
+def test_pretraining_eval_step_accepts_eval_config(run_dir, tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    eval_cfg = OmegaConf.to_container(
+        OmegaConf.load(_glue_fixtures.REPO_ROOT / "conf" / "eval" / "glue.yaml")
+    )
+    assert resolve_settings(eval_cfg)["tasks"] == [
+        "cola",
+        "sst2",
+        "mrpc",
+        "stsb",
+        "qqp",
+        "mnli",
+        "qnli",
+        "rte",
+    ]
+    eval_cfg["glue_dir"] = str(tmp_path)  # no task there: the failure is logged, pretraining is not undone
+    with caplog.at_level("ERROR", logger="cramming"):
+        assert run_glue_from_pretraining(run_dir / "model", eval_cfg, {"device": "cpu", "threads": 1}) is None
+    assert "retry with: python -m cramming.glue model=" in caplog.text
+
+
+def test_several_seeds_report_every_seed_and_the_median(run_dir, glue_dir, tmp_path):
+    from cramming import ops
+
+    settings = {
+        "glue_dir": str(glue_dir), "tasks": ["rte"], "seeds": 3, "seed": 5, "epochs": 1, "lr": 1e-4,
+        "max_train_examples": 48, "max_eval_examples": 40, "max_length": 64, "submission": False,
+        "num_threads": 1, "kernels": "torch",
+    }  # fmt: skip
+    try:
+        results = run_glue(run_dir / "model", settings, out_dir=tmp_path / "glue")
+    finally:
+        ops.configure({"kernels": "auto"})
+    rte = results["tasks"]["rte"]
+    assert [s["seed"] for s in rte["seeds"]] == [5, 6, 7]
+    accuracies = sorted(s["scores"]["accuracy"] for s in rte["seeds"])
+    assert rte["median"]["accuracy"] == pytest.approx(accuracies[1])
+    assert rte["median_seed"] in (5, 6, 7) and "submission" not in rte
+    assert results["headline"] == {"RTE": rte["median"]["accuracy"]}
+    saved = json.loads((tmp_path / "glue" / "results.json").read_text())
+    assert saved["settings"]["seeds"] == 3 and saved["tasks"]["rte"]["examples"]["train"] == 48
+    assert (tmp_path / "glue" / "confusion" / "rte.png").is_file()
+    assert "RTE seed 7" in (tmp_path / "glue" / "log.txt").read_text()
 
 
 @pytest.mark.slow
