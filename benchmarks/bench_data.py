@@ -51,6 +51,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads): robust to other jobs sharing the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 # ----------------------------------------------------------------------------- children
 
 
@@ -65,9 +71,9 @@ def child_ours(args: argparse.Namespace) -> dict:
         "cache_dir": args.cache,
         "tokenizer": tokenizer,
     }
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     corpus = prepare_corpus(cfg, log=lambda msg: print(msg, file=sys.stderr))
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     s = corpus.stats
     train = s["splits"]["train"]
     return {
@@ -83,6 +89,8 @@ def child_ours(args: argparse.Namespace) -> dict:
         "mb_per_s": train["chars"] / 1e6 / train["seconds"],
         "tokens_per_s": train["tokens"] / train["seconds"],
         "peak_rss_mb": peak_rss_mb(),
+        "cpu_s": cpu,
+        "mb_per_cpu_s": train["chars"] / 1e6 / cpu,
         "tokenizer_file": str(corpus.cache_dir / "tokenizer.json"),
     }
 
@@ -117,12 +125,12 @@ def child_reference(args: argparse.Namespace) -> dict:
         total = (total // block) * block if total >= block else total
         return {k: [t[i : i + block] for i in range(0, total, block)] for k, t in joined.items()}
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     raw = datasets.Dataset.from_generator(documents, cache_dir=args.cache)
     loaded = time.perf_counter()
     tokenized = raw.map(tokenize, remove_columns=["text"], batched=True, batch_size=1024)
     grouped = tokenized.map(group_texts, batched=True, batch_size=1024)
-    done = time.perf_counter()
+    done, cpu = time.perf_counter(), cpu_seconds() - cpu_start
     tokens = pc.sum(pc.list_value_length(tokenized.data.column("input_ids"))).as_py()
     mb = read["chars"] / 1e6
     return {
@@ -136,6 +144,8 @@ def child_reference(args: argparse.Namespace) -> dict:
         "tokens_per_s": tokens / (done - start),
         "map_group_mb_per_s": mb / (done - loaded),
         "peak_rss_mb": peak_rss_mb(),
+        "cpu_s": cpu,
+        "mb_per_cpu_s": mb / cpu,
     }
 
 
@@ -203,6 +213,9 @@ def main() -> None:
             report["speedup_vs_reference_map_group_only"] = (
                 report["ours"]["mb_per_s"] / report["reference"]["map_group_mb_per_s"]
             )
+            report["cpu_efficiency_vs_reference"] = (
+                report["ours"]["mb_per_cpu_s"] / report["reference"]["mb_per_cpu_s"]
+            )
     report["load_avg_end"] = os.getloadavg()
     out = args.out or REPO / "benchmarks" / "results" / f"data_prep_{host}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -218,12 +231,14 @@ def summary(r: dict) -> str:
             x = r[name]
             lines.append(
                 f"{name:10s} {x['text_mb']:7.1f} MB in {x['total_s']:7.1f}s: {x['mb_per_s']:6.2f} MB/s, "
-                f"{x['tokens_per_s']:11,.0f} tok/s, peak RSS {x['peak_rss_mb']:6.0f} MB"
+                f"{x['tokens_per_s']:11,.0f} tok/s, peak RSS {x['peak_rss_mb']:6.0f} MB, "
+                f"{x['mb_per_cpu_s']:.2f} MB/CPU-s"
             )
     if "speedup_vs_reference" in r:
         lines.append(
             f"speed-up vs reference stand-in: {r['speedup_vs_reference']:.2f}x "
-            f"({r['speedup_vs_reference_map_group_only']:.2f}x vs its map+group alone)"
+            f"({r['speedup_vs_reference_map_group_only']:.2f}x vs its map+group alone); "
+            f"MB per CPU-second {r['cpu_efficiency_vs_reference']:.2f}x"
         )
     if "twice_peak_rss_ratio" in r:
         lines.append(f"peak RSS twice/once: {r['twice_peak_rss_ratio']:.2f}")

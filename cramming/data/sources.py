@@ -25,13 +25,18 @@ def iter_text_file(path: Path) -> Iterator[str]:
     with opener(path, "rb") as raw:
         stream = io.TextIOWrapper(raw, encoding="utf-8", newline=None)
         paragraphs: list[str] = []
-        for line in stream:
-            line = line.strip()
-            if line:
-                paragraphs.append(line)
-            elif paragraphs:
-                yield "\n".join(paragraphs)
-                paragraphs = []
+        lines = 0
+        try:
+            for line in stream:
+                lines += 1
+                line = line.strip()
+                if line:
+                    paragraphs.append(line)
+                elif paragraphs:
+                    yield "\n".join(paragraphs)
+                    paragraphs = []
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text (near line {lines + 1}; {err})") from err
         if paragraphs:
             yield "\n".join(paragraphs)
 
