@@ -341,6 +341,15 @@ def test_bad_inputs_raise_value_error_naming_the_value(tmp_path, kind):
         prepare_corpus(cfg, log=None)
 
 
+def test_non_utf8_beyond_the_checked_prefix_fails_naming_the_file(tmp_path, small_txt):
+    late = tmp_path / "late.txt"
+    late.write_bytes(small_txt.read_bytes() * 2 + "caf\u00e9 au lait\n\n".encode("latin-1"))
+    cfg = make_cfg(tmp_path, [late])
+    validate_data_config(cfg)  # only a prefix is checked up front
+    with pytest.raises(ValueError, match="late.txt"):
+        prepare_corpus(cfg, log=None)
+
+
 def test_shipped_configs_validate(tiny_corpus):
     from omegaconf import OmegaConf
 
