@@ -72,6 +72,8 @@ def resolve_settings(settings: Mapping | None) -> dict:
     for key in OPTIONAL_INT:
         if merged[key] is not None and (not isinstance(merged[key], int) or merged[key] < 1):
             raise ValueError(f"{key}={merged[key]!r} must be a positive integer or null (no limit)")
+    if not isinstance(merged["seed"], int) or isinstance(merged["seed"], bool):
+        raise ValueError(f"seed={merged['seed']!r} must be an integer (seed + i is the seed of run i)")
     if merged["max_length"] < 8:
         raise ValueError(f"max_length={merged['max_length']} is too short for [CLS] a [SEP] b [SEP]")
     for key, low, high in (("lr", 0.0, 1.0), ("dropout", 0.0, 0.9), ("warmup_fraction", 0.0, 0.99)):
@@ -173,7 +175,7 @@ def majority_rate(spec: TaskSpec, labels: list) -> float | None:
     return 100.0 * np.bincount(labels, minlength=spec.num_labels).max() / len(labels)
 
 
-def run_seed(spec, data, encoded, model_info, settings, seed, device) -> dict:
+def run_seed(spec: TaskSpec, encoded: dict, model_info: dict, settings: Mapping, seed: int, device) -> dict:
     """Fine-tune once; dev scores, dev reports and test logits of this seed."""
     torch.manual_seed(seed)
     model = build_classifier(
@@ -242,7 +244,7 @@ def run_task(name: str, tokenizer, model_info: dict, settings: Mapping, out_dir:
              examples["dev"], examples["test"])  # fmt: skip
     runs = []
     for i in range(int(settings["seeds"])):
-        runs.append(run_seed(spec, data, encoded, model_info, settings, settings["seed"] + i, device))
+        runs.append(run_seed(spec, encoded, model_info, settings, settings["seed"] + i, device))
         shown = ", ".join(f"{k} {v:.2f}" for k, v in runs[-1]["scores"].items())
         log.info("%s seed %d: %s (%.1fs)", spec.title, runs[-1]["seed"], shown, runs[-1]["seconds"])
     keys = list(runs[0]["scores"])
@@ -318,6 +320,9 @@ def run_glue(model_dir, settings: Mapping | None = None, out_dir: str | Path | N
     """Fine-tune and score ``model_dir`` on the GLUE tasks in ``settings``; returns results.json's content."""
     settings = resolve_settings(settings)
     config = check_model_dir(model_dir)
+    positions = config["arch"].get("max_position_embeddings")
+    if positions and settings["max_length"] > positions:
+        raise ValueError(f"max_length={settings['max_length']} exceeds the model's {positions} positions")
     model_dir = Path(str(model_dir)).resolve()
     names, skipped = plan_tasks(settings)
     out_dir = Path(out_dir or settings["out_dir"] or model_dir.parent / "glue").resolve()

@@ -47,6 +47,8 @@ def test_bad_inputs_fail_before_any_work(run_dir, glue_dir, tmp_path):
         run_glue(run_dir / "model", {"glue_dir": str(tmp_path)})
     with pytest.raises(ValueError, match="unknown GLUE task 'mnli-m'"):
         run_glue(run_dir / "model", {"glue_dir": str(glue_dir), "tasks": ["mnli-m"]})
+    with pytest.raises(ValueError, match="max_length=256 exceeds the model's 128 positions"):
+        run_glue(run_dir / "model", {"glue_dir": str(glue_dir), "max_length": 256})
     assert not (run_dir / "glue").exists()
 
 
