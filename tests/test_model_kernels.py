@@ -1,0 +1,71 @@
+"""The model gives the same training trajectory with the Triton kernels (interpreter) as with PyTorch."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cramming import ops
+from cramming.model import build_classifier, build_mlm
+from cramming.optim import build_optimizer
+
+pytestmark = pytest.mark.interpreter
+
+TRAIN = {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-12, "weight_decay": 0.01}
+
+
+@pytest.fixture(autouse=True)
+def restore_dispatch():
+    yield
+    ops.configure({"kernels": "auto"})
+
+
+def tiny_arch(**changes) -> dict:
+    arch = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "arch" / "tiny.yaml").read_text())
+    arch.update(changes)
+    return arch
+
+
+def train_losses(kernels: str, arch: dict, steps: int = 3) -> list[float]:
+    ops.configure({"kernels": kernels})
+    torch.manual_seed(0)
+    model = build_mlm(arch, vocab_size=300)
+    optimizer = build_optimizer(model, TRAIN, torch.device("cpu"))
+    data = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        ids = torch.randint(5, 300, (2, 37), generator=data)  # odd length: not a block multiple
+        labels = torch.where(torch.rand(ids.shape, generator=data) < 0.25, ids, torch.full_like(ids, -100))
+        loss = model(ids, labels)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("arch", [tiny_arch(), tiny_arch(norm_position="post", ffn="gelu", linear_bias=True)])
+def test_training_steps_match_between_triton_and_torch(arch):
+    reference = train_losses("torch", arch)
+    fused = train_losses("triton", arch)
+    assert reference[-1] < reference[0]
+    assert fused == pytest.approx(reference, rel=1e-4, abs=1e-4)
+
+
+def test_padded_classifier_matches_between_triton_and_torch():
+    arch = tiny_arch()
+    ids = torch.randint(5, 300, (3, 21), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, 9:] = False  # a padded sequence, as in fine-tuning
+    outputs = {}
+    for kernels in ("torch", "triton"):
+        ops.configure({"kernels": kernels})
+        torch.manual_seed(0)
+        model = build_classifier(arch, 300, num_labels=3, dropout=0.0)
+        out = model(ids, attention_mask=mask, labels=torch.tensor([0, 1, 2]))
+        out["loss"].backward()
+        outputs[kernels] = (out["logits"].detach(), model.encoder.embeddings.word.weight.grad.clone())
+    torch.testing.assert_close(outputs["triton"][0], outputs["torch"][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outputs["triton"][1], outputs["torch"][1], rtol=1e-4, atol=1e-6)
