@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from cramming import distributed
 from cramming.config import validate_run
 from cramming.tracking import setup_logging
 
@@ -32,10 +33,13 @@ def pretrain_main(cfg: DictConfig) -> dict:
         budget = validate_run(OmegaConf.to_container(cfg, resolve=True))
     except ValueError as err:
         fail(err)
-    run_dir = run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    run_dir, rank = run_dir_of(cfg), distributed.rank()
+    if rank == 0:  # under torchrun only rank 0 writes
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    setup_logging(run_dir, rank)
+    if cfg.resume and not (run_dir / "checkpoints").is_dir():
+        log.warning("resume=true but %s has no checkpoints folder (is name=%s right?)", run_dir, cfg.name)
     log.info("run %s: budget %s, outputs in %s", cfg.name, budget.describe(), run_dir)
     container = OmegaConf.to_container(cfg, resolve=True)
     try:
@@ -43,6 +47,10 @@ def pretrain_main(cfg: DictConfig) -> dict:
     except ValueError as err:
         log.error("%s", err)
         fail(err)
+    except FloatingPointError as err:  # training diverged: a clear message, not a traceback
+        log.error("%s", err)
+        print(f"cramming: training stopped: {err}", file=sys.stderr)
+        sys.exit(1)
     if cfg.eval.name == "glue" and summary.get("finished"):
         from cramming.glue import run_glue_from_pretraining
 
@@ -51,8 +59,20 @@ def pretrain_main(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path="pkg://cramming.conf", config_name="pretrain", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     pretrain_main(cfg)
+
+
+def main() -> None:
+    """Entry point; under torchrun, joins the process group and makes all ranks use one run name."""
+    _, world = distributed.setup()
+    try:
+        if world > 1 and not any(arg.startswith("name=") for arg in sys.argv[1:]):
+            # The default name is ${now:...}, which each rank would resolve on its own.
+            sys.argv.append(f"name={distributed.agreed_run_name()}")
+        hydra_main()
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

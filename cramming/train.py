@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import resource
 import time
@@ -18,11 +19,20 @@ from pathlib import Path
 
 import torch
 
-from cramming import ops
+from cramming import distributed, ops
 from cramming.budget import Budget, BudgetClock, accumulation_steps, batch_size_at, lr_factor
-from cramming.checkpoint import latest_checkpoint, load_checkpoint, model_state, save_checkpoint
+from cramming.checkpoint import (
+    CheckpointError,
+    all_finite,
+    checkpoint_dir,
+    identity,
+    load_checkpoint,
+    load_latest,
+    model_state,
+    save_checkpoint,
+)
 from cramming.config import resolve_device, resolve_precision, set_threads
-from cramming.export import save_export
+from cramming.export import atomic_write, save_export
 from cramming.model import build_mlm, count_parameters, flops_per_token
 from cramming.optim import build_optimizer
 from cramming.plots import plot_run
@@ -54,14 +64,24 @@ class Progress:
     tokens: int = 0
     skipped_steps: int = 0
     nonfinite_streak: int = 0
-    losses: list = field(default_factory=list)  # training loss since the last log line
+    restores: int = 0  # reloads of the last good checkpoint after non-finite steps
+    lr_scale: float = 1.0  # multiplied by train.nonfinite_lr_factor at each such reload
+    # Training losses since the last log line: saved so a resumed run's next log line averages the same steps.
+    losses: list = field(default_factory=list)
 
 
 def make_runtime(impl: Mapping) -> Runtime:
     set_threads(impl)
-    device = resolve_device(impl)
+    device = distributed.local_device(resolve_device(impl))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     ops.configure(impl)
-    return Runtime(device=device, dtype=resolve_precision(impl, device))
+    return Runtime(
+        device=device,
+        dtype=resolve_precision(impl, device),
+        rank=distributed.rank(),
+        world_size=distributed.world_size(),
+    )
 
 
 def memory_gb(device: torch.device) -> float:
@@ -87,10 +107,22 @@ def peak_flops(runtime: Runtime) -> float:
 
 
 def optimizer_step(
-    model, optimizer, next_microbatch, accum: int, lr: float, grad_clip: float, runtime, stop=None
+    model,
+    optimizer,
+    next_microbatch,
+    accum: int,
+    lr: float,
+    grad_clip: float,
+    runtime,
+    stop=None,
+    scaler=None,
+    inject_nan: bool = False,
 ):
     """Accumulate gradients over ``accum`` microbatches and step.
 
+    Under DDP the gradients are all-reduced only on the last microbatch (``no_sync`` for the others),
+    and the returned loss is the mean over all ranks. ``scaler`` is the fp16 GradScaler (a disabled one
+    is a pass-through). ``inject_nan`` poisons the first microbatch's loss (a testing aid).
     Returns (mean loss, grad norm, finite), or None when ``stop()`` turned true between
     microbatches: the partial step is dropped, so a long accumulation cannot overshoot
     the budget by more than one microbatch.
@@ -103,17 +135,25 @@ def optimizer_step(
             optimizer.zero_grad(set_to_none=True)
             return None
         inputs, labels = next_microbatch()
-        with runtime.autocast():
-            loss = model(inputs, labels)["loss"]
-        (loss / accum).backward()
+        with distributed.sync_context(model, last_microstep=index == accum - 1):
+            with runtime.autocast():
+                loss = model(inputs, labels)["loss"]
+            if inject_nan and index == 0:
+                loss = loss * float("nan")
+            scaled = loss / accum
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         total += loss.detach()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]
     max_norm = grad_clip if grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    mean_loss = total / accum
+    mean_loss = distributed.mean_across_ranks(total / accum)
     finite = bool(torch.isfinite(grad_norm) & torch.isfinite(mean_loss))
     if finite:
-        optimizer.step()
+        scaler.step(optimizer) if scaler is not None else optimizer.step()
+    if scaler is not None:
+        scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return mean_loss, grad_norm, finite
 
@@ -136,6 +176,30 @@ def evaluate_mlm(model, sequences, collator, runtime: Runtime, batch_size: int, 
     return sum(losses) / max(1, len(losses))
 
 
+def trim_metrics(path: Path, step: int) -> int:
+    """Drop records logged after ``step`` (work lost with a killed run, about to be redone); returns how many."""
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
+    return len(lines) - len(kept)
+
+
+def config_drift(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    """Keys whose values differ between two nested configs (budget, seed, train, data), as dotted names."""
+    keys = ("budget", "seed", "train", "data") if not prefix else sorted(set(old) | set(new))
+    drift = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            drift += config_drift(a, b, f"{prefix}{key}.")
+        elif a != b and key not in ("stop_after_steps", "debug_nan_steps"):
+            drift.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return drift
+
+
 class Pretrainer:
     """Owns the model, optimizer, data stream and clock of one pretraining run."""
 
@@ -147,7 +211,9 @@ class Pretrainer:
         torch.manual_seed(int(cfg["seed"]))
         self.model = build_mlm(cfg["arch"], corpus.vocab_size).to(runtime.device)
         self.optimizer = build_optimizer(self.model, self.train_cfg, runtime.device)
-        self.step_model = torch.compile(self.model) if cfg["impl"]["compile"] else self.model
+        self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
+        wrapped = distributed.wrap_ddp(self.model, runtime.device)
+        self.step_model = torch.compile(wrapped) if cfg["impl"]["compile"] else wrapped
         micro = int(self.train_cfg["microbatch_size"])
         self.loader = SequenceLoader(
             corpus.train, micro, seed=int(cfg["seed"]), rank=runtime.rank, world_size=runtime.world_size
@@ -158,6 +224,10 @@ class Pretrainer:
         self.mask_generator = torch.Generator().manual_seed(int(cfg["seed"]) + runtime.rank)
         self.clock = BudgetClock(budget)
         self.progress = Progress()
+        self.identity = identity(cfg["arch"], corpus.vocab_size, corpus.tokenizer.to_str())
+        # Testing aid: poison the loss at these step numbers (once each), to exercise the non-finite path.
+        self.nan_steps = {int(s) for s in self.train_cfg.get("debug_nan_steps") or []}
+        self.saved_step = -1
         self.num_params = count_parameters(self.model)
         self.flops_per_token = flops_per_token(
             cfg["arch"],
@@ -171,54 +241,131 @@ class Pretrainer:
         )
 
     # -- state ---------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def rank_state(self) -> dict:
+        """What differs between ranks: the data cursor and the random streams."""
+        cuda = self.runtime.device.type == "cuda"
         return {
-            "step": self.progress.step,
-            "progress": vars(self.progress),
-            "model": model_state(self.model),
-            "optimizer": self.optimizer.state_dict(),
-            "clock": self.clock.state_dict(),
             "loader": self.loader.state_dict(),
             "mask_rng": self.mask_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda_rng": torch.cuda.get_rng_state(self.runtime.device) if cuda else None,
+        }
+
+    def state_dict(self) -> dict:
+        """The whole run's state; a collective under DDP (every rank's cursor and RNGs are gathered)."""
+        progress = dict(vars(self.progress), losses=list(self.progress.losses))
+        return {
+            "step": self.progress.step,
+            "progress": progress,
+            "model": model_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "clock": self.clock.state_dict(),
+            "ranks": distributed.gather_objects(self.rank_state()),
             "arch": dict(self.cfg["arch"]),
             "vocab_size": self.corpus.vocab_size,
             "tokenizer": self.corpus.tokenizer.to_str(),
             "budget": self.budget.text,
+            "config": self.cfg,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         self.clock.load_state_dict(state["clock"])
-        self.loader.load_state_dict(state["loader"])
-        self.mask_generator.set_state(state["mask_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        ranks, rank = state["ranks"], self.runtime.rank
+        if len(ranks) != self.runtime.world_size:
+            log.warning(
+                "checkpoint was made by %d ranks, resuming with %d: the data position is approximate "
+                "and masking continues from rank 0's random stream",
+                len(ranks),
+                self.runtime.world_size,
+            )
+        mine = ranks[rank] if rank < len(ranks) else ranks[0]
+        self.loader.load_state_dict(mine["loader"])
+        self.mask_generator.set_state(mine["mask_rng"])
+        torch.set_rng_state(mine["torch_rng"])
+        if mine.get("cuda_rng") is not None and self.runtime.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda_rng"], self.runtime.device)
         self.progress = Progress(**state["progress"])
 
+    def find_checkpoint(self) -> tuple[Path, dict] | None:
+        """Rank 0 picks the newest good checkpoint (falling back to older ones); every rank loads it."""
+        found, answer = None, None
+        if self.runtime.rank == 0:
+            try:
+                found = load_latest(self.run_dir, self.identity)
+                answer = str(found[0]) if found else None
+            except CheckpointError as err:
+                answer = err
+        answer = distributed.broadcast_object(answer)
+        if isinstance(answer, Exception):
+            raise answer
+        if answer is None or found is not None:
+            return found
+        return Path(answer), load_checkpoint(Path(answer), self.identity)
+
     def resume(self) -> bool:
-        path = latest_checkpoint(self.run_dir)
-        if path is None:
-            log.info(
-                "resume=true but %s has no checkpoint; starting from scratch", self.run_dir / "checkpoints"
+        found = self.find_checkpoint()
+        if found is None:
+            log.warning(
+                "resume=true but %s holds no checkpoint; starting from scratch", checkpoint_dir(self.run_dir)
             )
             return False
-        state = load_checkpoint(path)
-        if state["arch"] != dict(self.cfg["arch"]) or state["tokenizer"] != self.corpus.tokenizer.to_str():
-            raise ValueError(
-                f"checkpoint {path} was made for another architecture or tokenizer than this config"
-            )
+        path, state = found
         self.load_state_dict(state)
+        for change in config_drift(state.get("config") or {}, self.cfg):
+            log.warning(
+                "resuming with a changed setting (the run will not match an uninterrupted one): %s", change
+            )
+        if self.runtime.rank == 0:
+            dropped = trim_metrics(self.tracker.path, self.progress.step)
+            if dropped:
+                log.info(
+                    "dropped %d metrics records logged after step %d (work lost, redone now)",
+                    dropped,
+                    self.progress.step,
+                )
         log.info(
-            "resumed from %s: step %d, %.0f s of budget already spent",
+            "resumed from %s: step %d, %s tokens, %.1f s of budget already spent",
             path,
             self.progress.step,
+            f"{self.progress.tokens:,}",
             self.clock.elapsed(),
         )
+        self.saved_step = self.progress.step
         return True
+
+    def restore_last_good(self) -> None:
+        """After too many non-finite steps in a row: reload the last good checkpoint with a lower LR."""
+        t, prog = self.train_cfg, self.progress
+        limit = int(t.get("max_nonfinite_restores", 3))
+        if prog.restores >= limit:
+            raise FloatingPointError(
+                f"{prog.nonfinite_streak} non-finite steps in a row at step {prog.step}, after {prog.restores} "
+                f"reloads (train.max_nonfinite_restores={limit}); stopping. Lower train.lr and resume."
+            )
+        found = self.find_checkpoint()
+        if found is None:
+            raise FloatingPointError(
+                f"{prog.nonfinite_streak} non-finite steps in a row at step {prog.step} and no checkpoint to "
+                f"go back to yet; stopping so no NaN weights are saved. Lower train.lr and start again."
+            )
+        path, state = found
+        elapsed, skipped = self.clock.elapsed(), prog.skipped_steps
+        restores, scale = prog.restores + 1, prog.lr_scale * float(t.get("nonfinite_lr_factor", 0.5))
+        self.load_state_dict(state)
+        if self.budget.kind == "time":  # wall-clock time spent is not given back
+            self.clock.spent_before, self.clock.started_at = elapsed, time.monotonic()
+        self.progress.skipped_steps, self.progress.restores, self.progress.lr_scale = skipped, restores, scale
+        log.warning(
+            "reloaded %s (step %d) after non-finite steps; learning rate now x%g of the schedule",
+            path,
+            self.progress.step,
+            scale,
+        )
 
     # -- the loop ------------------------------------------------------------------------------
     def next_microbatch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,86 +373,130 @@ class Pretrainer:
         device = self.runtime.device
         return inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
+    def control(self) -> tuple[float, bool, bool]:
+        """(budget fraction, budget spent, timed checkpoint due): rank 0's view, shared with all ranks."""
+        minutes = float(self.train_cfg["checkpoint_minutes"])
+        due = minutes > 0 and time.monotonic() - self.last_ckpt_time >= 60 * minutes
+        p, done, due = distributed.broadcast_floats(
+            [self.clock.progress(), float(self.clock.exhausted()), float(due)]
+        )
+        return p, bool(done), bool(due)
+
     def time_is_up(self) -> bool:
-        return self.budget.kind == "time" and self.clock.exhausted()
+        """Checked between microbatches; rank 0 decides, so all ranks drop the same partial step."""
+        if self.budget.kind != "time":
+            return False
+        return bool(distributed.broadcast_floats([float(self.clock.exhausted())])[0])
 
     def run(self) -> dict:
         t = self.train_cfg
-        micro, seq_len = int(t["microbatch_size"]), self.corpus.seq_len
-        ramp = (int(t["batch_size_start"]), int(t["batch_size"]), float(t["batch_ramp_fraction"]))
-        self.peak = peak_flops(self.runtime)
         self.model.train()
         self.clock.start()
+        self.peak = peak_flops(self.runtime)
         self.window = {"time": time.monotonic(), "tokens": 0, "steps": 0}
-        last_ckpt = last_valid = time.monotonic()
-        lr = grad_norm = float("nan")
-        while not self.clock.exhausted():
-            p = self.clock.progress()
-            accum = accumulation_steps(p, micro, *ramp)
-            lr = float(t["lr"]) * lr_factor(t["schedule"], p, float(t.get("warmup_fraction", 0.1)))
-            result = optimizer_step(
-                self.step_model,
-                self.optimizer,
-                self.next_microbatch,
-                accum,
-                lr,
-                float(t["grad_clip"]),
-                self.runtime,
-                stop=self.time_is_up,
-            )
-            if result is None:
+        self.last_ckpt_time = self.last_valid = time.monotonic()
+        self.last_lr = self.last_grad_norm = p = float("nan")
+        every, stop_after = int(t.get("checkpoint_every_steps") or 0), int(t.get("stop_after_steps") or 0)
+        while True:
+            p, done, checkpoint_due = self.control()
+            if done:
+                break
+            if checkpoint_due:
+                self.save_checkpoint()
+            if not self.train_step(p):
                 log.info(
                     "budget ran out inside step %d; its partial accumulation was dropped",
                     self.progress.step + 1,
                 )
                 break
-            loss, grad_norm, finite = result
-            self.after_step(accum * micro * seq_len * self.runtime.world_size, finite)
-            self.progress.losses.append(float(loss))
-            if self.should_log():
-                self.log_train(lr, float(grad_norm), batch_size_at(p, *ramp), p)
-            now = time.monotonic()
-            if float(t["checkpoint_minutes"]) > 0 and now - last_ckpt >= 60 * float(t["checkpoint_minutes"]):
+            if every and self.progress.step % every == 0:
                 self.save_checkpoint()
-                last_ckpt = now
-            if float(t["validate_every_minutes"]) > 0 and now - last_valid >= 60 * float(
-                t["validate_every_minutes"]
-            ):
-                self.validate()
-                last_valid = now
+            if stop_after and self.progress.step >= stop_after:
+                return self.stop_early()
+            self.maybe_validate()
         if self.progress.losses:
-            self.log_train(
-                lr, float(grad_norm), batch_size_at(self.clock.progress(), *ramp), self.clock.progress()
-            )
+            p = self.clock.progress()
+            self.log_train(self.last_lr, self.last_grad_norm, batch_size_at(p, *self.ramp()), p)
         return self.finish()
 
-    def after_step(self, tokens: int, finite: bool) -> None:
+    def ramp(self) -> tuple[int, int, float]:
+        t = self.train_cfg
+        return int(t["batch_size_start"]), int(t["batch_size"]), float(t["batch_ramp_fraction"])
+
+    def train_step(self, p: float) -> bool:
+        """One optimizer step at budget fraction ``p``; False when the budget ran out inside it."""
+        t, micro = self.train_cfg, int(self.train_cfg["microbatch_size"])
+        accum = accumulation_steps(p, micro, *self.ramp())
+        schedule = lr_factor(t["schedule"], p, float(t.get("warmup_fraction", 0.1)))
+        lr = float(t["lr"]) * self.progress.lr_scale * schedule
+        number = self.progress.step + 1
+        inject = number in self.nan_steps
+        self.nan_steps.discard(number)  # fires once, so a reload does not hit it again
+        result = optimizer_step(
+            self.step_model,
+            self.optimizer,
+            self.next_microbatch,
+            accum,
+            lr,
+            float(t["grad_clip"]),
+            self.runtime,
+            stop=self.time_is_up,
+            scaler=self.scaler,
+            inject_nan=inject,
+        )
+        if result is None:
+            return False
+        loss, grad_norm, finite = result
+        loss = float(loss)
+        if math.isfinite(loss):
+            self.progress.losses.append(loss)
+        self.last_lr, self.last_grad_norm = lr, float(grad_norm)
+        self.after_step(
+            accum * micro * self.corpus.seq_len * self.runtime.world_size, finite, math.isfinite(loss)
+        )
+        if self.should_log():
+            self.log_train(lr, float(grad_norm), batch_size_at(p, *self.ramp()), p)
+        return True
+
+    def after_step(self, tokens: int, finite: bool, loss_finite: bool) -> None:
         prog = self.progress
         if finite:
             prog.nonfinite_streak = 0
+        elif loss_finite and self.scaler.is_enabled():
+            prog.skipped_steps += 1  # fp16 overflow: the scaler lowers its scale; not a divergence
         else:
             prog.skipped_steps += 1
             prog.nonfinite_streak += 1
             log.warning(
                 "step %d: non-finite loss or gradient, update skipped (%d so far)",
-                prog.step,
+                prog.step + 1,
                 prog.skipped_steps,
             )
-            if prog.nonfinite_streak >= int(self.train_cfg["max_nonfinite_steps"]):
-                raise FloatingPointError(
-                    f"{prog.nonfinite_streak} non-finite steps in a row at step {prog.step}; stopping so no NaN "
-                    f"weights are saved. Lower train.lr or resume from the last checkpoint."
-                )
         prog.step += 1
         prog.tokens += tokens
         self.clock.update(prog.step, prog.tokens)
         self.window["tokens"] += tokens
         self.window["steps"] += 1
+        if prog.nonfinite_streak >= int(self.train_cfg["max_nonfinite_steps"]):
+            if self.train_cfg.get("on_nonfinite", "restore") != "restore":
+                raise FloatingPointError(
+                    f"{prog.nonfinite_streak} non-finite steps in a row at step {prog.step} "
+                    f"(train.on_nonfinite=stop); stopping so no NaN weights are saved. "
+                    f"Lower train.lr and resume from the last checkpoint."
+                )
+            self.restore_last_good()
 
     def should_log(self) -> bool:
+        """Every ``log_every`` steps; for time budgets also at most ``log_every_seconds`` apart.
+
+        Step and token budgets log by step only, so a resumed run logs exactly the lines (and loss
+        averages) an uninterrupted one would.
+        """
         t = self.train_cfg
         if self.progress.step == 1 or self.progress.step % int(t["log_every"]) == 0:
             return True
+        if self.budget.kind != "time":
+            return False
         return time.monotonic() - self.window["time"] >= float(t.get("log_every_seconds", 60))
 
     def log_train(self, lr: float, grad_norm: float, batch_size: int, p: float) -> None:
@@ -337,7 +528,8 @@ class Pretrainer:
         self.window = {"time": now, "tokens": 0, "steps": 0}
 
     def validate(self) -> float | None:
-        if self.corpus.valid is None or len(self.corpus.valid) == 0:
+        """Held-out MLM loss, on rank 0 only (no collectives, so the other ranks just wait)."""
+        if self.runtime.rank != 0 or self.corpus.valid is None or len(self.corpus.valid) == 0:
             return None
         t = self.train_cfg
         loss = evaluate_mlm(
@@ -354,12 +546,43 @@ class Pretrainer:
         )
         return loss
 
+    def maybe_validate(self) -> None:
+        minutes = float(self.train_cfg["validate_every_minutes"])
+        if minutes > 0 and time.monotonic() - self.last_valid >= 60 * minutes:
+            self.validate()
+            self.last_valid = time.monotonic()
+
     def save_checkpoint(self) -> Path | None:
-        if self.runtime.rank != 0:
+        """A collective under DDP (rank states are gathered); only rank 0 writes. Never saves NaN weights."""
+        step = self.progress.step
+        if not all_finite(self.model.state_dict()):
+            log.error(
+                "step %d: the weights are not finite; checkpoint NOT saved (earlier ones are kept)", step
+            )
             return None
-        path = save_checkpoint(self.run_dir, self.state_dict(), keep=int(self.train_cfg["keep_checkpoints"]))
-        log.info("checkpoint saved: %s", path)
+        state, path = self.state_dict(), None
+        if self.runtime.rank == 0:
+            meta = {**self.identity, "budget": self.budget.text, "world_size": self.runtime.world_size}
+            path = save_checkpoint(
+                self.run_dir,
+                state,
+                keep=int(self.train_cfg["keep_checkpoints"]),
+                meta={**meta, "config": self.cfg},
+            )
+            log.info("checkpoint saved: %s (step %d)", path, step)
+        distributed.barrier()  # the other ranks may read it at once (reload after non-finite steps)
+        self.saved_step, self.last_ckpt_time = step, time.monotonic()
         return path
+
+    def stop_early(self) -> dict:
+        """``train.stop_after_steps`` (a testing aid): checkpoint, then end like a crash: no export, no summary."""
+        if self.saved_step != self.progress.step:
+            self.save_checkpoint()
+        log.warning(
+            "train.stop_after_steps=%d reached: stopping without finishing the run", self.progress.step
+        )
+        self.tracker.finish()
+        return {"name": self.run_dir.name, "steps": self.progress.step, "finished": False}
 
     def finish(self) -> dict:
         elapsed = self.clock.elapsed()
@@ -384,6 +607,7 @@ class Pretrainer:
             "steps": self.progress.step,
             "tokens_seen": self.progress.tokens,
             "skipped_steps": self.progress.skipped_steps,
+            "nonfinite_restores": self.progress.restores,
             "final_mlm_loss": getattr(self, "last_train_loss", None),
             "valid_mlm_loss": valid_loss,
             "elapsed_s": elapsed,
@@ -391,8 +615,9 @@ class Pretrainer:
             "tokens_per_s": self.progress.tokens / max(elapsed, 1e-9),
             "finished": True,
         }
-        if self.runtime.rank == 0:
+        if self.saved_step != self.progress.step:
             self.save_checkpoint()
+        if self.runtime.rank == 0:
             save_export(
                 self.model, self.corpus.tokenizer, self.run_dir / "model", extra={"pretraining": summary}
             )
@@ -403,14 +628,30 @@ class Pretrainer:
         return summary
 
 
-def pretrain(cfg: Mapping, run_dir: Path, budget: Budget) -> dict:
-    """Prepare the data (the clock is not running yet), then train until the budget is spent."""
+def prepare_corpus_once(data_cfg: Mapping):
+    """Rank 0 prepares (or verifies) the cache first; the other ranks wait, then load it."""
     from cramming.data import prepare_corpus
 
+    if distributed.rank() != 0:
+        distributed.barrier()
+    corpus = prepare_corpus(data_cfg, log=log.info)
+    if distributed.rank() == 0:
+        distributed.barrier()
+    return corpus
+
+
+def pretrain(cfg: Mapping, run_dir: Path, budget: Budget) -> dict:
+    """Prepare the data (the clock is not running yet), then train until the budget is spent."""
     runtime = make_runtime(cfg["impl"])
-    log.info("device %s, precision %s, kernels %s", runtime.device, runtime.dtype, ops.configure(cfg["impl"]))
+    log.info(
+        "device %s, precision %s, kernels %s, %d process(es)",
+        runtime.device,
+        runtime.dtype,
+        ops.configure(cfg["impl"]),
+        runtime.world_size,
+    )
     start = time.monotonic()
-    corpus = prepare_corpus(cfg["data"], log=log.info)
+    corpus = prepare_corpus_once(cfg["data"])
     log.info(
         "data ready in %.1f s: %s train sequences of %d tokens",
         time.monotonic() - start,
