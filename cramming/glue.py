@@ -165,7 +165,9 @@ def score_split(
         return {key(m): 100.0 * reg[m] for m in spec.metrics}, None
     pred = logits.argmax(axis=-1)
     report = classification_metrics(labels, pred, spec.labels)
-    values = {"accuracy": report["accuracy"], "matthews": report["matthews"], "f1": f1_binary(labels, pred)}
+    values = {"accuracy": report["accuracy"], "matthews": report["matthews"]}
+    if "f1" in spec.metrics:  # binary F1 of the positive class (MRPC, QQP)
+        values["f1"] = f1_binary(labels, pred)
     return {key(m): 100.0 * values[m] for m in spec.metrics}, report
 
 

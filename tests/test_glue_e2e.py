@@ -155,3 +155,53 @@ def test_cli_runs_sst2_and_stsb_and_leaderboard_shows_it(run_dir, glue_dir):
     assert measured[0]["coverage"] == "2/9" and measured[0]["arch"] == "tiny"
     assert "tiny-run" in (outputs / "leaderboard" / "leaderboard.md").read_text()
     assert "<svg" in (outputs / "leaderboard" / "leaderboard.html").read_text()
+
+
+def _write(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join("\t".join(r) for r in rows) + "\n", encoding="utf-8")
+
+
+def test_mnli_two_dev_sets_and_ax_from_the_mnli_model(run_dir, tmp_path):
+    from cramming import ops
+
+    names = ["entailment", "neutral", "contradiction"]
+    head = ["index", "promptID", "pairID", "genre", "s1bp", "s2bp", "s1p", "s2p", "sentence1", "sentence2"]
+
+    def rows(n, labelled):
+        out = []
+        for i in range(n):
+            row = [str(i), "0", "0", "fiction", "-", "-", "-", "-", f"the cat {i} sat", f"a dog {i % 3} ran"]
+            out.append(row + ([names[i % 3]] if labelled else []))
+        return out
+
+    glue = tmp_path / "glue"
+    _write(glue / "MNLI" / "train.tsv", [head + ["gold_label"], *rows(48, True)])
+    _write(glue / "MNLI" / "dev_matched.tsv", [head + ["gold_label"], *rows(12, True)])
+    _write(glue / "MNLI" / "dev_mismatched.tsv", [head + ["gold_label"], *rows(9, True)])
+    _write(glue / "MNLI" / "test_matched.tsv", [head, *rows(7, False)])
+    _write(glue / "MNLI" / "test_mismatched.tsv", [head, *rows(6, False)])
+    _write(
+        glue / "diagnostic" / "diagnostic.tsv",
+        [["index", "sentence1", "sentence2"], ["0", "a", "b"], ["1", "c", "d"]],
+    )
+    settings = {"glue_dir": str(glue), "tasks": ["mnli"], "epochs": 1, "num_threads": 1, "kernels": "torch"}
+    try:
+        results = run_glue(run_dir / "model", settings, out_dir=tmp_path / "out")
+    finally:
+        ops.configure({"kernels": "auto"})
+    mnli = results["tasks"]["mnli"]
+    assert set(mnli["median"]) == {"accuracy_matched", "accuracy_mismatched"}
+    assert set(results["headline"]) == {"MNLI-m", "MNLI-mm"} and results["average"]["count"] == 2
+    assert mnli["examples"]["dev"] == {"matched": 12, "mismatched": 9}
+    assert sum(map(sum, mnli["classes"]["mismatched"]["confusion_matrix"])) == 9
+    out = tmp_path / "out"
+    assert (out / "confusion" / "mnli-m.png").is_file() and (out / "confusion" / "mnli-mm.png").is_file()
+    assert sorted(zipfile.ZipFile(out / "submission.zip").namelist()) == [
+        "AX.tsv",
+        "MNLI-m.tsv",
+        "MNLI-mm.tsv",
+    ]
+    ax = (out / "submission" / "AX.tsv").read_text().splitlines()
+    assert ax[0] == "index\tprediction" and len(ax) == 3 and {r.split("\t")[1] for r in ax[1:]} <= set(names)
+    assert results["submission"]["skipped"] == {}
