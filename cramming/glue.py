@@ -379,7 +379,13 @@ def _run(model_dir: Path, config: dict, settings: dict, names: list, skipped: di
         source = "the hub dataset nyu-mll/glue (needs network access or its HF cache; for local files give glue_dir=PATH)"
         if settings["glue_dir"] is not None:
             source = f"glue_dir={settings['glue_dir']}"
-        raise ValueError(f"no GLUE task could be run from {source}: {skipped}")
+        reasons = sorted(set(skipped.values()))
+        why = (
+            reasons[0]
+            if len(reasons) == 1
+            else "; ".join(f"{TASKS[n].title}: {r}" for n, r in skipped.items())
+        )
+        raise ValueError(f"no GLUE task could be run from {source}: {why}")
     results["submission"] = finish_submission(results, out_dir)
     write_results(out_dir, results)
     log_summary(results, out_dir)

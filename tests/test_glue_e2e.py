@@ -50,6 +50,10 @@ def test_bad_inputs_fail_before_any_work(run_dir, glue_dir, tmp_path):
     with pytest.raises(ValueError, match="max_length=256 exceeds the model's 128 positions"):
         run_glue(run_dir / "model", {"glue_dir": str(glue_dir), "max_length": 256})
     assert not (run_dir / "glue").exists()
+    # no glue_dir: the hub dataset, unreachable here (conftest sets HF offline) -> skipped, then a clear error
+    with pytest.raises(ValueError, match="no GLUE task could be run from the hub dataset nyu-mll/glue"):
+        run_glue(run_dir / "model", {"tasks": ["rte", "cola"]}, out_dir=tmp_path / "hub")
+    assert "RTE skipped" in (tmp_path / "hub" / "log.txt").read_text()
 
 
 def test_pretraining_eval_step_accepts_eval_config(run_dir, tmp_path, caplog):
