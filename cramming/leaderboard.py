@@ -38,6 +38,7 @@ REFERENCES = [
                    "CoLA": 53.3, "STS-B": 87.4, "MRPC": 88.9, "RTE": 58.5},
         "average": 80.7,
         "coverage": "9/9",
+        "protocol": "5 ep, lr 4e-05, median of 5 seeds",
         "source": "JonasGeiping/cramming model card, GLUE dev, median of 5 fine-tunings, GLUE-sane",
     },
     {
@@ -48,6 +49,7 @@ REFERENCES = [
         "scores": {},
         "average": 80.9,
         "coverage": "9/9",
+        "protocol": "GLUE-sane (as above)",
         "source": "Geiping & Goldstein 2022, BERT-base fine-tuned with the same GLUE-sane protocol (average only)",
     },
 ]  # fmt: skip
@@ -103,8 +105,21 @@ def run_row(run_dir: Path, outputs: Path) -> dict:
         "scores": {k: v for k, v in (results.get("headline") or {}).items() if k in TASK_COLUMNS},
         "average": average.get("value"),
         "coverage": f"{average['count']}/{average['of']}" if "count" in average else "",
+        "protocol": protocol(results.get("settings") or {}),
         "source": str((run_dir / "glue" / "results.json").relative_to(outputs)) if results else "",
     }
+
+
+def protocol(settings: dict) -> str:
+    """The fine-tuning settings that make scores comparable or not, in a few words."""
+    if not settings:
+        return ""
+    parts = [f"{settings.get('epochs')} ep", f"lr {settings.get('lr')}", f"{settings.get('seeds')} seed(s)"]
+    if settings.get("max_train_examples"):
+        parts.append(f"train<={settings['max_train_examples']}")
+    if settings.get("max_eval_examples"):
+        parts.append(f"dev<={settings['max_eval_examples']}")
+    return ", ".join(parts)
 
 
 def collect(outputs: Path) -> list[dict]:
@@ -131,10 +146,10 @@ def table_cells(row: dict) -> list[str]:
         _fmt(row.get("tokens_seen")), _fmt(row.get("steps")), _fmt(row.get("final_mlm_loss"), 3),
     ]  # fmt: skip
     cells += [_fmt(row["scores"].get(c)) for c in TASK_COLUMNS]
-    return cells + [_fmt(row["average"]), row["coverage"]]
+    return cells + [_fmt(row["average"]), row["coverage"], row.get("protocol", "")]
 
 
-HEADER = [*INFO_COLUMNS, *TASK_COLUMNS, "average", "coverage"]
+HEADER = [*INFO_COLUMNS, *TASK_COLUMNS, "average", "coverage", "protocol"]
 
 
 def to_markdown(rows: list[dict], references: list[dict]) -> str:
@@ -167,7 +182,7 @@ def csv_cells(row: dict) -> list:
     cells = [row["run"], row["arch"] or "", row["budget"] or "", row["hardware"] or ""]
     cells += [raw(row.get(k)) for k in ("tokens_seen", "steps", "final_mlm_loss")]
     cells += [raw(row["scores"].get(c)) for c in TASK_COLUMNS]
-    return cells + [raw(row["average"]), row["coverage"]]
+    return cells + [raw(row["average"]), row["coverage"], row.get("protocol", "")]
 
 
 def bar_chart_svg(rows: list[dict], references: list[dict]) -> str:
