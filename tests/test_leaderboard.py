@@ -19,7 +19,12 @@ def outputs(tmp_path):
     # finished run with GLUE results and a pretraining summary
     (root / "good" / "glue").mkdir(parents=True)
     (root / "good" / "glue" / "results.json").write_text(
-        json.dumps(_results({"SST-2": 80.0, "CoLA": 20.0, "WNLI": 50.0}, ["SST-2", "CoLA"]))
+        json.dumps(
+            {
+                **_results({"SST-2": 80.0, "CoLA": 20.0, "WNLI": 50.0}, ["SST-2", "CoLA"]),
+                "settings": {"epochs": 1, "lr": 4e-5, "seeds": 1, "max_train_examples": 2000},
+            }
+        )
     )
     (root / "good" / "summary.json").write_text(
         json.dumps(
@@ -67,6 +72,7 @@ def test_tables_keep_references_apart(outputs, tmp_path):
     rows = list(csv.DictReader(open(paths["csv"])))
     assert [r["kind"] for r in rows] == ["measured"] * 3 + ["reference"] * len(REFERENCES)
     good = next(r for r in rows if r["run"] == "good")
+    assert good["protocol"] == "1 ep, lr 4e-05, 1 seed(s), train<=2000"
     assert (
         good["tokens_seen"] == "2500000000" and good["final_mlm_loss"] == "2.3456" and good["CoLA"] == "20.0"
     )
