@@ -16,24 +16,33 @@ thread count, on GPU the bf16 table value (or a measured matmul off the table). 
 step timings are interleaved (peak, steps, peak, steps, ..., peak) and the best peak is
 used, because the machine may be shared and noisy.
 
+On CPU the OpenMP threads sleep instead of spinning while they wait (``OMP_WAIT_POLICY=PASSIVE``
+unless the environment sets it): on a shared machine a spinning thread burns its time slice
+while its partner is descheduled, which made steps 2-3x slower here; the large matmul of the
+peak runs under the same policy.
+
 Writes ``<out>/step_<arch>_<device>.json`` (``_smoke`` added in smoke mode).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import sys
-import time
-from importlib import resources
-from pathlib import Path
+import os
 
-import torch
-from omegaconf import OmegaConf
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads libgomp
 
-from cramming import ops, perf
-from cramming.model import IGNORE_INDEX, build_mlm, count_parameters, flops_per_token
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from importlib import resources  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from cramming import ops, perf  # noqa: E402
+from cramming.model import IGNORE_INDEX, build_mlm, count_parameters, flops_per_token  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 MLM_PROBABILITY = 0.25
@@ -134,15 +143,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step, n: int, device: torch.device) -> list[float]:
-    times = []
+def time_steps(step, n: int, device: torch.device) -> tuple[list[float], list[float]]:
+    """Wall-clock seconds per step, and the process's CPU seconds (all threads) per step."""
+    times, cpu_times = [], []
     for _ in range(n):
         sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         sync(device)
         times.append(time.perf_counter() - start)
-    return times
+        cpu_times.append(time.process_time() - cpu_start)
+    return times, cpu_times
 
 
 def measure_peak(args: argparse.Namespace) -> float:
@@ -171,10 +182,11 @@ def run(args: argparse.Namespace) -> dict:
     time_steps(step, args.warmup, args.device)
     warmup_s = time.perf_counter() - start
     # Interleave peak and step measurements so both see the same machine load.
-    peaks, times = [measure_peak(args)], []
+    peaks, times, cpu_times = [measure_peak(args)], [], []
     chunks = [args.steps // args.rounds + (i < args.steps % args.rounds) for i in range(args.rounds)]
     for n in chunks:
-        times += time_steps(step, n, args.device)
+        wall, cpu = time_steps(step, n, args.device)
+        times, cpu_times = times + wall, cpu_times + cpu
         peaks.append(measure_peak(args))
     loss = float(step().detach())
 
@@ -207,6 +219,8 @@ def run(args: argparse.Namespace) -> dict:
         "step_s_min": min(times),
         "step_s_max": max(times),
         "step_s_all": times,
+        "step_cpu_s_median": statistics.median(cpu_times),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "tokens_per_s": tokens / median_s,
         "achieved_tflops": tokens / median_s * fpt / 1e12,
         "peak_tflops": peak / 1e12,
