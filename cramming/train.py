@@ -360,6 +360,7 @@ class Pretrainer:
         if self.budget.kind == "time":  # wall-clock time spent is not given back
             self.clock.spent_before, self.clock.started_at = elapsed, time.monotonic()
         self.progress.skipped_steps, self.progress.restores, self.progress.lr_scale = skipped, restores, scale
+        self.saved_step = self.progress.step
         log.warning(
             "reloaded %s (step %d) after non-finite steps; learning rate now x%g of the schedule",
             path,
@@ -451,14 +452,14 @@ class Pretrainer:
         if math.isfinite(loss):
             self.progress.losses.append(loss)
         self.last_lr, self.last_grad_norm = lr, float(grad_norm)
-        self.after_step(
-            accum * micro * self.corpus.seq_len * self.runtime.world_size, finite, math.isfinite(loss)
-        )
-        if self.should_log():
+        tokens = accum * micro * self.corpus.seq_len * self.runtime.world_size
+        restored = self.after_step(tokens, finite, math.isfinite(loss))
+        if not restored and self.should_log():
             self.log_train(lr, float(grad_norm), batch_size_at(p, *self.ramp()), p)
         return True
 
-    def after_step(self, tokens: int, finite: bool, loss_finite: bool) -> None:
+    def after_step(self, tokens: int, finite: bool, loss_finite: bool) -> bool:
+        """Count the step; True when a streak of non-finite steps made it reload the last checkpoint."""
         prog = self.progress
         if finite:
             prog.nonfinite_streak = 0
@@ -485,6 +486,8 @@ class Pretrainer:
                     f"Lower train.lr and resume from the last checkpoint."
                 )
             self.restore_last_good()
+            return True
+        return False
 
     def should_log(self) -> bool:
         """Every ``log_every`` steps; for time budgets also at most ``log_every_seconds`` apart.
@@ -508,7 +511,7 @@ class Pretrainer:
         losses = self.progress.losses
         metrics = {
             "step": self.progress.step,
-            "loss": sum(losses) / max(1, len(losses)),
+            "loss": sum(losses) / len(losses) if losses else float("nan"),  # nan: only skipped steps
             "lr": lr,
             "grad_norm": grad_norm,
             "batch_size": batch_size,
