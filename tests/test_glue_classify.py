@@ -29,8 +29,12 @@ def tokenizer(tiny_corpus):
 @pytest.fixture(autouse=True)
 def torch_ops():
     # The Triton interpreter (TRITON_INTERPRET=1 in conftest) is far too slow for training loops.
+    # One thread: the cores are shared with other jobs, and oversubscribed threads spin (much slower).
     ops.configure({"kernels": "torch"})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     ops.configure({"kernels": "auto"})
 
 

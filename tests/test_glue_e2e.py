@@ -12,9 +12,19 @@ import pytest
 import torch
 from _glue_fixtures import make_tiny_export
 
+from cramming import ops
 from cramming.export import load_model
 from cramming.glue import load_encoder, resolve_settings, run_glue, run_glue_from_pretraining
 from cramming.model import build_classifier
+
+
+@pytest.fixture(autouse=True)
+def restore_globals():
+    """run_glue sets torch's thread count and the ops dispatch, as a CLI would; undo that for other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    ops.configure({"kernels": "auto"})
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +89,12 @@ def test_pretraining_eval_step_accepts_eval_config(run_dir, tmp_path, caplog):
 
 
 def test_several_seeds_report_every_seed_and_the_median(run_dir, glue_dir, tmp_path):
-    from cramming import ops
-
     settings = {
         "glue_dir": str(glue_dir), "tasks": ["rte"], "seeds": 3, "seed": 5, "epochs": 1, "lr": 1e-4,
         "max_train_examples": 48, "max_eval_examples": 40, "max_length": 64, "submission": False,
         "num_threads": 1, "kernels": "torch",
     }  # fmt: skip
-    try:
-        results = run_glue(run_dir / "model", settings, out_dir=tmp_path / "glue")
-    finally:
-        ops.configure({"kernels": "auto"})
+    results = run_glue(run_dir / "model", settings, out_dir=tmp_path / "glue")
     rte = results["tasks"]["rte"]
     assert [s["seed"] for s in rte["seeds"]] == [5, 6, 7]
     accuracies = sorted(s["scores"]["accuracy"] for s in rte["seeds"])
@@ -167,8 +172,6 @@ def _write(path, rows):
 
 
 def test_mnli_two_dev_sets_and_ax_from_the_mnli_model(run_dir, tmp_path):
-    from cramming import ops
-
     names = ["entailment", "neutral", "contradiction"]
     head = ["index", "promptID", "pairID", "genre", "s1bp", "s2bp", "s1p", "s2p", "sentence1", "sentence2"]
 
@@ -190,10 +193,7 @@ def test_mnli_two_dev_sets_and_ax_from_the_mnli_model(run_dir, tmp_path):
         [["index", "sentence1", "sentence2"], ["0", "a", "b"], ["1", "c", "d"]],
     )
     settings = {"glue_dir": str(glue), "tasks": ["mnli"], "epochs": 1, "num_threads": 1, "kernels": "torch"}
-    try:
-        results = run_glue(run_dir / "model", settings, out_dir=tmp_path / "out")
-    finally:
-        ops.configure({"kernels": "auto"})
+    results = run_glue(run_dir / "model", settings, out_dir=tmp_path / "out")
     mnli = results["tasks"]["mnli"]
     assert set(mnli["median"]) == {"accuracy_matched", "accuracy_mismatched"}
     assert set(results["headline"]) == {"MNLI-m", "MNLI-mm"} and results["average"]["count"] == 2
