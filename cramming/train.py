@@ -427,7 +427,8 @@ class Pretrainer:
     def train_step(self, p: float) -> bool:
         """One optimizer step at budget fraction ``p``; False when the budget ran out inside it."""
         t, micro = self.train_cfg, int(self.train_cfg["microbatch_size"])
-        accum = accumulation_steps(p, micro, *self.ramp())
+        # train.batch_size is the global batch: each of the ranks does 1/world_size of it.
+        accum = accumulation_steps(p, micro * self.runtime.world_size, *self.ramp())
         schedule = lr_factor(t["schedule"], p, float(t.get("warmup_fraction", 0.1)))
         lr = float(t["lr"]) * self.progress.lr_scale * schedule
         number = self.progress.step + 1
