@@ -144,6 +144,7 @@ def load_latest(run_dir: Path, expect: Mapping | None = None) -> tuple[Path, dic
             continue
         if refusals:
             log.warning("falling back to the previous good checkpoint %s", path)
+            set_aside(found[found.index(path) + 1 :])
         return path, state
     if found:
         raise CheckpointError(
@@ -151,6 +152,15 @@ def load_latest(run_dir: Path, expect: Mapping | None = None) -> tuple[Path, dic
             + "\n  ".join(refusals)
         )
     return None
+
+
+def set_aside(paths: list[Path]) -> None:
+    """Rename refused checkpoints to ``*.refused`` so new ones at the same steps are not confused with them."""
+    for path in paths:
+        for file in (path, sidecar(path)):
+            if file.exists():
+                file.replace(file.with_name(file.name + ".refused"))
+        log.warning("set aside %s as %s.refused", path, path.name)
 
 
 def model_state(model: torch.nn.Module) -> dict:

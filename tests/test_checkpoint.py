@@ -70,6 +70,8 @@ def test_damaged_checkpoints_are_refused_and_resume_falls_back(tmp_path, caplog)
         path, state = load_latest(tmp_path, IDENT)
     assert path == paths[0] and state["step"] == 1
     assert "falling back" in caplog.text and "step_00000004.pt" in caplog.text
+    assert list_checkpoints(tmp_path) == [paths[0]]  # the refused ones are set aside, not deleted
+    assert (tmp_path / "checkpoints" / "step_00000004.pt.refused").exists()
 
 
 def test_other_arch_or_tokenizer_is_refused_and_all_bad_is_an_error(tmp_path):

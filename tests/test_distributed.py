@@ -106,15 +106,31 @@ def test_two_gloo_ranks_match_one_process_on_the_full_batch(tmp_path):
         torch.testing.assert_close(ddp["state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+def torchrun(args: list, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TRITON_INTERPRET": "0", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "cramming",
+    ]
+    result = subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
 @pytest.mark.slow
-def test_torchrun_two_ranks_share_one_run_folder_and_only_rank0_writes(tiny_corpus, tmp_path):
+def test_torchrun_two_ranks_share_one_run_folder_only_rank0_writes_and_resume(tiny_corpus, tmp_path):
     args = [
-        "budget=3steps",
-        f"base_dir={tmp_path / 'outputs'}",  # no name=: the ranks must agree on the timestamp name
+        "budget=4steps",
+        f"base_dir={tmp_path / 'outputs'}",
         "arch=tiny",
         "train=cpu",
         "train.microbatch_size=2",
-        "train.batch_size_start=8",  # 2 ranks x 2 microbatches of 2
+        "train.batch_size_start=8",  # global: 2 ranks x 2 microbatches of 2
         "train.batch_size=8",
         "train.log_every=1",
         "data=local",
@@ -126,35 +142,28 @@ def test_torchrun_two_ranks_share_one_run_folder_and_only_rank0_writes(tiny_corp
         "impl.kernels=torch",
         "impl.threads=1",
     ]
-    env = {**os.environ, "TRITON_INTERPRET": "0", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "cramming",
-    ]
-    result = subprocess.run(
-        [*command, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    torchrun([*args, "train.stop_after_steps=2"], tmp_path)  # no name=: the ranks must agree on one
     runs = list((tmp_path / "outputs").iterdir())
     assert len(runs) == 1, runs
     run = runs[0]
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 3 and summary["tokens_seen"] == 3 * 8 * 32
-    log_text = (run / "log.txt").read_text()
-    assert "2 process(es)" in log_text and log_text.count("budget spent") == 1
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]  # one writer
-    state = torch.load(sorted((run / "checkpoints").glob("step_*.pt"))[-1], weights_only=False)
+    state = torch.load(run / "checkpoints" / "step_00000002.pt", weights_only=False)
     assert len(state["ranks"]) == 2 and not any(
         k.startswith(("module.", "_orig_mod.")) for k in state["model"]
     )
     assert not torch.equal(state["ranks"][0]["mask_rng"], state["ranks"][1]["mask_rng"])
     cursor = [r["loader"] for r in state["ranks"]]
     assert (
-        cursor[0]["rank"] == 0 and cursor[1]["rank"] == 1 and cursor[0]["position"] == cursor[1]["position"]
+        cursor[0]["rank"] == 0
+        and cursor[1]["rank"] == 1
+        and cursor[0]["position"] == cursor[1]["position"] == 8
     )
+
+    torchrun([*args, f"name={run.name}", "resume=true"], tmp_path)
+    assert list((tmp_path / "outputs").iterdir()) == [run]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["tokens_seen"] == 4 * 8 * 32
+    log_text = (run / "log.txt").read_text()
+    assert "2 process(es)" in log_text and log_text.count("budget spent") == 1  # rank 1 logs nothing
+    assert "resumed from" in log_text and "step_00000002.pt: step 2" in log_text
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # one writer, appended across the resume
