@@ -173,3 +173,28 @@ def all_finite(state: Mapping) -> bool:
     return all(
         bool(torch.isfinite(t).all()) for t in state.values() if torch.is_tensor(t) and t.is_floating_point()
     )
+
+
+# -- resume helpers ---------------------------------------------------------------------------
+def trim_metrics(path: Path, step: int) -> int:
+    """Drop records logged after ``step`` (work lost with a killed run, about to be redone); returns how many."""
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
+    return len(lines) - len(kept)
+
+
+def config_drift(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    """Keys whose values differ between two nested configs (budget, seed, train, data), as dotted names."""
+    keys = ("budget", "seed", "train", "data") if not prefix else sorted(set(old) | set(new))
+    drift = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            drift += config_drift(a, b, f"{prefix}{key}.")
+        elif a != b and key not in ("stop_after_steps", "debug_nan_steps"):
+            drift.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return drift

@@ -25,14 +25,16 @@ from cramming.checkpoint import (
     CheckpointError,
     all_finite,
     checkpoint_dir,
+    config_drift,
     identity,
     load_checkpoint,
     load_latest,
     model_state,
     save_checkpoint,
+    trim_metrics,
 )
 from cramming.config import resolve_device, resolve_precision, set_threads
-from cramming.export import atomic_write, save_export
+from cramming.export import save_export
 from cramming.model import build_mlm, count_parameters, flops_per_token
 from cramming.optim import build_optimizer
 from cramming.plots import plot_run
@@ -174,30 +176,6 @@ def evaluate_mlm(model, sequences, collator, runtime: Runtime, batch_size: int, 
         losses.append(float(loss))
     model.train(was_training)
     return sum(losses) / max(1, len(losses))
-
-
-def trim_metrics(path: Path, step: int) -> int:
-    """Drop records logged after ``step`` (work lost with a killed run, about to be redone); returns how many."""
-    if not path.exists():
-        return 0
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    if len(kept) < len(lines):
-        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
-    return len(lines) - len(kept)
-
-
-def config_drift(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
-    """Keys whose values differ between two nested configs (budget, seed, train, data), as dotted names."""
-    keys = ("budget", "seed", "train", "data") if not prefix else sorted(set(old) | set(new))
-    drift = []
-    for key in keys:
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            drift += config_drift(a, b, f"{prefix}{key}.")
-        elif a != b and key not in ("stop_after_steps", "debug_nan_steps"):
-            drift.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return drift
 
 
 class Pretrainer:
@@ -391,9 +369,9 @@ class Pretrainer:
 
     def run(self) -> dict:
         t = self.train_cfg
+        self.peak = peak_flops(self.runtime)  # measured on CPU: before the clock starts
         self.model.train()
         self.clock.start()
-        self.peak = peak_flops(self.runtime)
         self.window = {"time": time.monotonic(), "tokens": 0, "steps": 0}
         self.last_ckpt_time = self.last_valid = time.monotonic()
         self.last_lr = self.last_grad_norm = p = float("nan")
@@ -410,7 +388,7 @@ class Pretrainer:
                     self.progress.step + 1,
                 )
                 break
-            if every and self.progress.step % every == 0:
+            if every and self.progress.step % every == 0 and self.saved_step != self.progress.step:
                 self.save_checkpoint()
             if stop_after and self.progress.step >= stop_after:
                 return self.stop_early()
