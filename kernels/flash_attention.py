@@ -50,32 +50,41 @@ _UPCAST = INTERPRET  # the interpreter holds bf16 as raw uint16: compute in fp32
 # tile configurations: (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M is the query block, BLOCK_N
 # the key block. On a GPU each kernel is autotuned over its list (keyed on T, D, mask and dtypes); with
 # CRAMMING_AUTOTUNE=0 (short GPU test runs) or in the interpreter (no driver to time with) the first
-# entry, or _INTERPRET_TILE, is launched directly.
+# entry (in the interpreter, blocks of _INTERPRET_BLOCK) is launched directly.
 
-_INTERPRET_TILE = (64, 64, 4, 1)
+_INTERPRET_BLOCK = 64  # every block size in the interpreter
 _FWD_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2),
               (64, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 4)]  # fmt: skip
 _DKDV_TILES = [(32, 128, 4, 3), (32, 128, 8, 3), (64, 128, 8, 3), (64, 64, 4, 3), (32, 64, 4, 4),
                (64, 128, 8, 2), (32, 128, 4, 4)]  # fmt: skip
 _DQ_TILES = [(128, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4),
              (128, 64, 8, 2), (128, 32, 4, 4)]  # fmt: skip
+# sequences up to _SHORT_MAX keys take the one-key-block backward (_attn_bwd_short): BLOCK_N covers T;
+# tiles are (BLOCK_M, num_warps, num_stages)
+_SHORT_MAX = 64 if INTERPRET else 128
+_SHORT_TILES = [(64, 8, 2), (32, 8, 2), (32, 8, 3), (32, 4, 2)]  # 4 warps spill with 128 keys (sm_90)
 # T is bucketed to a power of two (see _t_bucket) so a new sequence length does not trigger a new run
 _KEY = ["T_BUCKET", "HEAD_DIM", "HAS_MASK"]
 
 
-def _autotuned(kernel, tiles: list[tuple[int, int, int, int]]):
+_BLOCKS = ("BLOCK_M", "BLOCK_N")
+
+
+def _autotuned(kernel, tiles: list[tuple], names: tuple[str, ...] = _BLOCKS):
+    """triton.autotune over tiles (block sizes named by names, then num_warps, num_stages); None when
+    interpreting."""
     if INTERPRET:
         return None
-    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
+    configs = [triton.Config(dict(zip(names, t[:-2])), num_warps=t[-2], num_stages=t[-1]) for t in tiles]
     return triton.autotune(configs=configs, key=_KEY)(kernel)
 
 
-def _kernel_and_tile(kernel, tuned, tiles: list[tuple[int, int, int, int]]) -> tuple:
+def _kernel_and_tile(kernel, tuned, tiles: list[tuple], names: tuple[str, ...] = _BLOCKS) -> tuple:
     """The launchable kernel and the launch kwargs that fix its tile (none when autotuning)."""
     if tuned is not None and os.environ.get("CRAMMING_AUTOTUNE", "1") != "0":
         return launch(tuned), {}
-    m, n, w, s = _INTERPRET_TILE if INTERPRET else tiles[0]
-    return launch(kernel), {"BLOCK_M": m, "BLOCK_N": n, "num_warps": w, "num_stages": s}
+    tile = (_INTERPRET_BLOCK,) * len(names) + (4, 1) if INTERPRET else tiles[0]
+    return launch(kernel), {**dict(zip(names, tile[:-2])), "num_warps": tile[-2], "num_stages": tile[-1]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,6 +286,56 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, MASK,
     store(dq_ptrs, dq, (offs_m < T)[:, None])
 
 
+@triton.jit
+def _attn_bwd_short(Q, K, V, Out, DO, DQ, DK, DV, LSE, MASK,
+                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                    stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
+                    stride_dob, stride_doh, stride_dot, stride_dqb, stride_dqh, stride_dqt,
+                    stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt, stride_mb, stride_mt,
+                    H, T, T_BUCKET, qk_scale, scale,
+                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """The whole backward of one (batch, head) when T <= BLOCK_N: the program holds every key, so each
+    query block's dq is complete where it is computed (5 matmuls instead of 7, no atomics), and delta
+    is computed in the loop (no preprocess launch)."""
+    pid = tl.program_id(0)
+    b, h = pid // H, pid % H
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DO + b * stride_dob + h * stride_doh
+    o_base = Out + b * stride_ob + h * stride_oh
+    dq_base = DQ + b * stride_dqb + h * stride_dqh
+    k = _load_rows(K + b * stride_kb + h * stride_kh, offs_n, offs_d, stride_kt, T, True, UPCAST)
+    v = _load_rows(V + b * stride_vb + h * stride_vh, offs_n, offs_d, stride_vt, T, True, UPCAST)
+    valid = _key_valid(MASK + b * stride_mb, offs_n, stride_mt, T, HAS_MASK)
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    for start_m in range(0, T, BLOCK_M):
+        rows = start_m + offs_m
+        q = _load_rows(q_base, rows, offs_d, stride_qt, T, True, UPCAST)  # (BLOCK_M, D)
+        do = _load_rows(do_base, rows, offs_d, stride_dot, T, True, UPCAST)  # (BLOCK_M, D)
+        o = _load_rows(o_base, rows, offs_d, stride_ot, T, True, True)  # fp32
+        delta = tl.sum(o * do.to(tl.float32), 1)
+        lse = tl.load(LSE + (b * H + h) * T + rows, mask=rows < T, other=float("inf"))
+        s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
+        p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])
+        p_t = tl.where(valid[:, None], p_t, 0.0)  # dq sums over keys: padded keys must give exactly 0
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
+        dk = tl.dot(ds_t, q, dk, input_precision=PRECISION)
+        dq = tl.dot(tl.trans(ds_t), k, input_precision=PRECISION) * scale  # (BLOCK_M, D)
+        store(dq_base + rows[:, None] * stride_dqt + offs_d[None, :], dq, (rows < T)[:, None])
+    in_range = (offs_n < T)[:, None]
+    dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :]
+    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvt + offs_d[None, :]
+    store(dk_ptrs, dk * scale, in_range)
+    store(dv_ptrs, dv, in_range)
+
+
 # ----------------------------------------------------------------------------------------------
 # launchers
 
@@ -309,6 +368,7 @@ def _grid(T: int, H: int, B: int, block: str):
 _attn_fwd_tuned = _autotuned(_attn_fwd, _FWD_TILES)
 _attn_bwd_dkdv_tuned = _autotuned(_attn_bwd_dkdv, _DKDV_TILES)
 _attn_bwd_dq_tuned = _autotuned(_attn_bwd_dq, _DQ_TILES)
+_attn_bwd_short_tuned = _autotuned(_attn_bwd_short, _SHORT_TILES, names=("BLOCK_M",))
 
 
 def _launch_fwd(
@@ -335,9 +395,12 @@ def _launch_bwd(
     if do.stride(-1) != 1:
         do = do.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    delta = torch.empty_like(lse)  # (B, H, T) fp32
     mask, smb, smt, has_mask = _mask_args(q, key_padding_mask)
     common = dict(HEAD_DIM=D, HAS_MASK=has_mask, UPCAST=_UPCAST, PRECISION=_precision(q))
+    if T <= _SHORT_MAX:
+        _launch_bwd_short(do, q, k, v, o, lse, dq, dk, dv, (mask, smb, smt), scale, common)
+        return dq, dk, dv
+    delta = torch.empty_like(lse)  # (B, H, T) fp32
     launch(_attn_bwd_preprocess)[(triton.cdiv(T, _PRE_BLOCK), H, B)](
         o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T, HEAD_DIM=D, BLOCK_M=_PRE_BLOCK,
     )  # fmt: skip
@@ -354,6 +417,22 @@ def _launch_bwd(
         H, T, _t_bucket(T), scale * LOG2E, scale, **common, **tile,
     )  # fmt: skip
     return dq, dk, dv
+
+
+def _short_block(T: int) -> int:
+    # comparisons, not next_power_of_2: a symbolic T under torch.compile only gets guards, no bit tricks
+    return next(block for block in (16, 32, 64, 128) if T <= block)
+
+
+def _launch_bwd_short(do, q, k, v, o, lse, dq, dk, dv, mask_args: tuple, scale: float, common: dict) -> None:
+    B, H, T, D = q.shape
+    mask, smb, smt = mask_args
+    kernel, tile = _kernel_and_tile(_attn_bwd_short, _attn_bwd_short_tuned, _SHORT_TILES, names=("BLOCK_M",))
+    kernel[(B * H,)](
+        q, k, v, o, do, dq, dk, dv, lse, mask, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *o.stride()[:3], *do.stride()[:3], *dq.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], smb, smt,
+        H, T, _t_bucket(T), scale * LOG2E, scale, BLOCK_N=_short_block(T), **common, **tile,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
