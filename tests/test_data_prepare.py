@@ -14,7 +14,7 @@ import cramming.data.prepare as prep
 from cramming.data import SequenceLoader, prepare_corpus, unpack_documents, validate_data_config
 from cramming.data.ordering import sequence_scores, unigram_rarity
 from cramming.data.packing import Packer, token_stream
-from cramming.data.prepare import corpus_key, encode_documents
+from cramming.data.prepare import corpus_key
 from cramming.data.sources import iter_local, iter_text_file
 
 NO_FILTERS = {"max_tokens_per_char": None, "min_doc_chars": 0, "dedup": False}
@@ -31,6 +31,13 @@ def small_txt(tiny_docs, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("small") / "small.txt"
     path.write_text("\n\n".join(tiny_docs[:30]) + "\n\n", encoding="utf-8")
     return path
+
+
+def rust_ids(tok, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: every document through the Rust tokenizer, as (flat ids, offsets)."""
+    encodings = tok.encode_batch(docs, add_special_tokens=False)
+    offsets = np.concatenate([[0], np.cumsum([len(e.ids) for e in encodings])])
+    return np.array([i for e in encodings for i in e.ids], np.int64), offsets
 
 
 def make_cfg(tmp_path: Path, files, **overrides) -> dict:
@@ -78,7 +85,7 @@ def test_prepared_corpus_round_trips_documents(tmp_path, tiny_corpus, tiny_docs)
     train = corpus.train[np.arange(len(corpus.train))]
     assert train.shape == (len(corpus.train), 64) and train.dtype == np.int64
     assert corpus.train.shards[0].dtype == np.uint16
-    flat, offsets = encode_documents(corpus.tokenizer, tiny_docs)
+    flat, offsets = rust_ids(corpus.tokenizer, tiny_docs)
     back = unpack_documents(train, corpus.special_ids)
     assert len(back) == len(tiny_docs) == corpus.stats["documents"]
     for i, doc in enumerate(back):
@@ -175,7 +182,7 @@ def test_filters_remove_what_they_claim(tmp_path, tiny_docs):
     path.write_text("\n\n".join(docs) + "\n\n", encoding="utf-8")
     filters = {"max_tokens_per_char": 0.45, "min_doc_chars": 200, "dedup": True}
     corpus = prepare_corpus(make_cfg(tmp_path, [path], filters=filters), log=None)
-    flat, off = encode_documents(corpus.tokenizer, docs)
+    flat, off = rust_ids(corpus.tokenizer, docs)
     ntok = np.diff(off)
     removed = corpus.stats["filters"]["train"]
     assert removed["too_short"] == {"documents": 1, "chars": len("Too short."), "tokens": int(ntok[4])}
@@ -191,6 +198,7 @@ def test_filters_remove_what_they_claim(tmp_path, tiny_docs):
 
 def test_interrupted_preparation_resumes_from_last_shard(tmp_path, small_txt, monkeypatch):
     overrides = {"shard_sequences": 300, "batch_documents": 3, "filters": {**NO_FILTERS, "dedup": True}}
+    overrides["num_workers"] = 1  # encode in this process, where the test can count the documents
     cfg = make_cfg(tmp_path, [small_txt], **overrides)
     real_save = prep.save_progress
 
@@ -205,7 +213,7 @@ def test_interrupted_preparation_resumes_from_last_shard(tmp_path, small_txt, mo
     encoded = []
     real_encode = prep.encode_documents
     monkeypatch.setattr(
-        prep, "encode_documents", lambda tok, docs: encoded.extend(docs) or real_encode(tok, docs)
+        prep, "encode_documents", lambda enc, docs: encoded.extend(docs) or real_encode(enc, docs)
     )
     log = Log()
     resumed = prepare_corpus(cfg, log=log)
@@ -217,6 +225,16 @@ def test_interrupted_preparation_resumes_from_last_shard(tmp_path, small_txt, mo
     assert resumed.key == clean.key and len(resumed.train.shards) == len(clean.train.shards) > 2
     assert np.array_equal(resumed.train[:], clean.train[:])
     assert resumed.stats["documents"] == clean.stats["documents"] == 30
+
+
+def test_worker_processes_give_the_same_corpus(tmp_path, small_txt):
+    cfg = make_cfg(tmp_path, [small_txt], batch_documents=4, num_workers=1)
+    inline = prepare_corpus(cfg, log=None)
+    pooled = prepare_corpus({**cfg, "num_workers": 2, "cache_dir": str(tmp_path / "pool")}, log=None)
+    flat, off = rust_ids(pooled.tokenizer, list(iter_text_file(small_txt)))
+    back = unpack_documents(pooled.train[:], pooled.special_ids)
+    assert all(np.array_equal(b, flat[off[i] : off[i + 1]]) for i, b in enumerate(back)) and len(back) == 30
+    assert len(unpack_documents(inline.train[:], inline.special_ids)) == 30
 
 
 @pytest.mark.parametrize("verify", ["full", "sizes"])
@@ -295,7 +313,7 @@ def test_hub_source_on_local_hub_like_folder(tmp_path, tiny_docs):
     cfg = make_cfg(tmp_path, [], source="hub", hub=hub, validation_split_documents=5)
     validate_data_config(cfg)
     corpus = prepare_corpus(cfg, log=None)
-    flat, off = encode_documents(corpus.tokenizer, docs)
+    flat, off = rust_ids(corpus.tokenizer, docs)
     train = unpack_documents(corpus.train[:], corpus.special_ids)
     valid = unpack_documents(corpus.valid[:], corpus.special_ids)
     assert len(valid) == 5 and len(train) == 25

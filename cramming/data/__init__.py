@@ -1,16 +1,32 @@
 """Data pipeline: corpus sources, filters, WordPiece tokenizer, packing, on-disk cache, loader, MLM masking.
 
-validate_data_config(data_cfg)          # fast checks before long work
-corpus = prepare_corpus(data_cfg)       # tokenizer + packed, cached train/valid sequences
-loader = SequenceLoader(corpus.train, batch_size, seed, rank, world_size, device)
-inputs, labels = MLMCollator(corpus.vocab_size, corpus.special_ids)(next(loader), generator)
+    validate_data_config(data_cfg)          # fast checks before long work
+    corpus = prepare_corpus(data_cfg)       # tokenizer + packed, cached train/valid sequences
+    loader = SequenceLoader(corpus.train, batch_size, seed, rank, world_size, device)
+    inputs, labels = MLMCollator(corpus.vocab_size, corpus.special_ids)(next(loader), generator)
+
+The torch-dependent names (loader, collator) load on first use, so preparation workers that import
+``cramming.data.encode`` start without importing torch.
 """
 
-from cramming.data.collator import IGNORE_INDEX, MLMCollator
 from cramming.data.config import as_dict, validate_data_config
-from cramming.data.loader import SequenceLoader
 from cramming.data.packing import PackedSequences, unpack_documents
-from cramming.data.prepare import PreparedCorpus, prepare_corpus
+from cramming.data.prepare import PreparedCorpus, corpus_key, prepare_corpus
+
+_LAZY = {
+    "IGNORE_INDEX": "cramming.data.collator",
+    "MLMCollator": "cramming.data.collator",
+    "SequenceLoader": "cramming.data.loader",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cramming.data' has no attribute {name!r}")
+
 
 __all__ = [
     "IGNORE_INDEX",
@@ -19,6 +35,7 @@ __all__ = [
     "PreparedCorpus",
     "SequenceLoader",
     "as_dict",
+    "corpus_key",
     "prepare_corpus",
     "unpack_documents",
     "validate_data_config",

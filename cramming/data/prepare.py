@@ -1,11 +1,11 @@
 """``prepare_corpus``: tokenizer + packed train/validation sequences, cached on disk by a config hash.
 
-Flow (design §3): documents stream from the source (read in a background thread) → WordPiece
-``encode_batch`` on all cores, paragraph by paragraph → filters (too short, tokens per character,
-duplicate token ids) → packing into ``seq_len`` sequences across document boundaries → shard files.
-Memory stays bounded by a few batches of text and their tokens (the dedup index adds 12 bytes per kept
-document). After every finished shard the resume state is saved, so an interrupted preparation
-continues from its last finished shard.
+Flow (design §3): documents stream from the source (read in a background thread) → encoded in batches
+by worker processes (``encode.Encoder``: exact fast path + word cache around the WordPiece model) →
+filters (too short, tokens per character, duplicate token ids) → packing into ``seq_len`` sequences
+across document boundaries → shard files. Memory stays bounded by a few batches in flight and each
+worker's word cache (the dedup index adds 12 bytes per kept document). After every finished shard the
+resume state is saved, so an interrupted preparation continues from its last finished shard.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,13 @@ from tokenizers import Tokenizer
 
 from cramming.data import cache, sources
 from cramming.data.config import as_dict, validate_data_config
+from cramming.data.encode import Encoder, parallel_encode
 from cramming.data.filters import DocumentFilter, FilterStats, HashIndex
 from cramming.data.ordering import quality_order
 from cramming.data.packing import PackedSequences, Packer, storage_dtype, stream_from_flat
 from cramming.data.tokenizer import attach_post_processor, sample_documents, special_ids, train_tokenizer
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 BATCH_CHARS = 8_000_000  # text per encode_batch call: enough work for every core, bounded memory
 Log = Callable[[str], None] | None
 
@@ -63,7 +64,6 @@ def prepare_corpus(data_cfg: Any, log: Log = print) -> PreparedCorpus:
     cfg = as_dict(data_cfg)
     validate_data_config(cfg)
     say = _quiet if log is None else log
-    _set_workers(cfg["num_workers"])
     root = Path(cfg["cache_dir"]).expanduser()
     tok, tok_key = get_tokenizer(cfg, root, say)
     key = cache.config_key(corpus_identity(cfg, tok_key))
@@ -91,12 +91,6 @@ def tokenizer_key(cfg: dict[str, Any]) -> str:
     if cfg["tokenizer"].get("path"):
         return cache.file_sha256(Path(cfg["tokenizer"]["path"]).expanduser())[:16]
     return cache.config_key(tokenizer_identity(cfg))
-
-
-def _set_workers(num_workers: int) -> None:
-    # tokenizers sizes its thread pool on first use; 0 leaves it at all cores.
-    if num_workers:
-        os.environ.setdefault("RAYON_NUM_THREADS", str(num_workers))
 
 
 def corpus_identity(cfg: dict[str, Any], tok_key: str) -> dict[str, Any]:
@@ -138,7 +132,8 @@ def get_tokenizer(cfg: dict[str, Any], root: Path, say: Callable[[str], None]) -
                 say(f"data: cached tokenizer at {path} is unreadable ({err}); retraining it")
         start = time.perf_counter()
         sample = _sample_for_tokenizer(cfg)
-        tok = train_tokenizer(sample, cfg["vocab_size"], cfg["tokenizer"])
+        show = say is not _quiet and sys.stderr.isatty()
+        tok = train_tokenizer(sample, cfg["vocab_size"], cfg["tokenizer"], show_progress=show)
         cache.atomic_write(path, lambda tmp: tok.save(str(tmp)))
         say(
             f"data: trained WordPiece tokenizer ({tok.get_vocab_size()} tokens) on ≤{cfg['tokenizer']['sample_mb']} MB "
@@ -321,8 +316,9 @@ def build_split(
     bar = _progress_bar(name, log)
     try:
         batches = _prefetch(_batches(islice(documents, state["docs"], None), cfg["batch_documents"]))
-        for batch in batches:
-            seqs, chars, tokens = _encode_and_pack(batch, tok, filt, packer, ids["sep"])
+        workers = cfg["num_workers"] or len(os.sched_getaffinity(0))
+        for batch, encoded in parallel_encode(batches, tok, workers, inline=encode_documents):
+            seqs, chars, tokens = _filter_and_pack(batch, encoded, filt, packer, ids["sep"])
             progress["docs"] += len(batch)
             progress["chars"] += chars
             progress["tokens"] += tokens
@@ -399,30 +395,18 @@ def _prefetch(batches: Iterator[list[str]], depth: int = 2) -> Iterator[list[str
         thread.join(timeout=5)
 
 
-def _encode_and_pack(batch: list[str], tok: Tokenizer, filt: DocumentFilter, packer: Packer, sep: int):
-    """Tokenize and filter one batch of documents; (full sequences, chars read, tokens kept)."""
-    flat, offsets = encode_documents(tok, batch)
+def _filter_and_pack(batch, encoded, filt: DocumentFilter, packer: Packer, sep: int):
+    """Filter one encoded batch and pack what is kept; (full sequences, chars read, tokens kept)."""
+    flat, offsets = encoded
     chars = np.fromiter((len(d) for d in batch), np.int64, len(batch))
     keep = filt(chars, flat, offsets)
     stream = stream_from_flat(flat, offsets, keep, sep)
     return packer.add(stream), int(chars.sum()), int(np.diff(offsets)[keep].sum())
 
 
-def encode_documents(tok: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of ``docs`` (no special tokens) as one int32 array and document offsets into it.
-
-    Documents are encoded paragraph by paragraph, which spreads a long book over all cores; the ids are
-    the same as encoding the whole document, since the BERT pre-tokenizer splits at every newline.
-    """
-    pieces = [p for doc in docs for p in doc.split("\n")]
-    per_doc = np.fromiter((doc.count("\n") + 1 for doc in docs), np.int64, len(docs))
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)  # _fast (tokenizers ≥ 0.20) skips offsets
-    encodings = encode(pieces, add_special_tokens=False)
-    piece_lengths = np.fromiter((len(e) for e in encodings), np.int64, len(encodings))
-    flat = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32, int(piece_lengths.sum()))
-    piece_ends = np.concatenate([[0], np.cumsum(piece_lengths)])
-    offsets = piece_ends[np.concatenate([[0], np.cumsum(per_doc)])]
-    return flat, offsets
+def encode_documents(encoder: Encoder, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of ``docs`` (no special tokens) as one int32 array and document offsets into it."""
+    return encoder.encode(docs)
 
 
 def _write_rows(seqs, writer, packer, filt, progress, entry, name) -> None:

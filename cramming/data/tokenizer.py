@@ -38,14 +38,16 @@ def untrained_tokenizer(options: dict[str, Any]) -> Tokenizer:
     return tok
 
 
-def train_tokenizer(documents: Iterable[str], vocab_size: int, options: dict[str, Any]) -> Tokenizer:
+def train_tokenizer(
+    documents: Iterable[str], vocab_size: int, options: dict[str, Any], show_progress: bool = False
+) -> Tokenizer:
     """Train WordPiece on ``documents`` (the caller bounds the sample) and attach BERT's post-processor."""
     tok = untrained_tokenizer(options)
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
         special_tokens=list(SPECIAL_TOKENS.values()),
-        show_progress=False,
+        show_progress=show_progress,
         continuing_subword_prefix="##",
     )
     tok.train_from_iterator(_batched(documents, 256), trainer=trainer)
