@@ -43,17 +43,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_matmul_peak(
+def matmul_peaks(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     threads: int | None = None,
     size: int | None = None,
     repeats: int | None = None,
-) -> float:
-    """Best FLOP/s of several ``size``×``size`` matmuls (2·n³ FLOPs each) with ``threads`` CPU threads.
+) -> dict[str, float | None]:
+    """Best FLOP/s of several ``size``×``size`` matmuls (2·n³ FLOPs each) by two clocks.
 
-    The best run, not the mean, because the machine may be shared: the peak is what the
-    hardware can do, and noise only ever makes a run slower.
+    ``wall``: FLOPs per wall-clock second. ``cpu`` (CPU only): FLOPs per CPU-second of the
+    process times ``threads``, i.e. the rate had the threads been alone on their cores;
+    time spent descheduled on a shared machine does not count. The best run, not the mean,
+    because noise only ever makes a run slower.
     """
     device = torch.device(device)
     on_gpu = device.type == "cuda"
@@ -69,15 +71,30 @@ def measure_matmul_peak(
         b = torch.randn(size, size, device=device).to(dtype)
         out = torch.mm(a, b)  # warm-up: allocations, BLAS thread pool
         _sync(device)
-        best = float("inf")
+        best_wall = best_cpu = float("inf")
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             torch.mm(a, b, out=out)
             _sync(device)
-            best = min(best, time.perf_counter() - start)
+            best_wall = min(best_wall, time.perf_counter() - start)
+            best_cpu = min(best_cpu, time.process_time() - cpu_start)
+        used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous)
-    return 2.0 * size**3 / best
+    flops = 2.0 * size**3
+    cpu = None if on_gpu or best_cpu <= 0 else flops / best_cpu * used_threads
+    return {"wall": flops / best_wall, "cpu": cpu}
+
+
+def measure_matmul_peak(
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    threads: int | None = None,
+    size: int | None = None,
+    repeats: int | None = None,
+) -> float:
+    """Best wall-clock FLOP/s of several large matmuls with ``threads`` CPU threads (see ``matmul_peaks``)."""
+    return matmul_peaks(dtype, device, threads, size, repeats)["wall"]
 
 
 def table_peak_flops(device: torch.device | str) -> float | None:
