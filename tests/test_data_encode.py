@@ -83,3 +83,24 @@ def test_parallel_encode_keeps_order(tokenizer, docs):
     got = [ids for _, encoded in out for ids in split(*encoded)]
     assert got == rust(tokenizer, docs)
     assert np.concatenate([e[0] for _, e in out]).dtype == np.int32
+
+
+class UnstartableWorkers:
+    """A tokenizer whose serialised form cannot be loaded: worker start-up fails."""
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def to_str(self):
+        return "{not a tokenizer"
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def test_broken_worker_pool_falls_back_to_this_process(tokenizer, docs):
+    batches = [docs[i : i + 9] for i in range(0, len(docs), 9)]
+    with pytest.warns(UserWarning, match="encoding in this process"):
+        out = list(parallel_encode(iter(batches), UnstartableWorkers(tokenizer), workers=2))
+    assert [b for b, _ in out] == batches
+    assert [ids for _, encoded in out for ids in split(*encoded)] == rust(tokenizer, docs)

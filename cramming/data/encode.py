@@ -16,9 +16,11 @@ from __future__ import annotations
 import multiprocessing
 import re
 import unicodedata
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import chain
 
 import numpy as np
@@ -171,13 +173,24 @@ def parallel_encode(
             yield batch, encode(encoder, batch)
         return
     context = multiprocessing.get_context("spawn")  # fork after tokenizers' threads started is unsafe
-    with ProcessPoolExecutor(workers, context, initializer=_worker_init, initargs=(tok.to_str(),)) as pool:
-        pending: deque = deque()
-        for batch in chain([first, second], batches):
-            pending.append((batch, pool.submit(_worker_encode, batch)))
-            if len(pending) >= 2 * workers:
-                done, future = pending.popleft()
-                yield done, future.result()
-        while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
+    pending: deque = deque()  # [batch, future] in order; a batch joins before it is submitted
+    stream = chain([first, second], batches)
+    try:
+        with ProcessPoolExecutor(
+            workers, context, initializer=_worker_init, initargs=(tok.to_str(),)
+        ) as pool:
+            for batch in stream:
+                pending.append([batch, None])
+                pending[-1][1] = pool.submit(_worker_encode, batch)
+                while len(pending) >= 2 * workers or (pending and pending[0][1].done()):
+                    yield pending[0][0], pending[0][1].result()
+                    pending.popleft()
+            while pending:
+                yield pending[0][0], pending[0][1].result()
+                pending.popleft()
+    except BrokenProcessPool as err:
+        # e.g. a script without an ``if __name__ == "__main__"`` guard cannot spawn workers
+        warnings.warn(f"encoding workers failed ({err}); encoding in this process instead", stacklevel=2)
+        encoder, encode = Encoder(tok), inline or (lambda enc, docs: enc.encode(docs))
+        for batch in chain((b for b, _ in pending), stream):
+            yield batch, encode(encoder, batch)
