@@ -68,6 +68,8 @@ def test_mfu_is_a_fraction_of_peak():
 def test_measured_matmul_peak_is_plausible():
     peak = perf.measure_matmul_peak(torch.float32, "cpu", threads=1, size=128, repeats=2)
     assert math.isfinite(peak) and 1e7 < peak < 1e13  # between 10 MFLOP/s and 10 TFLOP/s on one core
+    both = perf.matmul_peaks(torch.float32, "cpu", threads=1, size=128, repeats=2)
+    assert set(both) == {"wall", "cpu"} and 1e7 < both["cpu"] < 1e13
     with pytest.raises(ValueError, match="repeats"):
         perf.measure_matmul_peak(torch.float32, "cpu", size=8, repeats=0)
 
@@ -118,6 +120,7 @@ def test_bench_step_smoke_writes_valid_json(tmp_path):
     assert result["peak_gflops"] == pytest.approx(max(result["peak_gflops_all"]))
     expected_mfu = result["tokens_per_s"] * result["model_flops_per_token"] / (result["peak_gflops"] * 1e9)
     assert result["mfu"] == pytest.approx(expected_mfu) and 0 < result["mfu"]
+    assert 0 < result["mfu_cpu_clock"] and result["omp_wait_policy"]
     assert math.isfinite(result["final_loss"]) and result["step_cpu_s_median"] > 0
     arch = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))
     n = count_parameters(build_mlm(arch, 512))
