@@ -286,26 +286,30 @@ class Pretrainer:
         return Path(answer), load_checkpoint(Path(answer), self.identity)
 
     def resume(self) -> bool:
+        """Continue from the newest good checkpoint; False (a fresh start) when there is none at all."""
         found = self.find_checkpoint()
         if found is None:
             log.warning(
                 "resume=true but %s holds no checkpoint; starting from scratch", checkpoint_dir(self.run_dir)
             )
-            return False
-        path, state = found
-        self.load_state_dict(state)
-        for change in config_drift(state.get("config") or {}, self.cfg):
-            log.warning(
-                "resuming with a changed setting (the run will not match an uninterrupted one): %s", change
-            )
-        if self.runtime.rank == 0:
+        else:
+            path, state = found
+            self.load_state_dict(state)
+            for change in config_drift(state.get("config") or {}, self.cfg):
+                log.warning(
+                    "resuming with a changed setting (results will differ from an uninterrupted run): %s",
+                    change,
+                )
+        if self.runtime.rank == 0:  # metrics of steps about to be redone would be logged twice
             dropped = trim_metrics(self.tracker.path, self.progress.step)
             if dropped:
                 log.info(
-                    "dropped %d metrics records logged after step %d (work lost, redone now)",
+                    "dropped %d metrics records after step %d (work lost, redone now)",
                     dropped,
                     self.progress.step,
                 )
+        if found is None:
+            return False
         log.info(
             "resumed from %s: step %d, %s tokens, %.1f s of budget already spent",
             path,
@@ -390,7 +394,7 @@ class Pretrainer:
                 break
             if every and self.progress.step % every == 0 and self.saved_step != self.progress.step:
                 self.save_checkpoint()
-            if stop_after and self.progress.step >= stop_after:
+            if self.progress.step == stop_after:  # ==: a resumed run passing the same override goes on
                 return self.stop_early()
             self.maybe_validate()
         if self.progress.losses:

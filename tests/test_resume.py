@@ -104,7 +104,7 @@ def test_stopped_then_resumed_matches_uninterrupted(uninterrupted, tiny_corpus, 
     assert not stopped["finished"] and stopped["steps"] == 6
     run_dir = workdir / "outputs" / "part"
     assert not (run_dir / "model").exists()
-    run_in_process([*args, "resume=true"])
+    run_in_process([*args, "train.stop_after_steps=6", "resume=true"])  # the same overrides + resume=true
     assert_same_run(run_dir, uninterrupted)
     assert "resumed from" in (run_dir / "log.txt").read_text()
     assert "step_00000006.pt: step 6" in (run_dir / "log.txt").read_text()
@@ -157,6 +157,16 @@ def test_damaged_newest_checkpoint_falls_back_and_other_arch_is_refused(tiny_cor
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "another architecture" in err and "step_00000004.pt" in err and "none of the 2" in err
+
+
+def test_resume_without_checkpoints_starts_over_with_clean_metrics(tiny_corpus, workdir):
+    run_dir = workdir / "outputs" / "early-kill"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 9.0}\n')  # killed at step 1
+    summary = run_in_process(overrides(tiny_corpus, workdir, "early-kill", "resume=true", budget="2steps"))
+    assert summary["steps"] == 2
+    assert [step for step, _, _ in train_curve(run_dir)] == [1, 2]
+    assert "holds no checkpoint; starting from scratch" in (run_dir / "log.txt").read_text()
 
 
 def test_injected_nan_is_skipped_and_counted(tiny_corpus, workdir):
