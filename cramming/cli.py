@@ -51,7 +51,7 @@ def pretrain_main(cfg: DictConfig) -> dict:
         log.error("%s", err)
         print(f"cramming: training stopped: {err}", file=sys.stderr)
         sys.exit(1)
-    if cfg.eval.name == "glue" and summary.get("finished"):
+    if cfg.eval.name == "glue" and summary.get("finished") and rank == 0:
         from cramming.glue import run_glue_from_pretraining
 
         run_glue_from_pretraining(run_dir / "model", container["eval"])
