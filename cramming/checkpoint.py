@@ -26,6 +26,27 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and why."""
 
 
+def validate_train_resilience(train: Mapping) -> None:
+    """Check the checkpoint and non-finite keys of ``cfg.train``; ValueError naming the bad value."""
+    if train.get("on_nonfinite", "restore") not in ("restore", "stop"):
+        raise ValueError(f"train.on_nonfinite={train['on_nonfinite']!r} is not one of ['restore', 'stop']")
+    factor = float(train.get("nonfinite_lr_factor", 0.5))
+    if not 0.0 < factor <= 1.0:
+        raise ValueError(f"train.nonfinite_lr_factor={factor!r} must lie in (0, 1]")
+    for key, low in [
+        ("keep_checkpoints", 1),
+        ("max_nonfinite_steps", 1),
+        ("checkpoint_every_steps", 0),
+        ("max_nonfinite_restores", 0),
+        ("stop_after_steps", 0),
+    ]:
+        value = train.get(key, low)
+        if int(value) != value or int(value) < low:
+            raise ValueError(f"train.{key}={value!r} must be a whole number >= {low}")
+    if float(train.get("checkpoint_minutes", 0)) < 0:
+        raise ValueError(f"train.checkpoint_minutes={train['checkpoint_minutes']!r} must be >= 0 (0 = off)")
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 

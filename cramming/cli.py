@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cramming import distributed
+from cramming.checkpoint import validate_train_resilience
 from cramming.config import validate_run
 from cramming.tracking import setup_logging
 
@@ -31,6 +32,7 @@ def pretrain_main(cfg: DictConfig) -> dict:
 
     try:
         budget = validate_run(OmegaConf.to_container(cfg, resolve=True))
+        validate_train_resilience(cfg.train)
     except ValueError as err:
         fail(err)
     run_dir, rank = run_dir_of(cfg), distributed.rank()

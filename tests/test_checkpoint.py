@@ -16,6 +16,7 @@ from cramming.checkpoint import (
     model_state,
     save_checkpoint,
     sidecar,
+    validate_train_resilience,
 )
 
 ARCH = {"name": "tiny", "hidden_size": 8}
@@ -98,3 +99,20 @@ def test_model_state_has_no_wrapper_prefixes_and_nan_is_detected():
     with torch.no_grad():
         model.bias[0] = float("nan")
     assert not all_finite(model.state_dict())
+
+
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("on_nonfinite", "ignore", "'restore', 'stop'"),
+        ("nonfinite_lr_factor", 2.0, "(0, 1]"),
+        ("keep_checkpoints", 0, ">= 1"),
+        ("checkpoint_every_steps", 1.5, "whole number"),
+        ("checkpoint_minutes", -1, ">= 0"),
+    ],
+)
+def test_bad_resilience_settings_are_named(key, value, fragment):
+    with pytest.raises(ValueError, match=key) as err:
+        validate_train_resilience({key: value})
+    assert fragment in str(err.value)
+    validate_train_resilience({"on_nonfinite": "stop", "keep_checkpoints": 2, "checkpoint_minutes": 0.5})
