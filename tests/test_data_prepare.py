@@ -378,3 +378,22 @@ def test_shipped_configs_validate(tiny_corpus):
     hub = OmegaConf.merge(OmegaConf.load(conf / "local.yaml"), OmegaConf.load(conf / "wikipedia.yaml"))
     hub.pop("defaults", None)
     validate_data_config(hub)
+
+
+def test_junk_bound_scales_for_small_vocabularies(tiny_corpus, tmp_path):
+    from cramming.data.filters import junk_threshold
+
+    assert junk_threshold(0.25, 32768) == 0.25
+    assert junk_threshold(0.25, 50000) == 0.25
+    assert junk_threshold(None, 1000) is None
+    assert junk_threshold(0.25, 2048) == pytest.approx(0.25 * 15 / 11)
+    # Clean English text survives the default bound with a small vocabulary.
+    cfg = {
+        "source": "local",
+        "files": [str(tiny_corpus["train"])],
+        "vocab_size": 2048,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    corpus = prepare_corpus(cfg, log=None)
+    removed = corpus.stats["filters"]["train"]["junk_ratio"]["documents"]
+    assert removed <= 8 and corpus.stats["documents"] >= 78  # of 86; before scaling all 86 were dropped

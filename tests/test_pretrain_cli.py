@@ -42,7 +42,6 @@ def tiny_args(tiny_corpus, tmp_path, name, budget):
         f"data.files=[{tiny_corpus['train']}]",
         f"data.validation_files=[{tiny_corpus['valid']}]",
         "data.vocab_size=2048",
-        "data.filters.max_tokens_per_char=0.5",  # the 0.25 default is calibrated for a 32k vocabulary
         f"data.cache_dir={tmp_path / 'cache'}",
         "impl.kernels=torch",
     ]

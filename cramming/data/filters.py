@@ -10,6 +10,7 @@ with a small unsorted tail merged in periodically, so membership checks are vect
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,22 @@ def ids_hash(ids: np.ndarray) -> int:
     return int.from_bytes(hashlib.blake2b(ids.tobytes(), digest_size=8).digest(), "little")
 
 
+REFERENCE_VOCAB = 32768
+
+
+def junk_threshold(max_tokens_per_char: float | None, vocab_size: int | None) -> float | None:
+    """The tokens-per-character bound for this vocabulary.
+
+    The recipe's bound (0.25) holds for a 32768-token WordPiece vocabulary. A smaller vocabulary
+    splits clean text into more pieces (about 0.31 tokens per character at 2048 on English
+    Wikipedia), so the bound is scaled by ln(32768) / ln(V); otherwise every document of a
+    small-vocabulary run would count as junk.
+    """
+    if max_tokens_per_char is None or not vocab_size or vocab_size >= REFERENCE_VOCAB:
+        return max_tokens_per_char
+    return float(max_tokens_per_char) * math.log(REFERENCE_VOCAB) / math.log(max(vocab_size, 2))
+
+
 class DocumentFilter:
     """Applies the filters to tokenized batches; ``stats`` accumulates what was read, kept and removed.
 
@@ -123,9 +140,11 @@ class DocumentFilter:
     only kept documents enter the duplicate index.
     """
 
-    def __init__(self, filters: dict[str, Any], index: HashIndex | None = None):
+    def __init__(
+        self, filters: dict[str, Any], index: HashIndex | None = None, vocab_size: int | None = None
+    ):
         self.min_chars = int(filters.get("min_doc_chars") or 0)
-        self.max_ratio = filters.get("max_tokens_per_char")
+        self.max_ratio = junk_threshold(filters.get("max_tokens_per_char"), vocab_size)
         self.dedup = bool(filters.get("dedup", False))
         self.index = index if index is not None else HashIndex()
         self.stats = FilterStats()

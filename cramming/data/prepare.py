@@ -35,7 +35,7 @@ from cramming.data.ordering import quality_order
 from cramming.data.packing import PackedSequences, Packer, storage_dtype, stream_from_flat
 from cramming.data.tokenizer import attach_post_processor, sample_documents, special_ids, train_tokenizer
 
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3  # 3: junk bound scaled for small vocabularies
 BATCH_CHARS = 8_000_000  # text per encode_batch call: enough work for every core, bounded memory
 Log = Callable[[str], None] | None
 
@@ -300,7 +300,8 @@ def build_split(
     if state.get("done"):
         say(f"data: {name} split already packed in {entry} (resumed preparation)")
         return state["record"], state["stats"]
-    filt = DocumentFilter(cfg["filters"], HashIndex(state["index_keys"], state["index_values"]))
+    index = HashIndex(state["index_keys"], state["index_values"])
+    filt = DocumentFilter(cfg["filters"], index, vocab_size=tok.get_vocab_size())
     filt.stats = FilterStats.from_dict(state["filters"]) if state["filters"] else filt.stats
     packer = Packer(cfg["seq_len"], ids, carry=state["carry"])
     dtype = storage_dtype(cfg["vocab_size"])
