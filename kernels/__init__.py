@@ -20,6 +20,7 @@ _EXPORTS = {
     "GeGLU": "activations",
     "attention": "flash_attention",
     "Attention": "flash_attention",
+    "attention_varlen": "flash_attention",
     # plain PyTorch references (no Triton import)
     "layer_norm_ref": "norm_ref",
     "layer_norm_residual_ref": "norm_ref",

@@ -13,7 +13,7 @@ import os
 
 import pytest
 import torch
-from cramming.kernels import Attention, attention, attention_ref
+from cramming.kernels import Attention, attention, attention_ref, attention_varlen
 
 from cramming import ops
 
@@ -180,6 +180,34 @@ def test_dispatch_uses_kernel_and_matches_torch():
         ops.configure({"kernels": "auto"})
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got, attention(q, k, v, key_padding_mask=mask), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("lengths", [(5, 64, 1, 30), (70, 0, 3, 130)])  # one-key-block / general backward
+def test_varlen_matches_each_sequence_alone(lengths):
+    H, D, total = 2, 32, sum(lengths)
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    g = torch.Generator().manual_seed(3)
+    q, k, v, do = (torch.randn(total, H, D, generator=g, dtype=torch.float64, device="cpu") for _ in range(4))
+    ours = _run(
+        attention_varlen, *(x.to(DEVICE) for x in (q, k, v, do)), torch.float32, cu_seqlens=cu_seqlens
+    )
+    for start, end in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
+        if end == start:
+            continue
+        one = [x[start:end].transpose(0, 1)[None].to(DEVICE) for x in (q, k, v, do)]  # (1, H, L, D)
+        oracle = _run(attention_ref, *one, torch.float64)
+        for got, ref in zip(ours, oracle):
+            torch.testing.assert_close(got[start:end].double(), ref[0].transpose(0, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_varlen_bad_inputs_raise_value_error():
+    x = torch.zeros(10, 2, 32)
+    with pytest.raises(ValueError, match="int32"):
+        attention_varlen(x, x, x, torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match="total=10"):
+        attention_varlen(x, x, x, torch.tensor([0, 4, 9], dtype=torch.int32))
+    with pytest.raises(ValueError, match="3-d"):
+        attention_varlen(x[None], x[None], x[None], torch.tensor([0, 10], dtype=torch.int32))
 
 
 @pytest.mark.slow
