@@ -56,7 +56,7 @@ def pretrain_main(cfg: DictConfig) -> dict:
     if cfg.eval.name == "glue" and summary.get("finished") and rank == 0:
         from cramming.glue import run_glue_from_pretraining
 
-        run_glue_from_pretraining(run_dir / "model", container["eval"])
+        run_glue_from_pretraining(run_dir / "model", container["eval"], container["impl"])
     return summary
 
 

@@ -156,3 +156,19 @@ def test_nothing_cached_is_damaged_by_a_bad_run(tmp_path, tiny_corpus, capsys):
     _main_with(tiny_args(tiny_corpus, tmp_path, "ok", "abc"), capsys)
     after = sorted((p.name, p.stat().st_size) for p in Path(corpus.cache_dir).rglob("*") if p.is_file())
     assert before == after
+
+
+def test_eval_glue_after_pretraining(finished_run, tiny_corpus, glue_dir):
+    tmp_path, _ = finished_run
+    args = tiny_args(tiny_corpus, tmp_path, "witheval", "2steps") + [
+        "eval=glue",
+        f"eval.glue_dir={glue_dir}",
+        "eval.tasks=[sst2]",
+        "eval.max_train_examples=64",
+        "eval.max_eval_examples=64",
+        "eval.epochs=1",
+    ]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "outputs" / "witheval" / "glue" / "results.json").read_text())
+    assert "sst2" in json.dumps(results).lower()
