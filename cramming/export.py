@@ -7,8 +7,6 @@ written atomically, and loading checks every key strictly.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,25 +16,10 @@ from safetensors.torch import save_model as st_save_model
 from tokenizers import Tokenizer
 
 from cramming import __version__
+from cramming.data.cache import atomic_write  # noqa: F401  (re-exported for checkpoint, glue, export_hf)
 from cramming.model import BertForMLM, BertForSequenceClassification
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then fsync and rename over ``path``, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -74,8 +57,8 @@ def save_export(
     model = _unwrap(model)
     config = model_config(model, extra)
     # save_model (not save_file) handles the tied decoder/embedding weights.
-    atomic_write(out_dir / WEIGHTS, lambda tmp: st_save_model(model, tmp))
-    atomic_write(out_dir / TOKENIZER, lambda tmp: tokenizer.save(tmp))
+    atomic_write(out_dir / WEIGHTS, lambda tmp: st_save_model(model, str(tmp)))
+    atomic_write(out_dir / TOKENIZER, lambda tmp: tokenizer.save(str(tmp)))
     atomic_write(out_dir / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     return out_dir
 

@@ -113,7 +113,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     state = state_dict_for_hf(model)
-    atomic_write(out_dir / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(out_dir / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     shutil.copyfile(model_dir / TOKENIZER, out_dir / TOKENIZER)
     max_len = int(config.get("max_length") or config["arch"]["max_position_embeddings"])
     tok_config, special = tokenizer_files(tokenizer, max_len)
