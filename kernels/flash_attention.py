@@ -680,7 +680,8 @@ def attention_varlen(
 
     q, k, v: (total, H, D), the sequences one after another; sequence b is rows
     ``cu_seqlens[b]:cu_seqlens[b + 1]`` (int32, length B + 1, starting at 0) and attends only to itself.
-    max_seqlen: the longest sequence; pass it to avoid a device sync (it sizes the grid). Returns
+    max_seqlen: at least the longest sequence (it sizes the grid; rows past it are not computed); pass
+    it to avoid a device sync, leave it None to have it (and cu_seqlens) read and checked. Returns
     (total, H, D); differentiable in q, k and v.
     """
     max_seqlen = _check_varlen(q, k, v, cu_seqlens, max_seqlen, scale)
