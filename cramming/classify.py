@@ -103,6 +103,23 @@ def encode_examples(
     )
 
 
+REFERENCE_LR, REFERENCE_WIDTH = 4e-5, 768
+
+
+def resolve_lr(lr: float | str, hidden_size: int) -> float:
+    """``lr=auto``: the GLUE-sane 4e-5 for 768-wide models, scaled by 768 / hidden_size for others.
+
+    Adam's best learning rate grows as models get narrower (about 1/width, as in muP); at the
+    protocol's own width this is exactly 4e-5, while a 128-wide model gets 2.4e-4 instead of a
+    step size too small to move it within a few epochs.
+    """
+    if lr == "auto":
+        return REFERENCE_LR * REFERENCE_WIDTH / int(hidden_size)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr <= 1:
+        raise ValueError(f"lr={lr!r} must be a number in (0, 1] or 'auto' (4e-5 x 768 / hidden_size)")
+    return float(lr)
+
+
 @dataclass
 class FinetuneConfig:
     """GLUE-sane defaults: AdamW 4e-5, batch 16, 5 epochs, cosine with 10% warm-up."""

@@ -142,7 +142,9 @@ def check_config(cfg: Mapping) -> None:
     check_bad_rows(cfg["bad_rows"])
     if cfg["task_type"] not in TASK_TYPES:
         raise ValueError(f"task_type={cfg['task_type']!r} is not one of {list(TASK_TYPES)}")
-    for key in ("epochs", "lr", "batch_size", "max_length", "eval_batch_size"):
+    if cfg["lr"] != "auto":
+        classify.resolve_lr(cfg["lr"], classify.REFERENCE_WIDTH)
+    for key in ("epochs", "batch_size", "max_length", "eval_batch_size"):
         if not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
             raise ValueError(f"{key}={cfg[key]!r} must be a positive number")
     for key in ("model", "train_file", "text_column", "label_column"):
@@ -322,7 +324,8 @@ def train_and_evaluate(
     model = build_model(model_dir, 1 if labels is None else len(labels), cfg["dropout"])
     weights = class_weight_tensor(cfg["class_weights"], prepared["train"][1], labels) if labels else None
     train_cfg = classify.FinetuneConfig(
-        lr=cfg["lr"], batch_size=cfg["batch_size"], epochs=cfg["epochs"], warmup_fraction=cfg["warmup_fraction"],
+        lr=classify.resolve_lr(cfg["lr"], model.arch["hidden_size"]),
+        batch_size=cfg["batch_size"], epochs=cfg["epochs"], warmup_fraction=cfg["warmup_fraction"],
         weight_decay=cfg["weight_decay"], precision=precision, log_every=cfg["log_every"],
     )  # fmt: skip
     started = time.perf_counter()

@@ -28,12 +28,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from cramming import ops
 from cramming.classify import (
+    REFERENCE_WIDTH,
     FinetuneConfig,
     check_precision,
     encode_examples,
     finetune,
     predict,
     resolve_device,
+    resolve_lr,
     set_threads,
 )
 from cramming.data import glue as glue_data
@@ -76,7 +78,9 @@ def resolve_settings(settings: Mapping | None) -> dict:
         raise ValueError(f"seed={merged['seed']!r} must be an integer (seed + i is the seed of run i)")
     if merged["max_length"] < 8:
         raise ValueError(f"max_length={merged['max_length']} is too short for [CLS] a [SEP] b [SEP]")
-    for key, low, high in (("lr", 0.0, 1.0), ("dropout", 0.0, 0.9), ("warmup_fraction", 0.0, 0.99)):
+    if merged["lr"] != "auto":
+        resolve_lr(merged["lr"], REFERENCE_WIDTH)
+    for key, low, high in (("dropout", 0.0, 0.9), ("warmup_fraction", 0.0, 0.99)):
         value = merged[key]
         if not isinstance(value, (int, float)) or not (low <= value <= high) or (key == "lr" and value == 0):
             raise ValueError(f"{key}={value!r} must be a number in ({low}, {high}]")
@@ -188,7 +192,8 @@ def run_seed(spec: TaskSpec, encoded: dict, model_info: dict, settings: Mapping,
         settings["dropout"],
     )
     cfg = FinetuneConfig(
-        lr=settings["lr"], batch_size=int(settings["batch_size"]), epochs=settings["epochs"],
+        lr=resolve_lr(settings["lr"], model_info["arch"]["hidden_size"]),
+        batch_size=int(settings["batch_size"]), epochs=settings["epochs"],
         warmup_fraction=settings["warmup_fraction"], weight_decay=settings["weight_decay"],
         precision=settings["precision"], log_every=settings["log_every"],
     )  # fmt: skip
@@ -358,9 +363,11 @@ def _run(model_dir: Path, config: dict, settings: dict, names: list, skipped: di
         "model": str(model_dir), "run": model_dir.parent.name, "scale": "percent",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": {**settings, "model": str(model_dir)}, "device": str(device), "threads": threads,
+        "lr": resolve_lr(settings["lr"], config["arch"]["hidden_size"]),
         "arch": config["arch"].get("name"), "tasks": {}, "skipped": skipped,
     }  # fmt: skip
-    log.info("GLUE on %s (%s, %d threads) -> %s; tasks %s", model_dir, device, threads, out_dir, names)
+    log.info("GLUE on %s (%s, %d threads, lr %.3g) -> %s; tasks %s", model_dir, device, threads, results["lr"],
+             out_dir, names)  # fmt: skip
     for i, name in enumerate(names):
         try:
             results["tasks"][name] = run_task(name, tokenizer, model_info, settings, out_dir, device)

@@ -142,3 +142,14 @@ def test_bad_config_values_are_rejected():
         FinetuneConfig(lr=0)
     with pytest.raises(ValueError, match="precision"):
         FinetuneConfig(precision="fp8")
+
+
+def test_auto_lr_scales_with_width():
+    from cramming.classify import resolve_lr
+
+    assert resolve_lr("auto", 768) == pytest.approx(4e-5)  # the GLUE-sane protocol's own value
+    assert resolve_lr("auto", 128) == pytest.approx(2.4e-4)
+    assert resolve_lr(1e-4, 128) == 1e-4
+    for bad in (0, -1e-3, 2.0, "fast", True):
+        with pytest.raises(ValueError, match="auto"):
+            resolve_lr(bad, 768)

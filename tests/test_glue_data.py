@@ -155,7 +155,9 @@ def test_task_names_and_settings_are_checked():
     with pytest.raises(ValueError, match="precision"):
         resolve_settings({"precision": "half"})
     settings = resolve_settings({"name": "glue", "epochs": 2})  # conf/eval/glue.yaml keys are accepted
-    assert settings["epochs"] == 2 and settings["lr"] == pytest.approx(4e-5) and settings["batch_size"] == 16
+    assert settings["epochs"] == 2 and settings["lr"] == "auto" and settings["batch_size"] == 16
+    with pytest.raises(ValueError, match="lr='fast'"):
+        resolve_settings({"lr": "fast"})
 
 
 def test_scores_and_average_coverage():
