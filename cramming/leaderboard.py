@@ -105,7 +105,9 @@ def run_row(run_dir: Path, outputs: Path) -> dict:
         "scores": {k: v for k, v in (results.get("headline") or {}).items() if k in TASK_COLUMNS},
         "average": average.get("value"),
         "coverage": f"{average['count']}/{average['of']}" if "count" in average else "",
-        "protocol": protocol(results.get("settings") or {}),
+        "protocol": protocol(
+            {**(results.get("settings") or {}), **({"lr": results["lr"]} if "lr" in results else {})}
+        ),
         "source": str((run_dir / "glue" / "results.json").relative_to(outputs)) if results else "",
     }
 
@@ -114,7 +116,13 @@ def protocol(settings: dict) -> str:
     """The fine-tuning settings that make scores comparable or not, in a few words."""
     if not settings:
         return ""
-    parts = [f"{settings.get('epochs')} ep", f"lr {settings.get('lr')}", f"{settings.get('seeds')} seed(s)"]
+    parts = [
+        f"{settings.get('epochs')} ep",
+        f"lr {settings.get('lr'):.3g}"
+        if isinstance(settings.get("lr"), float)
+        else f"lr {settings.get('lr')}",
+        f"{settings.get('seeds')} seed(s)",
+    ]
     if settings.get("max_train_examples"):
         parts.append(f"train<={settings['max_train_examples']}")
     if settings.get("max_eval_examples"):
