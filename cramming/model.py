@@ -28,6 +28,10 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.layer_norm(x, self.weight, self.bias, self.eps)
 
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(LN(x + residual), x + residual), fused into one pass by the Triton kernel."""
+        return ops.layer_norm_residual(x, residual, self.weight, self.bias, self.eps)
+
 
 class ScaledSinusoidal(nn.Module):
     """Fixed sinusoidal positions times one learned scalar (crammed-BERT)."""
@@ -134,8 +138,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.dropout(self.attn(self.norm1(x), key_padding_mask))
-            return x + self.dropout(self.ffn(self.norm2(x)))
+            attended = self.dropout(self.attn(self.norm1(x), key_padding_mask))
+            normed, x = self.norm2.add_and_norm(attended, x)  # the residual add fused into the norm
+            return x + self.dropout(self.ffn(normed))
         x = self.norm1(x + self.dropout(self.attn(x, key_padding_mask)))
         return self.norm2(x + self.dropout(self.ffn(x)))
 
