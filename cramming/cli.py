@@ -73,8 +73,10 @@ def main() -> None:
             # The default name is ${now:...}, which each rank would resolve on its own.
             sys.argv.append(f"name={distributed.agreed_run_name()}")
         hydra_main()
-    finally:
-        distributed.teardown()
+    except BaseException:
+        distributed.teardown(wait_for_others=False)
+        raise
+    distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -53,8 +53,13 @@ def setup() -> tuple[int, int]:
     return rank_, world
 
 
-def teardown() -> None:
+def teardown(wait_for_others: bool = True) -> None:
     if active():
+        if wait_for_others:
+            # Leave together: a rank that tears gloo down while another still finishes its last
+            # collective can abort ("terminate called without an active exception"). Not after
+            # an error, where the other ranks may never arrive.
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -86,6 +86,7 @@ def worker(rank: int, init_file: str, out: str) -> None:
     losses = train(model, ddp, mine, on_microbatch=lambda index: current.update(index=index))
     if rank == 0:
         torch.save({"state": model.state_dict(), "losses": losses, "synced_at": synced_at}, out)
+    dist.barrier()  # leave together, or a rank may abort while gloo tears down
     dist.destroy_process_group()
 
 
