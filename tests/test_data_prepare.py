@@ -397,3 +397,11 @@ def test_junk_bound_scales_for_small_vocabularies(tiny_corpus, tmp_path):
     corpus = prepare_corpus(cfg, log=None)
     removed = corpus.stats["filters"]["train"]["junk_ratio"]["documents"]
     assert removed <= 8 and corpus.stats["documents"] >= 78  # of 86; before scaling all 86 were dropped
+
+
+def test_unreachable_hub_dataset_is_a_clear_error():
+    from cramming.data.sources import load_hub_stream
+
+    # Tests run with HF_DATASETS_OFFLINE=1, so the hub cannot be reached.
+    with pytest.raises(ValueError, match=r"data.hub.path='someone/no-such-corpus'.*data=local"):
+        load_hub_stream({"path": "someone/no-such-corpus", "name": "en", "split": "train"})

@@ -82,7 +82,15 @@ def load_hub_stream(hub: dict[str, Any]):
         local = Path(path).expanduser()
         data_dir = name if name and (local / name).is_dir() else None
         return datasets.load_dataset(str(local), data_dir=data_dir, split=split, streaming=streaming)
-    return datasets.load_dataset(path, name, split=split, streaming=streaming)
+    try:
+        return datasets.load_dataset(path, name, split=split, streaming=streaming)
+    except (ConnectionError, OSError) as err:  # offline, hub down, or no such dataset/config
+        raise ValueError(
+            f"cannot load the hub dataset data.hub.path={path!r} (name={name!r}, split={split!r}): {err}. "
+            "Without network access, train on local files (data=local data.files='[PATH_OR_GLOB,...]'), "
+            "point data.hub.path at a local folder laid out like the hub dataset, or prepare the corpus on "
+            "a machine that is online (prepare_only=true) and reuse its data.cache_dir."
+        ) from err
 
 
 def iter_hub(hub: dict[str, Any], text_column: str) -> Iterator[str]:
