@@ -57,25 +57,32 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _use_triton(op: str, tensor: torch.Tensor) -> bool:
+def resolve(op: str, device: torch.device | str) -> str:
+    """What runs for ``op`` on tensors of ``device``: ``triton``, ``triton-interpreter`` or ``torch``."""
+    device = torch.device(device)
     choice = _choice[op]
-    if choice == "torch":
-        return False
-    if choice == "triton":
-        return True
-    if tensor.is_cuda and triton_available():
-        return True
-    if tensor.device.type == "cpu" and _interpreting() and triton_available():
-        return True
-    if op not in _warned:
+    interpreted = device.type == "cpu" and _interpreting()
+    if choice == "triton" or (
+        choice == "auto" and triton_available() and (device.type == "cuda" or interpreted)
+    ):
+        return "triton-interpreter" if interpreted else "triton"
+    return "torch"
+
+
+def describe(device: torch.device | str) -> dict[str, str]:
+    return {op: resolve(op, device) for op in OPS}
+
+
+def _use_triton(op: str, tensor: torch.Tensor) -> bool:
+    use = resolve(op, tensor.device) != "torch"
+    if not use and _choice[op] == "auto" and not _warned:
         _warned.add(op)
         logging.getLogger("cramming").warning(
-            "%s: no Triton path for %s tensors here (TRITON_INTERPRET=1 runs the interpreter); using the PyTorch "
-            "reference",
-            op,
+            "impl.kernels=auto: no Triton path for %s tensors here (TRITON_INTERPRET=1 runs the interpreter); "
+            "the PyTorch reference runs instead",
             tensor.device.type,
         )
-    return False
+    return use
 
 
 def _kernels():

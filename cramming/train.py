@@ -633,7 +633,7 @@ def pretrain(cfg: Mapping, run_dir: Path, budget: Budget) -> dict:
         "device %s, precision %s, kernels %s, %d process(es)",
         runtime.device,
         runtime.dtype,
-        ops.configure(cfg["impl"]),
+        ops.describe(runtime.device),
         runtime.world_size,
     )
     start = time.monotonic()
