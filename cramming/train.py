@@ -354,6 +354,8 @@ class Pretrainer:
     def next_microbatch(self) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, labels = self.collator(next(self.loader), generator=self.mask_generator)
         device = self.runtime.device
+        if device.type == "cuda":  # pinned host memory makes the copy asynchronous
+            inputs, labels = inputs.pin_memory(), labels.pin_memory()
         return inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def control(self) -> tuple[float, bool, bool]:
