@@ -9,18 +9,15 @@ In the interpreter every block is 64 wide, so T <= 64 runs the one-key-block bac
 """
 
 import math
-import os
 
 import pytest
 import torch
+from _kernel_checks import DEVICE
 from cramming.kernels import Attention, attention, attention_ref, attention_varlen
 
 from cramming import ops
 
 pytestmark = pytest.mark.interpreter
-
-# With TRITON_INTERPRET=0 on a CUDA machine the same tests run the compiled kernels on the GPU.
-DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 
 
 @pytest.fixture(autouse=True)

@@ -1,14 +1,12 @@
 """Triton GELU, bias-GELU and GeGLU against the PyTorch reference, in the interpreter.
 
-Accuracy rule as in test_kernels_layer_norm.py: fp32 tight against float64; fp16/bf16 at
-most twice PyTorch's own low-precision error against the float64 reference, plus a tiny
-epsilon.
+Accuracy rule (_kernel_checks.compare): fp32 tight against float64; fp16/bf16 at most twice
+PyTorch's own low-precision error against the float64 reference, plus a tiny epsilon.
 """
-
-import os
 
 import pytest
 import torch
+from _kernel_checks import DEVICE, compare
 from cramming.kernels import (
     GELU,
     BiasGELU,
@@ -25,9 +23,6 @@ import cramming.ops as ops
 
 pytestmark = pytest.mark.interpreter
 
-# With TRITON_INTERPRET=0 on a CUDA machine the same tests run the compiled kernels on the GPU.
-DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
-
 
 @pytest.fixture(autouse=True)
 def on_device():
@@ -38,34 +33,6 @@ def on_device():
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(1, 768), (7, 1000), (129, 768)]
 APPROX = ["none", "tanh"]
-
-
-def fwd_bwd(fn, inputs, grad_output, dtype=None):
-    leaves = [t.detach().to(dtype or t.dtype).requires_grad_() for t in inputs]
-    out = fn(*leaves)
-    grads = torch.autograd.grad(out, leaves, grad_output.to(out.dtype))
-    return [out.detach(), *grads]
-
-
-def compare(kernel_fn, ref_fn, inputs, dtype, names):
-    """Forward and every input gradient: kernel vs PyTorch in ``dtype`` vs float64."""
-    torch.manual_seed(1)
-    grad_output = torch.randn_like(ref_fn(*[t.double() for t in inputs])).to(dtype)
-    low = [t.to(dtype) for t in inputs]
-    kernel = fwd_bwd(kernel_fn, low, grad_output)
-    torch_own = fwd_bwd(ref_fn, low, grad_output)
-    ref64 = fwd_bwd(ref_fn, low, grad_output, dtype=torch.float64)
-    for name, k, t, r in zip(names, kernel, torch_own, ref64):
-        assert k.shape == r.shape and k.dtype == t.dtype, name
-        scale = 1.0 + r.abs().max().item()
-        err = (k.double() - r).abs().max().item()
-        if dtype == torch.float32:
-            assert err <= 2e-6 * scale, f"{name}: fp32 error {err:.3g} (scale {scale:.3g})"
-        else:
-            torch_err = (t.double() - r).abs().max().item()
-            assert err <= 2 * torch_err + 1e-6 * scale, (
-                f"{name}: {dtype} error {err:.3g} vs torch {torch_err:.3g}"
-            )
 
 
 def inputs(shape):

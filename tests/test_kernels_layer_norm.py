@@ -1,15 +1,16 @@
 """Triton LayerNorm (plain and residual-fused) against the PyTorch reference, in the interpreter.
 
-Accuracy rule: fp32 must match a float64 reference tightly; for fp16/bf16 the kernel's max
-error against the float64 reference (computed from the same low-precision inputs) may be at
-most twice PyTorch's own low-precision error against it, plus a tiny epsilon (the rule the
-FlashAttention tests use).
+Accuracy rule (_kernel_checks.compare): fp32 must match a float64 reference tightly; for
+fp16/bf16 the kernel's max error against the float64 reference (computed from the same
+low-precision inputs) may be at most twice PyTorch's own low-precision error against it, plus a
+tiny epsilon (the rule the FlashAttention tests use).
 """
 
 import os
 
 import pytest
 import torch
+from _kernel_checks import DEVICE, compare
 from cramming.kernels import (
     LayerNorm,
     layer_norm,
@@ -22,9 +23,6 @@ import cramming.ops as ops
 
 pytestmark = pytest.mark.interpreter
 
-# With TRITON_INTERPRET=0 on a CUDA machine the same tests run the compiled kernels on the GPU.
-DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
-
 
 @pytest.fixture(autouse=True)
 def on_device():
@@ -34,43 +32,6 @@ def on_device():
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(1, 768), (7, 1000), (129, 768), (129, 1000)]
-
-
-def fwd_bwd(fn, inputs, grad_outputs, dtype=None):
-    """Outputs of fn and the gradients of every input, given fixed output gradients."""
-    leaves = [t.detach().to(dtype or t.dtype).requires_grad_() for t in inputs]
-    outs = fn(*leaves)
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    grads = torch.autograd.grad(outs, leaves, [g.to(o.dtype) for g, o in zip(grad_outputs, outs)])
-    return [o.detach() for o in outs] + list(grads)
-
-
-def assert_accurate(kernel, torch_own, ref64, names):
-    """fp32: tight against float64; low precision: at most 2x PyTorch's own error + tiny."""
-    for name, k, t, r in zip(names, kernel, torch_own, ref64):
-        assert k.shape == r.shape and k.dtype == t.dtype, name
-        scale = 1.0 + r.abs().max().item()
-        err = (k.double() - r).abs().max().item()
-        if k.dtype == torch.float32:
-            assert err <= 2e-6 * scale, f"{name}: fp32 error {err:.3g} (scale {scale:.3g})"
-        else:
-            torch_err = (t.double() - r).abs().max().item()
-            assert err <= 2 * torch_err + 1e-6 * scale, (
-                f"{name}: {k.dtype} error {err:.3g} vs torch {torch_err:.3g}"
-            )
-
-
-def compare(kernel_fn, ref_fn, inputs, dtype, names):
-    torch.manual_seed(1)
-    ref_outs = ref_fn(*[t.double() for t in inputs])
-    ref_outs = ref_outs if isinstance(ref_outs, tuple) else (ref_outs,)
-    grad_outputs = [torch.randn_like(o).to(dtype) for o in ref_outs]
-    low = [t.to(dtype) for t in inputs]  # the inputs everyone starts from
-    kernel = fwd_bwd(kernel_fn, low, grad_outputs)
-    torch_own = fwd_bwd(ref_fn, low, grad_outputs)
-    ref64 = fwd_bwd(ref_fn, low, grad_outputs, dtype=torch.float64)
-    assert_accurate(kernel, torch_own, ref64, names)
-    return kernel
 
 
 def make_params(n, bias=True):
