@@ -116,6 +116,14 @@ def pct_of_peak(value: float, peak: float | None) -> float | None:
     return None if peak is None else 100.0 * value / peak
 
 
+def time_bandwidth(step: Callable[[], object], num_bytes: int, smoke: bool, info: dict) -> dict:
+    """Time ``step`` (see ``time_fn``) and add the bandwidth it reaches moving ``num_bytes``:
+    ``{"ms", "ms_p20", "ms_p80", "gbps", "pct_peak_bw"}`` (the last None where the peak is unknown)."""
+    timing = time_fn(step, smoke=smoke)
+    gbs = gbps(num_bytes, timing["ms"])
+    return {**timing, "gbps": gbs, "pct_peak_bw": pct_of_peak(gbs, info["bandwidth_gbs"])}
+
+
 def add_speedups(
     rows: Sequence[dict],
     keys: Sequence[str],
@@ -155,6 +163,21 @@ def save_results(rows: Sequence[dict], name: str, out_dir: Path | str) -> tuple[
     meta = {"device": device_info(), "torch": torch.__version__, "argv": sys.argv, "rows": list(rows)}
     json_path.write_text(json.dumps(meta, indent=2, default=str))
     return csv_path, json_path
+
+
+def save_width_sweep(
+    rows: Sequence[dict], sweep: Sequence[dict], prefix: str, out_dir: Path | str, smoke: bool, title: str
+) -> None:
+    """Write ``rows`` to ``<out_dir>/<prefix>_<device tag>[-smoke].csv|json`` and plot the ``sweep``
+    rows' GB/s against width, one line per provider and mode, to the same name with ``.png``."""
+    name = f"{prefix}_{device_info()['tag']}{'-smoke' if smoke else ''}"
+    csv_path, json_path = save_results(rows, name, out_dir)
+    for row in sweep:  # after saving: the label is for the plot only, not a column of the result files
+        row["series"] = f"{row['provider']} {row['mode']}"
+    png = plot(sweep, "width", "gbps", "series", Path(out_dir) / f"{name}.png", title=title)
+    print(f"wrote {csv_path}, {json_path}, {png}")
+    if smoke:
+        print("(smoke mode: the timings above are interpreter/CPU timings and are NOT comparable)")
 
 
 def plot(

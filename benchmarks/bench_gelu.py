@@ -63,12 +63,11 @@ def bench_case(op, rows, width, dtype, smoke, info) -> list[dict]:
     results = []
     for name, fn in providers(op).items():
         for mode, moved in zip(("fwd", "fwd+bwd"), MOVED[op]):
-            timing = common.time_fn(make_step(fn, mode, x, b), smoke=smoke)
-            gbs = common.gbps(int(moved * rows * width * x.element_size()), timing["ms"])
+            num_bytes = int(moved * rows * width * x.element_size())
+            timed = common.time_bandwidth(make_step(fn, mode, x, b), num_bytes, smoke, info)
             results.append({
                 "op": op, "provider": name, "mode": mode, "rows": rows, "width": width,
-                "dtype": str(dtype).removeprefix("torch."), **timing,
-                "gbps": gbs, "pct_peak_bw": common.pct_of_peak(gbs, info["bandwidth_gbs"]),
+                "dtype": str(dtype).removeprefix("torch."), **timed,
             })  # fmt: skip
     return results
 
@@ -97,16 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         common.print_case(rows[-6:])
     common.add_speedups(rows, keys=("op", "mode", "rows", "width", "dtype"))
     report_targets(rows)
-    name = f"gelu_{info['tag']}{'-smoke' if smoke else ''}"
-    csv_path, json_path = common.save_results(rows, name, args.out)
     sweep = [row for row in rows if row["op"] == "geglu" and row["dtype"] == "bfloat16"]
-    for row in sweep:
-        row["series"] = f"{row['provider']} {row['mode']}"
-    png = common.plot(sweep, "width", "gbps", "series", args.out / f"{name}.png",
-                      title=f"GeGLU bf16, {rows[0]['rows']} rows, {info['name']}")  # fmt: skip
-    print(f"wrote {csv_path}, {json_path}, {png}")
-    if smoke:
-        print("(smoke mode: the timings above are interpreter/CPU timings and are NOT comparable)")
+    title = f"GeGLU bf16, {rows[0]['rows']} rows, {info['name']}"
+    common.save_width_sweep(rows, sweep, "gelu", args.out, smoke, title)
     return 0
 
 

@@ -75,12 +75,12 @@ def bench_case(group, rows, width, dtype, residual, smoke, info) -> list[dict]:
     results = []
     for name, fn in providers(residual).items():
         for mode in ("fwd", "fwd+bwd"):
-            timing = common.time_fn(make_step(fn, mode, x, r, w, b), smoke=smoke)
-            gbs = common.gbps(moved[mode] * rows * width * x.element_size(), timing["ms"])
+            num_bytes = moved[mode] * rows * width * x.element_size()
+            timed = common.time_bandwidth(make_step(fn, mode, x, r, w, b), num_bytes, smoke, info)
             results.append({
                 "op": "layer_norm_residual" if residual else "layer_norm", "group": group, "provider": name,
                 "mode": mode, "rows": rows, "width": width, "dtype": str(dtype).removeprefix("torch."),
-                **timing, "gbps": gbs, "pct_peak_bw": common.pct_of_peak(gbs, info["bandwidth_gbs"]),
+                **timed,
             })  # fmt: skip
     return results
 
@@ -111,21 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         common.print_case(rows[-6:])
     common.add_speedups(rows, keys=("op", "group", "mode", "rows", "width", "dtype"))
     report_targets(rows)
-    name = f"layer_norm_{info['tag']}{'-smoke' if smoke else ''}"
-    csv_path, json_path = common.save_results(rows, name, args.out)
     # the width sweep plus the BERT widths at the same row count and dtype
     sweep = [
         row
         for row in rows
         if row["op"] == "layer_norm" and (row["rows"], row["dtype"]) == (rows[0]["rows"], "bfloat16")
     ]
-    for row in sweep:
-        row["series"] = f"{row['provider']} {row['mode']}"
-    png = common.plot(sweep, "width", "gbps", "series", args.out / f"{name}.png",
-                      title=f"LayerNorm bf16, {rows[0]['rows']} rows, {info['name']}")  # fmt: skip
-    print(f"wrote {csv_path}, {json_path}, {png}")
-    if smoke:
-        print("(smoke mode: the timings above are interpreter/CPU timings and are NOT comparable)")
+    title = f"LayerNorm bf16, {rows[0]['rows']} rows, {info['name']}"
+    common.save_width_sweep(rows, sweep, "layer_norm", args.out, smoke, title)
     return 0
 
 
