@@ -76,11 +76,31 @@ def read_config(path: str | Path) -> dict:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{config_file} is not valid JSON: {err}") from err
-    if config.get("model_type") != "cramming-bert" or "arch" not in config:
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{config_file} holds a JSON {type(config).__name__}, not an object with the model config"
+        )
+    if config.get("model_type") != "cramming-bert":
         raise ValueError(
             f"{config_file} is not a cramming model config (model_type={config.get('model_type')!r})"
         )
+    check_config_keys(config, config_file)
     return config
+
+
+def check_config_keys(config: Mapping, config_file: Path) -> None:
+    """The keys ``build_from_config`` needs, with the right types; a ValueError names the first bad one."""
+    required = {"arch": dict, "vocab_size": int}
+    if config.get("task") == "classification":
+        required["num_labels"] = int
+    for key, kind in required.items():
+        if key not in config:
+            raise ValueError(f"{config_file} is missing the key {key!r} (a corrupt or incomplete export)")
+        value = config[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(
+                f"{config_file}: {key}={value!r} must be a JSON {'object' if kind is dict else 'integer'}"
+            )
 
 
 def build_from_config(config: Mapping) -> torch.nn.Module:
@@ -102,7 +122,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
     return model.to(device).eval()
 
 
+def read_tokenizer(path: str | Path) -> Tokenizer:
+    """``path/tokenizer.json`` as a Tokenizer; a ValueError (not the library's bare Exception) when unreadable."""
+    tokenizer_file = Path(path) / TOKENIZER
+    try:
+        return Tokenizer.from_file(str(tokenizer_file))
+    except Exception as err:  # tokenizers raises a plain Exception for bad JSON or an unknown model
+        raise ValueError(f"{tokenizer_file} is not a readable tokenizer: {err}") from err
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    path = Path(path)
     read_config(path)
-    return Tokenizer.from_file(str(path / TOKENIZER))
+    return read_tokenizer(path)

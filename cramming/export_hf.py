@@ -26,7 +26,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from cramming.export import CONFIG, TOKENIZER, WEIGHTS, atomic_write, load_model, read_config
+from cramming.export import CONFIG, TOKENIZER, WEIGHTS, atomic_write, load_model, read_config, read_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
         raise ValueError(f"out={out_dir} is the model folder itself; choose another folder")
     config = read_config(model_dir)
     model = load_model(model_dir)
-    tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER))
+    tokenizer = read_tokenizer(model_dir)
     pad_id = tokenizer.token_to_id("[PAD]")
     out_dir.mkdir(parents=True, exist_ok=True)
 

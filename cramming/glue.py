@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import sys
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -452,8 +453,9 @@ def main(cfg: DictConfig) -> None:
     settings = OmegaConf.to_container(cfg, resolve=True)
     try:
         run_glue(settings.pop("model"), settings)
-    except ValueError as err:  # bad input: one clear paragraph, no traceback
-        raise SystemExit(f"cramming.glue: {err}") from None
+    except ValueError as err:  # bad input: one clear error line and exit status 2, as the other CLIs
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
