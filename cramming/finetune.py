@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 
 from cramming import classify, metrics, ops
-from cramming.export import load_model, load_tokenizer, read_config, save_export
+from cramming.export import CONFIG, load_model, load_tokenizer, read_config, save_export
 from cramming.model import build_classifier
 from cramming.predict import cli_errors
 from cramming.tabular import Examples, bad_row, check_bad_rows, load_examples, write_table
@@ -155,6 +155,28 @@ def check_config(cfg: Mapping) -> None:
 def default_out_dir(model_dir: str | Path) -> Path:
     """``<model>/../finetuned``: outputs/RUN/model -> outputs/RUN/finetuned."""
     return Path(model_dir).resolve().parent / "finetuned"
+
+
+def check_out_dir(out_dir: Path, model_dir: Path) -> None:
+    """Never overwrite the pretrained export: refuse the model folder itself, or a folder holding a
+    non-classifier export (an earlier fine-tuned classifier there may be replaced)."""
+    if out_dir.resolve() == model_dir.resolve():
+        raise ValueError(
+            f"out_dir={out_dir} is the model folder {model_dir}; fine-tuning would overwrite the pretrained "
+            f"export. Choose another out_dir (default: {default_out_dir(model_dir)})"
+        )
+    config_file = out_dir / CONFIG
+    if not config_file.is_file():
+        return
+    try:
+        task = json.loads(config_file.read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        task = "unreadable"
+    if task != "classification":
+        raise ValueError(
+            f"out_dir={out_dir} already holds an export with task {task!r} ({config_file}), not a fine-tuned "
+            f"classifier; fine-tuning {model_dir} would overwrite it. Choose another out_dir"
+        )
 
 
 def read_split(cfg: Mapping, path: str, labels_required: bool) -> Examples:
@@ -288,6 +310,7 @@ def run_finetune(cfg: Mapping) -> dict:
             f"max_length={cfg['max_length']} exceeds the model's max_position_embeddings={max_pos}"
         )
     out_dir = Path(cfg["out_dir"]) if cfg.get("out_dir") else default_out_dir(model_dir)
+    check_out_dir(out_dir, model_dir)
     splits = {"train": read_split(cfg, cfg["train_file"], True)}
     if cfg.get("validation_file"):
         splits["validation"] = read_split(cfg, cfg["validation_file"], True)

@@ -185,6 +185,22 @@ def test_configuration_errors_name_the_option(tmp_path, tiny_model):
         run_finetune(finetune_cfg(model=str(tmp_path), train_file=str(train)))
 
 
+def test_out_dir_never_overwrites_a_pretrained_export(tmp_path, tiny_model):
+    train = write_csv(tmp_path / "t.csv", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}])
+    before = {p.name: p.read_bytes() for p in tiny_model.iterdir()}
+    for out_dir in (tiny_model, tiny_model / ".." / tiny_model.name):
+        with pytest.raises(ValueError, match="is the model folder") as info:
+            run_finetune(finetune_cfg(model=str(tiny_model), train_file=str(train), out_dir=str(out_dir)))
+        assert str(tiny_model) in str(info.value)
+    other = tmp_path / "other_mlm"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "cramming-bert", "task": "mlm"}))
+    with pytest.raises(ValueError, match="already holds an export with task 'mlm'") as info:
+        run_finetune(finetune_cfg(model=str(tiny_model), train_file=str(train), out_dir=str(other)))
+    assert str(other) in str(info.value) and str(tiny_model) in str(info.value)
+    assert {p.name: p.read_bytes() for p in tiny_model.iterdir()} == before
+
+
 # ---------------------------------------------------------------- end to end
 
 
