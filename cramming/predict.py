@@ -75,27 +75,55 @@ def cli_errors(fn):
     return wrapper
 
 
+def check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    return batch_size
+
+
+def check_max_length(max_length: object, positions: int) -> int:
+    """[CLS] a [SEP] b [SEP] needs a few tokens; the model has ``positions`` position embeddings."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 8 <= max_length <= positions:
+        raise ValueError(
+            f"max_length={max_length!r} must be an integer between 8 and {positions} "
+            "(the model's max_position_embeddings)"
+        )
+    return max_length
+
+
 class Predictor:
     """A fine-tuned export ready for inference: ``predictor(texts, pairs) -> (labels, probs)``."""
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", max_length: int | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        max_length: int | None = None,
+        precision: str = "auto",
+    ):
+        self.precision = classify.check_precision(precision)
         self.config = read_config(model_dir)
         if self.config.get("task") != "classification":
             raise ValueError(
                 f"{model_dir} is a pretrained {self.config.get('task')} export, not a fine-tuned classifier; "
                 "fine-tune it first with python -m cramming.finetune"
             )
+        positions = int(self.config["arch"].get("max_position_embeddings") or 512)
+        self.max_length = check_max_length(
+            max_length if max_length is not None else self.config.get("max_length") or min(128, positions),
+            positions,
+        )
         self.device = classify.resolve_device(device)
         self.model = load_model(model_dir, device=self.device)
         self.tokenizer = load_tokenizer(model_dir)
         self.labels = self.config.get("labels")  # None for regression
-        self.max_length = int(max_length or self.config.get("max_length") or 128)
 
     def logits(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64
     ) -> np.ndarray:
+        check_batch_size(batch_size)
         data = classify.encode_examples(self.tokenizer, texts, pairs, max_len=self.max_length)
-        return classify.predict(self.model, data, batch_size, self.device)
+        return classify.predict(self.model, data, batch_size, self.device, self.precision)
 
     def __call__(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64
@@ -140,10 +168,13 @@ def run_predict(cfg: Mapping) -> dict[str, list]:
         file_format(output, WRITE_FORMATS)  # a bad output name fails before any work
     elif (cfg.get("format") or "csv") not in ("csv", "tsv", "jsonl"):
         raise ValueError(f"format={cfg.get('format')!r} is not one of csv, tsv, jsonl (stdout formats)")
+    batch_size = check_batch_size(cfg.get("batch_size", 64))
     impl = cfg.get("impl") or {}
     ops.configure(impl)
     classify.set_threads(impl.get("threads"))
-    predictor = Predictor(cfg["model"], impl.get("device", "auto"), cfg.get("max_length"))
+    predictor = Predictor(
+        cfg["model"], impl.get("device", "auto"), cfg.get("max_length"), impl.get("precision") or "auto"
+    )
     config = predictor.config
     text_column = cfg.get("text_column") or config.get("text_column") or "text"
     pair_column = cfg.get("text_pair_column") or config.get("text_pair_column")
@@ -159,7 +190,7 @@ def run_predict(cfg: Mapping) -> dict[str, list]:
             table = None
     started = time.perf_counter()
     with torch.inference_mode():
-        result = predictor(examples.texts, examples.pairs, int(cfg.get("batch_size", 64)))
+        result = predictor(examples.texts, examples.pairs, batch_size)
     seconds = time.perf_counter() - started
     log.info(
         "predicted %d rows in %.2fs (%.0f rows/s)", len(examples), seconds, len(examples) / max(seconds, 1e-9)

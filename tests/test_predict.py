@@ -96,6 +96,36 @@ def test_errors_name_the_problem(tmp_path, exports):
         run_predict({**cfg, "text_column": "sentence"})
 
 
+def test_batch_size_and_max_length_are_checked_up_front(tmp_path, exports):
+    write_csv(tmp_path / "in.csv", [{"text": "fine"}])
+    cfg = predict_cfg(exports["classifier"], input=str(tmp_path / "in.csv"))
+    for bad in (0, -3, "8"):
+        with pytest.raises(ValueError, match=rf"batch_size={bad!r} must be an integer >= 1"):
+            run_predict({**cfg, "batch_size": bad})
+    for bad in (100000, 129, 4, 0):
+        with pytest.raises(ValueError, match=rf"max_length={bad} must be an integer between 8 and 128"):
+            run_predict({**cfg, "max_length": bad})
+    with pytest.raises(ValueError, match="batch_size=0"):
+        Predictor(exports["classifier"], device="cpu").logits(["fine"], batch_size=0)
+    assert len(run_predict({**cfg, "max_length": 128, "batch_size": 1})["prediction"]) == 1
+
+
+def test_impl_precision_reaches_the_model(tmp_path, exports, sentences):
+    write_csv(tmp_path / "in.csv", [{"text": s} for s in sentences[:8]])
+    cfg = predict_cfg(exports["classifier"], input=str(tmp_path / "in.csv"))
+    probs = {}
+    for precision in ("fp32", "bf16"):
+        columns = run_predict({**cfg, "impl": {**cfg["impl"], "precision": precision}})
+        probs[precision] = np.array([columns[f"prob_{n}"] for n in LABELS])
+    default = run_predict(cfg)  # impl without precision: auto, which is fp32 on the CPU
+    np.testing.assert_array_equal(np.array([default[f"prob_{n}"] for n in LABELS]), probs["fp32"])
+    # bf16 autocast rounds the activations: close to fp32 but not identical
+    assert np.abs(probs["bf16"] - probs["fp32"]).max() > 1e-6
+    np.testing.assert_allclose(probs["bf16"], probs["fp32"], atol=0.05)
+    with pytest.raises(ValueError, match="precision='fp8' is not one of"):
+        run_predict({**cfg, "impl": {**cfg["impl"], "precision": "fp8"}})
+
+
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "cramming.predict", *args, *CLI_IMPL]
     return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
