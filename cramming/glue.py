@@ -357,8 +357,6 @@ def _run(model_dir: Path, config: dict, settings: dict, names: list, skipped: di
         ops.configure({"kernels": settings["kernels"]})
     for name, reason in skipped.items():
         log.warning("%s skipped: %s", TASKS[name].title, reason)
-    for stale in (out_dir / "submission").glob("*.tsv"):
-        stale.unlink()
     tokenizer, model_info = load_tokenizer(model_dir), load_encoder(model_dir)
     results = {
         "model": str(model_dir), "run": model_dir.parent.name, "scale": "percent",
@@ -367,8 +365,71 @@ def _run(model_dir: Path, config: dict, settings: dict, names: list, skipped: di
         "lr": resolve_lr(settings["lr"], config["arch"]["hidden_size"]),
         "arch": config["arch"].get("name"), "tasks": {}, "skipped": skipped,
     }  # fmt: skip
+    results["tasks"] = earlier_tasks(out_dir, results["settings"], names)
+    results["merged"] = sorted(set(results["tasks"]) - set(names))
     log.info("GLUE on %s (%s, %d threads, lr %.3g) -> %s; tasks %s", model_dir, device, threads, results["lr"],
              out_dir, names)  # fmt: skip
+    ran = run_tasks(names, tokenizer, model_info, settings, out_dir, device, results)
+    if not ran:
+        source = "the hub dataset nyu-mll/glue (needs network access or its HF cache; for local files give glue_dir=PATH)"
+        if settings["glue_dir"] is not None:
+            source = f"glue_dir={settings['glue_dir']}"
+        reasons = sorted(set(skipped.values()))
+        why = (
+            reasons[0]
+            if len(reasons) == 1
+            else "; ".join(f"{TASKS[n].title}: {r}" for n, r in skipped.items())
+        )
+        raise ValueError(f"no GLUE task could be run from {source}: {why}")
+    for name in results["tasks"]:
+        skipped.pop(name, None)  # skipped now, but an earlier result is kept
+    results["submission"] = finish_submission(results, out_dir)
+    write_results(out_dir, results)
+    log_summary(results, out_dir)
+    return results
+
+
+# Settings that change speed or logging but not the scores: results differing only here are merged.
+RUNTIME_SETTINGS = ("tasks", "out_dir", "device", "num_threads", "kernels", "log_every", "hub_cache_dir")
+
+
+def _scored_settings(settings: Mapping) -> dict:
+    return {k: v for k, v in settings.items() if k not in RUNTIME_SETTINGS}
+
+
+def earlier_tasks(out_dir: Path, settings: Mapping, names: list) -> dict:
+    """The task entries of an earlier results.json in ``out_dir`` made with the same model and scored
+    settings, to merge with this run's tasks; {} (and a log line saying why) when there is none to keep."""
+    path = out_dir / "results.json"
+    if not path.is_file():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+        old_settings, tasks = earlier["settings"], earlier["tasks"]
+        if not isinstance(old_settings, dict) or not isinstance(tasks, dict):
+            raise TypeError("settings and tasks must be JSON objects")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("starting a fresh %s: the earlier one is unreadable (%s)", path, err)
+        return {}
+    new, old = _scored_settings(settings), _scored_settings(old_settings)
+    differ = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
+    if differ:
+        shown = ", ".join(f"{k}={old.get(k)!r} -> {new.get(k)!r}" for k in differ)
+        log.warning("starting a fresh %s: the earlier results (tasks %s) used other settings: %s",
+                    path, sorted(tasks), shown)  # fmt: skip
+        return {}
+    kept = {name: result for name, result in tasks.items() if name in TASKS}
+    log.info("merging into %s: keeping the earlier results of %s; rerunning %s",
+             path, sorted(set(kept) - set(names)) or "none", names)  # fmt: skip
+    return kept
+
+
+def run_tasks(
+    names: list, tokenizer, model_info: dict, settings: Mapping, out_dir: Path, device, results: dict
+) -> list:
+    """Run ``names`` in turn into ``results["tasks"]``; results.json is rewritten after each task that
+    produced scores (never before, so a failing run leaves an earlier results.json as it was)."""
+    ran, skipped = [], results["skipped"]
     for i, name in enumerate(names):
         try:
             results["tasks"][name] = run_task(name, tokenizer, model_info, settings, out_dir, device)
@@ -380,28 +441,22 @@ def _run(model_dir: Path, config: dict, settings: dict, names: list, skipped: di
                 log.warning("%s skipped: %s", TASKS[rest].title, skipped[rest])
             if hub_down:
                 break
+            continue
+        ran.append(name)
         results["headline"] = {c: v for r in results["tasks"].values() for c, v in r["headline"].items()}
         results["average"] = glue_average(results["tasks"])
         write_results(out_dir, results)
-    if not results["tasks"]:
-        source = "the hub dataset nyu-mll/glue (needs network access or its HF cache; for local files give glue_dir=PATH)"
-        if settings["glue_dir"] is not None:
-            source = f"glue_dir={settings['glue_dir']}"
-        reasons = sorted(set(skipped.values()))
-        why = (
-            reasons[0]
-            if len(reasons) == 1
-            else "; ".join(f"{TASKS[n].title}: {r}" for n, r in skipped.items())
-        )
-        raise ValueError(f"no GLUE task could be run from {source}: {why}")
-    results["submission"] = finish_submission(results, out_dir)
-    write_results(out_dir, results)
-    log_summary(results, out_dir)
-    return results
+    return ran
 
 
 def finish_submission(results: dict, out_dir: Path) -> dict:
     files = sorted(f for r in results["tasks"].values() for f in r.get("submission", {}).values())
+    # TSVs no result refers to: an earlier prediction of a task rerun now (e.g. with submission=false)
+    # or of a run with other settings. Removed only now, after this run has produced its results.
+    for stale in sorted((out_dir / "submission").glob("*.tsv")):
+        if stale.name not in files:
+            log.info("removing the stale %s (not from these results)", stale)
+            stale.unlink()
     info = {"files": files, "zip": None, "skipped": {}}
     if "AX.tsv" not in files:
         info["skipped"]["AX"] = "AX is predicted with the MNLI model; MNLI was not run (or AX is absent)"

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -209,3 +210,45 @@ def test_mnli_two_dev_sets_and_ax_from_the_mnli_model(run_dir, tmp_path):
     ax = (out / "submission" / "AX.tsv").read_text().splitlines()
     assert ax[0] == "index\tprediction" and len(ax) == 3 and {r.split("\t")[1] for r in ax[1:]} <= set(names)
     assert results["submission"]["skipped"] == {}
+
+
+def test_rerunning_some_tasks_merges_into_the_earlier_results(run_dir, glue_dir, tmp_path, caplog):
+    """A rerun of one task keeps the other tasks' results and TSVs; other settings start afresh;
+    a run that fails before scoring anything leaves the earlier results untouched."""
+    out = tmp_path / "glue"
+    settings = {
+        "glue_dir": str(glue_dir), "epochs": 1, "lr": 1e-4, "max_train_examples": 16, "max_eval_examples": 16,
+        "max_test_examples": 8, "max_length": 32, "num_threads": 1, "kernels": "torch", "log_every": 0,
+    }  # fmt: skip
+    first = run_glue(run_dir / "model", {**settings, "tasks": ["sst2", "rte"]}, out_dir=out)
+    assert set(first["tasks"]) == {"sst2", "rte"} and first["average"]["count"] == 2
+    sst2_tsv = (out / "submission" / "SST-2.tsv").read_text()
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir / "model", broken)
+    (broken / "tokenizer.json").write_text("garbage")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "log.txt"}
+    with pytest.raises(ValueError, match="not a readable tokenizer"):
+        run_glue(broken, {**settings, "tasks": ["rte"]}, out_dir=out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "log.txt"} == before
+
+    with caplog.at_level("INFO", logger="cramming"):
+        merged = run_glue(run_dir / "model", {**settings, "tasks": ["rte"], "num_threads": 2}, out_dir=out)
+    assert "keeping the earlier results of ['sst2']" in caplog.text
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["tasks"]) == {"sst2", "rte"} and saved["merged"] == ["sst2"]
+    assert saved["tasks"]["sst2"] == json.loads(json.dumps(first["tasks"]["sst2"], default=float))
+    assert saved["average"]["count"] == 2 and saved["average"]["value"] == pytest.approx(
+        (merged["headline"]["SST-2"] + merged["headline"]["RTE"]) / 2
+    )
+    assert (out / "submission" / "SST-2.tsv").read_text() == sst2_tsv
+    assert sorted(zipfile.ZipFile(out / "submission.zip").namelist()) == ["RTE.tsv", "SST-2.tsv"]
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cramming"):
+        fresh = run_glue(run_dir / "model", {**settings, "tasks": ["rte"], "seed": 3}, out_dir=out)
+    assert "starting a fresh" in caplog.text and "seed=0 -> 3" in caplog.text
+    assert set(fresh["tasks"]) == {"rte"} and fresh["average"]["count"] == 1
+    assert set(json.loads((out / "results.json").read_text())["tasks"]) == {"rte"}
+    assert not (out / "submission" / "SST-2.tsv").exists()  # from the other settings: removed at the end
+    assert zipfile.ZipFile(out / "submission.zip").namelist() == ["RTE.tsv"]
