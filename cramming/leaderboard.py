@@ -2,9 +2,12 @@
 
     python -m cramming.leaderboard [--outputs outputs] [--out outputs/leaderboard]
 
-A finished run is a folder with ``model/config.json`` (a pretraining export) and/or
-``glue/results.json`` (from ``python -m cramming.glue``); ``summary.json`` from the
-pretraining run adds arch, budget, hardware, tokens seen and the MLM loss when present.
+A run is a folder with ``model/config.json`` (a pretraining export) and/or
+``glue/results.json`` (from ``python -m cramming.glue``). It is ranked when its
+``summary.json`` says ``finished: true`` (it adds arch, budget, hardware, tokens seen and
+the MLM loss), or, marked in the ``note`` column, when it has GLUE results but no
+summary.json (GLUE on an imported export). Runs with an unreadable or unfinished summary,
+or an export alone, are listed apart under "Not ranked".
 Rows are sorted by GLUE average; each average is shown with its coverage (how many of
 the nine GLUE numbers it covers), because averages over different task sets do not
 compare. Published reference rows are kept in their own section, marked as references.
@@ -87,6 +90,23 @@ def find_runs(outputs: Path) -> list[Path]:
     return sorted(found)
 
 
+def run_status(run_dir: Path) -> tuple[str, str]:
+    """``finished`` (summary.json says finished: true), ``no-summary`` (GLUE results but no summary.json,
+    e.g. GLUE on an imported export) or ``unfinished``, with the reason shown in the tables."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        if (run_dir / "glue" / "results.json").is_file():
+            return "no-summary", "no summary.json (not pretrained here, e.g. an imported export)"
+        return "unfinished", "no summary.json and no GLUE results (pretraining did not finish?)"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return "unfinished", f"summary.json is unreadable ({err})"
+    if not isinstance(summary, dict) or summary.get("finished") is not True:
+        return "unfinished", "summary.json lacks finished: true (pretraining stopped before the end)"
+    return "finished", ""
+
+
 def run_row(run_dir: Path, outputs: Path) -> dict:
     summary = _read_json(run_dir / "summary.json")
     config = _read_json(run_dir / "model" / "config.json")
@@ -130,10 +150,25 @@ def protocol(settings: dict) -> str:
     return ", ".join(parts)
 
 
+def scan(outputs: Path) -> tuple[list[dict], list[dict]]:
+    """Ranked rows (best average first, runs without GLUE scores last) and the runs left unranked
+    because they are unfinished or unreadable (``run`` and ``reason``)."""
+    rows, unranked = [], []
+    for run_dir in find_runs(outputs):
+        status, reason = run_status(run_dir)
+        name = str(run_dir.relative_to(outputs))
+        if status == "unfinished":
+            log.info("not ranking %s: %s", name, reason)
+            unranked.append({"run": name, "reason": reason})
+            continue
+        rows.append({**run_row(run_dir, outputs), "note": reason})
+    rows.sort(key=lambda r: (r["average"] is None, -(r["average"] or 0.0), r["run"]))
+    return rows, unranked
+
+
 def collect(outputs: Path) -> list[dict]:
-    """Measured rows, best average first (runs without GLUE scores last)."""
-    rows = [run_row(d, outputs) for d in find_runs(outputs)]
-    return sorted(rows, key=lambda r: (r["average"] is None, -(r["average"] or 0.0), r["run"]))
+    """The ranked rows of ``scan``."""
+    return scan(outputs)[0]
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -154,13 +189,13 @@ def table_cells(row: dict) -> list[str]:
         _fmt(row.get("tokens_seen")), _fmt(row.get("steps")), _fmt(row.get("final_mlm_loss"), 3),
     ]  # fmt: skip
     cells += [_fmt(row["scores"].get(c)) for c in TASK_COLUMNS]
-    return cells + [_fmt(row["average"]), row["coverage"], row.get("protocol", "")]
+    return cells + [_fmt(row["average"]), row["coverage"], row.get("protocol", ""), row.get("note", "")]
 
 
-HEADER = [*INFO_COLUMNS, *TASK_COLUMNS, "average", "coverage", "protocol"]
+HEADER = [*INFO_COLUMNS, *TASK_COLUMNS, "average", "coverage", "protocol", "note"]
 
 
-def to_markdown(rows: list[dict], references: list[dict]) -> str:
+def to_markdown(rows: list[dict], references: list[dict], unranked: list[dict] = ()) -> str:
     def table(items):
         lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in table_cells(r)) + " |" for r in items]
@@ -170,6 +205,9 @@ def to_markdown(rows: list[dict], references: list[dict]) -> str:
            "`coverage` says how many of the nine GLUE numbers (MNLI-m/-mm, QQP, QNLI, SST-2, CoLA, STS-B, "
            "MRPC, RTE) the average covers; WNLI is never averaged.", "", "## Measured runs", ""]  # fmt: skip
     out += table(rows) if rows else ["(no finished runs found)"]
+    if unranked:
+        out += ["", "## Not ranked (unfinished or unreadable)", ""]
+        out += [f"- {r['run']}: {r['reason']}" for r in unranked]
     out += ["", "## Published references (not measured here)", ""] + table(references)
     out += [""] + [f"- {r['run']}: {r['source']}" for r in references]
     return "\n".join(out) + "\n"
@@ -190,7 +228,7 @@ def csv_cells(row: dict) -> list:
     cells = [row["run"], row["arch"] or "", row["budget"] or "", row["hardware"] or ""]
     cells += [raw(row.get(k)) for k in ("tokens_seen", "steps", "final_mlm_loss")]
     cells += [raw(row["scores"].get(c)) for c in TASK_COLUMNS]
-    return cells + [raw(row["average"]), row["coverage"], row.get("protocol", "")]
+    return cells + [raw(row["average"]), row["coverage"], row.get("protocol", ""), row.get("note", "")]
 
 
 def bar_chart_svg(rows: list[dict], references: list[dict]) -> str:
@@ -225,7 +263,7 @@ def bar_chart_svg(rows: list[dict], references: list[dict]) -> str:
     return "\n".join(parts + ["</svg>"])
 
 
-def to_html(rows: list[dict], references: list[dict]) -> str:
+def to_html(rows: list[dict], references: list[dict], unranked: list[dict] = ()) -> str:
     def table(items, css):
         head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
         body = "".join(
@@ -236,6 +274,9 @@ def to_html(rows: list[dict], references: list[dict]) -> str:
 
     sources = "".join(f"<li>{html.escape(r['run'])}: {html.escape(r['source'])}</li>" for r in references)
     measured = table(rows, "measured") if rows else "<p>(no finished runs found)</p>"
+    if unranked:
+        items = "".join(f"<li>{html.escape(r['run'])}: {html.escape(r['reason'])}</li>" for r in unranked)
+        measured += f"\n<h3>Not ranked (unfinished or unreadable)</h3>\n<ul>{items}</ul>"
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>cramming leaderboard</title>
 <style>
@@ -268,11 +309,11 @@ def write_leaderboard(outputs: str | Path, out: str | Path | None = None) -> dic
         )
     out = Path(out) if out else outputs / "leaderboard"
     out.mkdir(parents=True, exist_ok=True)
-    rows = collect(outputs)
+    rows, unranked = scan(outputs)
     paths = {"md": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}
-    paths["md"].write_text(to_markdown(rows, REFERENCES), encoding="utf-8")
+    paths["md"].write_text(to_markdown(rows, REFERENCES, unranked), encoding="utf-8")
     write_csv(paths["csv"], rows, REFERENCES)
-    paths["html"].write_text(to_html(rows, REFERENCES), encoding="utf-8")
+    paths["html"].write_text(to_html(rows, REFERENCES, unranked), encoding="utf-8")
     return paths
 
 

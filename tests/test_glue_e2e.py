@@ -35,7 +35,14 @@ def run_dir(tmp_path_factory, tiny_corpus):
     make_tiny_export(outputs / "tiny-run" / "model", tiny_corpus["train"])
     (outputs / "tiny-run" / "summary.json").write_text(
         json.dumps(
-            {"arch": "tiny", "budget": "0s", "hardware": "cpu", "tokens_seen": 0, "final_mlm_loss": 7.5}
+            {
+                "arch": "tiny",
+                "budget": "0s",
+                "hardware": "cpu",
+                "tokens_seen": 0,
+                "final_mlm_loss": 7.5,
+                "finished": True,
+            }
         )
     )
     return outputs / "tiny-run"

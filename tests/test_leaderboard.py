@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cramming.leaderboard import REFERENCES, collect, main, write_leaderboard
+from cramming.leaderboard import REFERENCES, collect, main, scan, write_leaderboard
 
 
 def _results(headline: dict, covered: list) -> dict:
@@ -37,6 +37,7 @@ def outputs(tmp_path):
                 "final_mlm_loss": 2.3456,
                 "valid_mlm_loss": 2.4,
                 "elapsed": 5400,
+                "finished": True,
             }
         )  # fmt: skip
     )
@@ -51,6 +52,14 @@ def outputs(tmp_path):
         json.dumps({"arch": {"name": "crammed-bert"}})
     )
     (root / "pretrained-only" / "summary.json").write_text("{not json")
+    # finished pretraining, not yet evaluated
+    (root / "pending" / "model").mkdir(parents=True)
+    (root / "pending" / "model" / "config.json").write_text(json.dumps({"arch": {"name": "crammed-bert"}}))
+    (root / "pending" / "summary.json").write_text(json.dumps({"arch": "crammed-bert", "finished": True}))
+    # stopped early (checkpointed, no finished flag) but someone ran GLUE on a stale export
+    (root / "stopped" / "glue").mkdir(parents=True)
+    (root / "stopped" / "glue" / "results.json").write_text(json.dumps(_results({"SST-2": 99.0}, ["SST-2"])))
+    (root / "stopped" / "summary.json").write_text(json.dumps({"steps": 10, "finished": False}))
     # not a run: no export, no results
     (root / "crashed" / "checkpoints").mkdir(parents=True)
     return root
@@ -58,19 +67,37 @@ def outputs(tmp_path):
 
 def test_collect_sorts_by_average_and_reads_summaries(outputs):
     rows = collect(outputs)
-    assert [r["run"] for r in rows] == ["better", "good", "pretrained-only"]
+    assert [r["run"] for r in rows] == ["better", "good", "pending"]
     better, good, pending = rows
     assert better["arch"] == "tiny" and better["coverage"] == "1/9" and better["budget"] == ""
+    assert "no summary.json" in better["note"] and good["note"] == pending["note"] == ""
     assert good["average"] == pytest.approx(50.0) and good["coverage"] == "2/9"
     assert good["hardware"] == "NVIDIA H200" and good["tokens_seen"] == 2_500_000_000
     assert good["scores"]["WNLI"] == 50.0
     assert pending["average"] is None and pending["arch"] == "crammed-bert"
 
 
+def test_unfinished_or_unreadable_runs_are_not_ranked(outputs, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="cramming"):
+        rows, unranked = scan(outputs)
+    assert "stopped" not in [r["run"] for r in rows] and "pretrained-only" not in [r["run"] for r in rows]
+    reasons = {r["run"]: r["reason"] for r in unranked}
+    assert set(reasons) == {"pretrained-only", "stopped"}
+    assert "unreadable" in reasons["pretrained-only"] and "finished: true" in reasons["stopped"]
+    assert "not ranking stopped" in caplog.text
+    paths = write_leaderboard(outputs, tmp_path / "lb")
+    measured, _ = paths["md"].read_text().split("## Published references")
+    table, note = measured.split("## Not ranked")
+    assert "| stopped |" not in table and "- stopped: summary.json lacks finished: true" in note
+    assert "pretrained-only" in note and "stopped" in paths["html"].read_text()
+    assert "stopped" not in paths["csv"].read_text()
+
+
 def test_tables_keep_references_apart(outputs, tmp_path):
     paths = write_leaderboard(outputs, tmp_path / "lb")
     rows = list(csv.DictReader(open(paths["csv"])))
     assert [r["kind"] for r in rows] == ["measured"] * 3 + ["reference"] * len(REFERENCES)
+    assert "no summary.json" in next(r for r in rows if r["run"] == "better")["note"]
     good = next(r for r in rows if r["run"] == "good")
     assert good["protocol"] == "1 ep, lr 4e-05, 1 seed(s), train<=2000"
     assert (
@@ -89,7 +116,7 @@ def test_tables_keep_references_apart(outputs, tmp_path):
     measured, references = md.split("## Published references")
     assert "| good | small | 90m | NVIDIA H200 | 2.5G | 1200 | 2.346 |" in measured
     assert "crammedBERT" not in measured and "crammedBERT" in references and "80.7" in references
-    assert measured.index("| better |") < measured.index("| good |") < measured.index("| pretrained-only |")
+    assert measured.index("| better |") < measured.index("| good |") < measured.index("| pending |")
 
     page = paths["html"].read_text()
     assert page.count("<svg") == 1 and "[reference]" in page and 'class="reference"' in page
