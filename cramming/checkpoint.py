@@ -201,11 +201,20 @@ def trim_metrics(path: Path, step: int) -> int:
     """Drop records logged after ``step`` (work lost with a killed run, about to be redone); returns how many."""
     if not path.exists():
         return 0
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    lines = path.read_text(errors="replace").splitlines()
+    kept = [line for line in lines if _record_step(line) <= step]
     if len(kept) < len(lines):
         atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
     return len(lines) - len(kept)
+
+
+def _record_step(line: str) -> float:
+    """The step of one metrics record; a line a kill cut in half counts as lost (infinitely late)."""
+    try:
+        record = json.loads(line)
+        return float(record.get("step", 0)) if isinstance(record, dict) else float("inf")
+    except ValueError:
+        return float("inf")
 
 
 def config_drift(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:

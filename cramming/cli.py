@@ -27,15 +27,26 @@ def fail(err: Exception) -> None:
     sys.exit(2)
 
 
+def check_run_folder(run_dir: Path, resume: bool) -> None:
+    """A new run must not reuse the folder of an earlier one: its checkpoints would be mixed with ours."""
+    earlier = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    if earlier and not resume:
+        raise ValueError(
+            f"{run_dir} already holds checkpoints of an earlier run ({earlier[-1].name}); pass resume=true to "
+            f"continue that run, or choose another name= for a new one"
+        )
+
+
 def pretrain_main(cfg: DictConfig) -> dict:
     from cramming.train import pretrain
 
+    run_dir, rank = run_dir_of(cfg), distributed.rank()
     try:
         budget = validate_run(OmegaConf.to_container(cfg, resolve=True))
         validate_train_resilience(cfg.train)
+        check_run_folder(run_dir, bool(cfg.resume))
     except ValueError as err:
         fail(err)
-    run_dir, rank = run_dir_of(cfg), distributed.rank()
     if rank == 0:  # under torchrun only rank 0 writes
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

@@ -39,11 +39,27 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _num(name: str, value: object, kind: type = float) -> float:
+    """``value`` as a number, or a ConfigError naming the key (``float('abc')`` alone would not)."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = kind(value)
+        if kind is int and number != float(value):
+            raise ValueError
+        return number
+    except (TypeError, ValueError):
+        expected = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name}={value!r} is not {expected}") from None
+
+
 def validate_arch(arch: Mapping) -> None:
     missing = [key for key in ARCH_KEYS if key not in arch]
     _require(not missing, f"arch config {arch.get('name')!r} lacks keys {missing}")
     for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
-        _require(int(arch[key]) > 0, f"arch.{key}={arch[key]!r} must be a positive integer")
+        _require(
+            _num(f"arch.{key}", arch[key], int) > 0, f"arch.{key}={arch[key]!r} must be a positive integer"
+        )
     _require(
         arch["hidden_size"] % arch["num_heads"] == 0,
         f"arch.hidden_size={arch['hidden_size']} must be divisible by arch.num_heads={arch['num_heads']}",
@@ -64,9 +80,21 @@ def validate_train(train: Mapping) -> None:
         train["schedule"] in SCHEDULES,
         f"train.schedule={train['schedule']!r} is not one of {list(SCHEDULES)}",
     )
-    _require(float(train["lr"]) > 0, f"train.lr={train['lr']!r} must be positive")
+    _require(_num("train.lr", train["lr"]) > 0, f"train.lr={train['lr']!r} must be positive")
     for key in ("microbatch_size", "batch_size", "batch_size_start"):
-        _require(int(train[key]) >= 1, f"train.{key}={train[key]!r} must be a positive integer")
+        _require(
+            _num(f"train.{key}", train[key], int) >= 1,
+            f"train.{key}={train[key]!r} must be a positive integer",
+        )
+    for key in (
+        "grad_clip",
+        "batch_ramp_fraction",
+        "checkpoint_minutes",
+        "validate_every_minutes",
+        "weight_decay",
+    ):
+        if key in train:
+            _num(f"train.{key}", train[key])
     _require(
         int(train["batch_size"]) >= int(train["batch_size_start"]),
         f"train.batch_size={train['batch_size']} must be at least train.batch_size_start={train['batch_size_start']}",
@@ -87,6 +115,20 @@ def validate_impl(impl: Mapping) -> None:
     _require(
         impl["device"] != "cuda" or torch.cuda.is_available(), "impl.device='cuda' but no CUDA GPU is visible"
     )
+    from cramming import ops
+
+    try:
+        choices = ops.configure(impl)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    on_cpu = impl["device"] == "cpu" or not torch.cuda.is_available()
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    forced = sorted(op for op, choice in choices.items() if choice == "triton")
+    _require(
+        not (forced and on_cpu and not interpreting),
+        f"impl.kernels=triton (ops {forced}) needs a CUDA GPU; on CPU set TRITON_INTERPRET=1 to run the kernels "
+        "in the Triton interpreter (slow, for tests), or use impl.kernels=auto|torch",
+    )
 
 
 def validate_run(cfg: Mapping) -> Budget:
@@ -102,7 +144,8 @@ def validate_run(cfg: Mapping) -> Budget:
     validate_impl(cfg["impl"])
     mode = cfg["wandb"]["mode"]
     _require(mode in WANDB_MODES, f"wandb.mode={mode!r} is not one of {list(WANDB_MODES)}")
-    seq_len, max_len = int(cfg["data"]["seq_len"]), int(cfg["arch"]["max_position_embeddings"])
+    seq_len = _num("data.seq_len", cfg["data"]["seq_len"], int)
+    max_len = _num("arch.max_position_embeddings", cfg["arch"]["max_position_embeddings"], int)
     _require(
         seq_len <= max_len,
         f"data.seq_len={seq_len} exceeds arch.max_position_embeddings={max_len} of arch={cfg['arch']['name']!r}",

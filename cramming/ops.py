@@ -102,7 +102,10 @@ def layer_norm_residual(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(LN(x + residual), x + residual) in one pass where the kernel allows."""
     if _use_triton("layer_norm", x):
-        return _kernels().layer_norm_residual(x, residual, weight, bias, eps)
+        # Under autocast the branch output is bf16/fp16 while the residual stream stays fp32:
+        # add in the wider type, as the reference's `x + residual` does.
+        common = torch.promote_types(x.dtype, residual.dtype)
+        return _kernels().layer_norm_residual(x.to(common), residual.to(common), weight, bias, eps)
     return layer_norm_residual_ref(x, residual, weight, bias, eps)
 
 

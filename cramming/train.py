@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from cramming import distributed, ops
-from cramming.budget import Budget, BudgetClock, accumulation_steps, batch_size_at, lr_factor
+from cramming.budget import Budget, BudgetClock, accumulation_steps, lr_factor
 from cramming.checkpoint import (
     CheckpointError,
     all_finite,
@@ -70,6 +70,15 @@ class Progress:
     lr_scale: float = 1.0  # multiplied by train.nonfinite_lr_factor at each such reload
     # Training losses since the last log line: saved so a resumed run's next log line averages the same steps.
     losses: list = field(default_factory=list)
+
+
+def model_vocab_size(tokenizer_size: int, multiple: int = 64) -> int:
+    """Embedding rows: the tokenizer's vocabulary rounded up to a multiple of 64 (aligned matmuls).
+
+    A small corpus can yield fewer tokens than data.vocab_size asks for; rows no token uses would
+    only cost decoder FLOPs.
+    """
+    return -(-tokenizer_size // multiple) * multiple
 
 
 def make_runtime(impl: Mapping) -> Runtime:
@@ -187,7 +196,8 @@ class Pretrainer:
         self.cfg, self.train_cfg, self.run_dir = cfg, cfg["train"], Path(run_dir)
         self.budget, self.corpus, self.runtime = budget, corpus, runtime
         torch.manual_seed(int(cfg["seed"]))
-        self.model = build_mlm(cfg["arch"], corpus.vocab_size).to(runtime.device)
+        self.vocab_size = model_vocab_size(corpus.tokenizer.get_vocab_size())
+        self.model = build_mlm(cfg["arch"], self.vocab_size).to(runtime.device)
         self.optimizer = build_optimizer(self.model, self.train_cfg, runtime.device)
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
         wrapped = distributed.wrap_ddp(self.model, runtime.device)
@@ -197,12 +207,12 @@ class Pretrainer:
             corpus.train, micro, seed=int(cfg["seed"]), rank=runtime.rank, world_size=runtime.world_size
         )
         self.collator = MLMCollator(
-            corpus.vocab_size, corpus.special_ids, float(cfg["data"]["mlm_probability"])
+            corpus.tokenizer.get_vocab_size(), corpus.special_ids, float(cfg["data"]["mlm_probability"])
         )
         self.mask_generator = torch.Generator().manual_seed(int(cfg["seed"]) + runtime.rank)
         self.clock = BudgetClock(budget)
         self.progress = Progress()
-        self.identity = identity(cfg["arch"], corpus.vocab_size, corpus.tokenizer.to_str())
+        self.identity = identity(cfg["arch"], self.vocab_size, corpus.tokenizer.to_str())
         # Testing aid: poison the loss at these step numbers (once each), to exercise the non-finite path.
         self.nan_steps = {int(s) for s in self.train_cfg.get("debug_nan_steps") or []}
         self.saved_step = -1
@@ -212,7 +222,7 @@ class Pretrainer:
             self.num_params,
             corpus.seq_len,
             float(cfg["data"]["mlm_probability"]),
-            corpus.vocab_size,
+            self.vocab_size,
         )
         self.tracker = Tracker(
             self.run_dir, cfg["wandb"], cfg, rank=runtime.rank, resume=bool(cfg.get("resume", False))
@@ -241,7 +251,7 @@ class Pretrainer:
             "clock": self.clock.state_dict(),
             "ranks": distributed.gather_objects(self.rank_state()),
             "arch": dict(self.cfg["arch"]),
-            "vocab_size": self.corpus.vocab_size,
+            "vocab_size": self.vocab_size,
             "tokenizer": self.corpus.tokenizer.to_str(),
             "budget": self.budget.text,
             "config": self.cfg,
@@ -401,7 +411,7 @@ class Pretrainer:
             self.maybe_validate()
         if self.progress.losses:
             p = self.clock.progress()
-            self.log_train(self.last_lr, self.last_grad_norm, batch_size_at(p, *self.ramp()), p)
+            self.log_train(self.last_lr, self.last_grad_norm, getattr(self, "last_batch", 0), p)
         return self.finish()
 
     def ramp(self) -> tuple[int, int, float]:
@@ -437,10 +447,11 @@ class Pretrainer:
         if math.isfinite(loss):
             self.progress.losses.append(loss)
         self.last_lr, self.last_grad_norm = lr, float(grad_norm)
-        tokens = accum * micro * self.corpus.seq_len * self.runtime.world_size
+        self.last_batch = accum * micro * self.runtime.world_size  # sequences this step actually used
+        tokens = self.last_batch * self.corpus.seq_len
         restored = self.after_step(tokens, finite, math.isfinite(loss))
         if not restored and self.should_log():
-            self.log_train(lr, float(grad_norm), batch_size_at(p, *self.ramp()), p)
+            self.log_train(lr, float(grad_norm), self.last_batch, p)
         return True
 
     def after_step(self, tokens: int, finite: bool, loss_finite: bool) -> bool:

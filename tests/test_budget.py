@@ -102,3 +102,11 @@ def test_time_budget_counts_time_spent_before_resume():
     clock = BudgetClock(parse_budget("100s"), spent_seconds=50.0)
     clock.start()
     assert 0.5 <= clock.progress() < 0.6
+
+
+def test_model_vocab_rounds_the_tokenizer_size_up_to_64():
+    from cramming.train import model_vocab_size
+
+    assert model_vocab_size(19545) == 19584
+    assert model_vocab_size(32768) == 32768
+    assert model_vocab_size(30522) == 30528

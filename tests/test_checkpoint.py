@@ -116,3 +116,12 @@ def test_bad_resilience_settings_are_named(key, value, fragment):
         validate_train_resilience({key: value})
     assert fragment in str(err.value)
     validate_train_resilience({"on_nonfinite": "stop", "keep_checkpoints": 2, "checkpoint_minutes": 0.5})
+
+
+def test_trim_metrics_drops_a_line_cut_by_a_kill(tmp_path):
+    from cramming.checkpoint import trim_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "step": 1}\n{"kind": "train", "step": 5}\n\n{"kind": "train", "step": 9, "lo')
+    assert trim_metrics(path, step=5) == 2  # the cut record and the empty line
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 5]

@@ -75,3 +75,37 @@ def test_bad_values_are_named(section, key, value, fragment):
     with pytest.raises(ConfigError) as err:
         validator(cfg[section])
     assert fragment in str(err.value) and str(value) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("train", "lr", "abc"),
+        ("train", "microbatch_size", "many"),
+        ("train", "batch_size", 2.5),
+        ("arch", "num_layers", "x"),
+    ],
+)
+def test_non_numbers_name_their_key(section, key, value):
+    cfg = compose_pretrain(["arch=tiny"])
+    cfg[section][key] = value
+    validator = {"train": validate_train, "arch": validate_arch}[section]
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}={value!r}"):
+        validator(cfg[section])
+
+
+def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    from cramming import ops
+
+    cfg = compose_pretrain(["arch=tiny", "impl.kernels=triton", "impl.device=cpu"])
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    try:
+        with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
+            validate_impl(cfg["impl"])
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        validate_impl(cfg["impl"])
+        cfg["impl"]["kernels"] = "fast"
+        with pytest.raises(ConfigError, match="'fast'"):
+            validate_impl(cfg["impl"])
+    finally:
+        ops.configure({"kernels": "auto"})

@@ -69,3 +69,21 @@ def test_padded_classifier_matches_between_triton_and_torch():
         outputs[kernels] = (out["logits"].detach(), model.encoder.embeddings.word.weight.grad.clone())
     torch.testing.assert_close(outputs["triton"][0], outputs["torch"][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(outputs["triton"][1], outputs["torch"][1], rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_training_step_runs_with_triton_kernels():
+    """Under autocast the attention output is bf16 while the residual stream is fp32."""
+    arch = tiny_arch()
+    ids = torch.randint(5, 300, (2, 19), generator=torch.Generator().manual_seed(3))
+    labels = torch.where(ids % 3 == 0, ids, torch.full_like(ids, -100))
+    losses = {}
+    for kernels in ("torch", "triton"):
+        ops.configure({"kernels": kernels})
+        torch.manual_seed(0)
+        model = build_mlm(arch, vocab_size=300)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(ids, labels)["loss"]
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        losses[kernels] = loss.item()
+    assert losses["triton"] == pytest.approx(losses["torch"], rel=2e-2)

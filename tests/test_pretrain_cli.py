@@ -172,3 +172,11 @@ def test_eval_glue_after_pretraining(finished_run, tiny_corpus, glue_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "outputs" / "witheval" / "glue" / "results.json").read_text())
     assert "sst2" in json.dumps(results).lower()
+
+
+def test_a_new_run_refuses_the_folder_of_an_earlier_one(finished_run, tiny_corpus, capsys):
+    tmp_path, _ = finished_run
+    checkpoints = sorted((tmp_path / "outputs" / "e2e" / "checkpoints").iterdir())
+    err = _main_with(tiny_args(tiny_corpus, tmp_path, "e2e", "2steps"), capsys)
+    assert "resume=true" in err and "another name" in err
+    assert sorted((tmp_path / "outputs" / "e2e" / "checkpoints").iterdir()) == checkpoints
