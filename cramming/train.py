@@ -107,14 +107,16 @@ def hardware_name(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
-def peak_flops(runtime: Runtime) -> float:
-    """The device's peak for the MFU figure (measured on CPU); NaN if unknown."""
-    try:
-        from cramming.perf import device_peak_flops
-    except ImportError:
-        return float("nan")
+def peak_flops(runtime: Runtime, refresh: bool = False) -> float:
+    """The device's peak for the MFU figure: a table on known GPUs, a measured matmul on CPU.
+
+    ``refresh`` measures the CPU again and keeps the best value seen, so a peak measured while
+    other jobs shared the cores does not inflate every later MFU figure.
+    """
+    from cramming.perf import device_peak_flops
+
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(runtime.dtype, "fp32")
-    return device_peak_flops(runtime.device, precision)
+    return device_peak_flops(runtime.device, precision, refresh=refresh and runtime.device.type == "cpu")
 
 
 def optimizer_step(
@@ -513,7 +515,7 @@ class Pretrainer:
             "batch_size": batch_size,
             "tokens": self.progress.tokens,
             "tokens_per_s": tokens_per_s,
-            "mfu": tokens_per_s * self.flops_per_token / self.peak if self.peak else float("nan"),
+            "mfu": tokens_per_s * self.flops_per_token / self.peak,
             "mem_gb": memory_gb(self.runtime.device),
             "budget_used": p,
             "elapsed_s": self.clock.elapsed(),
@@ -524,7 +526,8 @@ class Pretrainer:
         self.tracker.log(metrics, "train")
         self.last_train_loss = metrics["loss"]
         self.progress.losses = []
-        self.window = {"time": now, "tokens": 0, "steps": 0}
+        self.peak = peak_flops(self.runtime, refresh=True)  # on CPU: keep the best peak seen so far
+        self.window = {"time": time.monotonic(), "tokens": 0, "steps": 0}
 
     def validate(self) -> float | None:
         """Held-out MLM loss, on rank 0 only (no collectives, so the other ranks just wait)."""
