@@ -19,7 +19,7 @@ _PART = re.compile(rf"({_NUMBER})(s|sec|min|m|h|d)")
 _COUNT = re.compile(rf"^({_NUMBER})\s*(steps|tokens)$")
 
 ACCEPTED = (
-    "a duration such as 24h, 90m, 1.5h, 45s or 1h30m, a bare number of hours such as 24, "
+    "a positive duration such as 24h, 90m, 1.5h, 45s or 1h30m, a bare number of hours such as 24, "
     "or a deterministic budget such as 500steps or 2e9tokens"
 )
 
@@ -49,7 +49,7 @@ def parse_budget(value: object) -> Budget:
     elif match := _COUNT.match(text):
         amount, kind = float(match.group(1)), match.group(3)
     if amount is None or not math.isfinite(amount) or amount <= 0:
-        raise ValueError(f"budget={value!r} is not a valid budget: expected a positive {ACCEPTED}.")
+        raise ValueError(f"budget={value!r} is not a valid budget: expected {ACCEPTED}.")
     if kind == "steps" and amount != int(amount):
         raise ValueError(f"budget={value!r}: a step budget must be a whole number of steps; accepted: {ACCEPTED}.")
     return Budget(kind, amount, str(value))

@@ -38,6 +38,8 @@ def plot_run(run_dir: Path) -> Path | None:
     )
     ax_bs.set_ylabel("batch size (sequences)")
     ax_lr.grid(alpha=0.3)
+    lines = ax_lr.get_lines() + ax_bs.get_lines()
+    ax_lr.legend(lines, [line.get_label() for line in lines], loc="upper left")
     fig.tight_layout()
     out = Path(run_dir) / "plots" / "loss.png"
     out.parent.mkdir(parents=True, exist_ok=True)
