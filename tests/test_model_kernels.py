@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _kernel_checks import DEVICE  # cuda when a GPU runs the kernels natively, else cpu (interpreter)
 
 from cramming import ops
 from cramming.model import build_classifier, build_mlm
@@ -30,14 +31,14 @@ def tiny_arch(**changes) -> dict:
 def train_losses(kernels: str, arch: dict, steps: int = 3) -> list[float]:
     ops.configure({"kernels": kernels})
     torch.manual_seed(0)
-    model = build_mlm(arch, vocab_size=300)
-    optimizer = build_optimizer(model, TRAIN, torch.device("cpu"))
+    model = build_mlm(arch, vocab_size=300).to(DEVICE)
+    optimizer = build_optimizer(model, TRAIN, torch.device(DEVICE))
     data = torch.Generator().manual_seed(1)
     losses = []
     for _ in range(steps):
         ids = torch.randint(5, 300, (2, 37), generator=data)  # odd length: not a block multiple
         labels = torch.where(torch.rand(ids.shape, generator=data) < 0.25, ids, torch.full_like(ids, -100))
-        loss = model(ids, labels)["loss"]
+        loss = model(ids.to(DEVICE), labels.to(DEVICE))["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
         optimizer.step()
@@ -63,8 +64,10 @@ def test_padded_classifier_matches_between_triton_and_torch():
     for kernels in ("torch", "triton"):
         ops.configure({"kernels": kernels})
         torch.manual_seed(0)
-        model = build_classifier(arch, 300, num_labels=3, dropout=0.0)
-        out = model(ids, attention_mask=mask, labels=torch.tensor([0, 1, 2]))
+        model = build_classifier(arch, 300, num_labels=3, dropout=0.0).to(DEVICE)
+        out = model(
+            ids.to(DEVICE), attention_mask=mask.to(DEVICE), labels=torch.tensor([0, 1, 2], device=DEVICE)
+        )
         out["loss"].backward()
         outputs[kernels] = (out["logits"].detach(), model.encoder.embeddings.word.weight.grad.clone())
     torch.testing.assert_close(outputs["triton"][0], outputs["torch"][0], rtol=1e-4, atol=1e-5)
@@ -80,9 +83,9 @@ def test_bf16_autocast_training_step_runs_with_triton_kernels():
     for kernels in ("torch", "triton"):
         ops.configure({"kernels": kernels})
         torch.manual_seed(0)
-        model = build_mlm(arch, vocab_size=300)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(ids, labels)["loss"]
+        model = build_mlm(arch, vocab_size=300).to(DEVICE)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            loss = model(ids.to(DEVICE), labels.to(DEVICE))["loss"]
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         losses[kernels] = loss.item()
