@@ -146,3 +146,67 @@ def attention(
     if _use_triton("attention", q):
         return _kernels().attention(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
     return attention_ref(q, k, v, key_padding_mask, scale=scale)
+
+
+def _probe(op: str, device: torch.device, dtype: torch.dtype) -> list[tuple]:
+    """Small inputs for one op, and the kernel and reference calls to compare on them."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype).requires_grad_()
+
+    if op == "layer_norm":
+        x, w, b = rand(37, 200), rand(200), rand(200)
+        return [(lambda k: k.layer_norm(x, w, b, 1e-12), lambda: layer_norm_ref(x, w, b, 1e-12), (x, w, b))]
+    if op == "gelu":
+        x = rand(37, 2 * 96)
+        return [
+            (lambda k: k.geglu(x), lambda: geglu_ref(x), (x,)),
+            (lambda k: k.gelu(x), lambda: gelu_ref(x), (x,)),
+        ]
+    q, k_, v = rand(2, 2, 77, 64), rand(2, 2, 77, 64), rand(2, 2, 77, 64)
+    mask = torch.arange(77, device=device)[None, :] < torch.tensor([[77], [40]], device=device)  # (B, T)
+    return [
+        (
+            lambda k: k.attention(q, k_, v, key_padding_mask=mask),
+            lambda: attention_ref(q, k_, v, mask),
+            (q, k_, v),
+        )
+    ]
+
+
+def _agrees(kernels, kernel_call, reference_call, inputs) -> bool:
+    outputs = []
+    for call in (lambda: kernel_call(kernels), reference_call):
+        out = call()
+        grads = torch.autograd.grad(out.float().square().sum(), inputs)
+        outputs.append([out.float(), *[gr.float() for gr in grads]])
+    return all(torch.allclose(a, b, rtol=5e-2, atol=5e-2) for a, b in zip(*outputs))
+
+
+def self_check(device: torch.device | str, dtype: torch.dtype = torch.float32) -> dict[str, str]:
+    """Run each op that resolves to Triton once on small inputs, forward and backward, against its reference.
+
+    An op whose kernel fails to compile or disagrees falls back to the PyTorch reference for the
+    rest of the process, with a warning naming the error, instead of crashing a long run later.
+    """
+    device = torch.device(device)
+    kernels = None
+    for op in OPS:
+        if resolve(op, device) == "torch":
+            continue
+        try:
+            kernels = kernels or _kernels()
+            good = all(_agrees(kernels, *probe) for probe in _probe(op, device, dtype))
+            problem = None if good else "results differ from the PyTorch reference"
+        except Exception as err:  # compilation or launch errors of any kind
+            problem = f"{type(err).__name__}: {err}"
+        if problem:
+            _choice[op] = "torch"
+            logging.getLogger("cramming").warning(
+                "%s: the Triton kernel failed its start-up check on %s (%s); using the PyTorch reference",
+                op,
+                device,
+                str(problem)[:300],
+            )
+    return describe(device)

@@ -87,12 +87,12 @@ def make_runtime(impl: Mapping) -> Runtime:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     ops.configure(impl)
-    return Runtime(
-        device=device,
-        dtype=resolve_precision(impl, device),
-        rank=distributed.rank(),
-        world_size=distributed.world_size(),
-    )
+    dtype = resolve_precision(impl, device)
+    if (
+        device.type == "cuda"
+    ):  # a kernel that fails here falls back to PyTorch instead of killing the run later
+        ops.self_check(device, dtype)
+    return Runtime(device=device, dtype=dtype, rank=distributed.rank(), world_size=distributed.world_size())
 
 
 def memory_gb(device: torch.device) -> float:
