@@ -107,6 +107,9 @@ def hardware_name(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
+PEAK_REFRESH_SECONDS = 300
+
+
 def peak_flops(runtime: Runtime, refresh: bool = False) -> float:
     """The device's peak for the MFU figure: a table on known GPUs, a measured matmul on CPU.
 
@@ -388,6 +391,7 @@ class Pretrainer:
     def run(self) -> dict:
         t = self.train_cfg
         self.peak = peak_flops(self.runtime)  # measured on CPU: before the clock starts
+        self.peak_measured_at = time.monotonic()
         self.model.train()
         self.clock.start()
         self.window = {"time": time.monotonic(), "tokens": 0, "steps": 0}
@@ -526,7 +530,10 @@ class Pretrainer:
         self.tracker.log(metrics, "train")
         self.last_train_loss = metrics["loss"]
         self.progress.losses = []
-        self.peak = peak_flops(self.runtime, refresh=True)  # on CPU: keep the best peak seen so far
+        if time.monotonic() - self.peak_measured_at >= PEAK_REFRESH_SECONDS:
+            # On CPU, measure again and keep the best peak seen (~0.5 s of matmuls, so rarely).
+            self.peak = peak_flops(self.runtime, refresh=True)
+            self.peak_measured_at = time.monotonic()
         self.window = {"time": time.monotonic(), "tokens": 0, "steps": 0}
 
     def validate(self) -> float | None:
