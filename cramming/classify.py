@@ -188,13 +188,13 @@ def set_threads(num_threads: int | None) -> int:
 
 
 def autocast(device: torch.device, precision: str = "auto"):
-    """bf16 autocast on GPU by default, plain fp32 on CPU; explicit bf16/fp16 are honoured anywhere."""
-    check_precision(precision)
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
+    """bf16 autocast on GPU by default (fp16 where bf16 is unsupported), plain fp32 on CPU; explicit
+    bf16/fp16 are honoured anywhere. The same rule as pretraining (``config.resolve_precision``)."""
+    from cramming.config import resolve_precision
+
+    dtype = resolve_precision({"precision": check_precision(precision)}, device)
+    if dtype == torch.float32:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 

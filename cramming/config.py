@@ -157,9 +157,9 @@ def validate_run(cfg: Mapping) -> Budget:
 
 
 def resolve_device(impl: Mapping) -> torch.device:
-    if impl["device"] == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(impl["device"])
+    from cramming.classify import resolve_device as resolve
+
+    return resolve(impl["device"])
 
 
 def resolve_precision(impl: Mapping, device: torch.device) -> torch.dtype:
