@@ -1,5 +1,5 @@
 """prepare_corpus end to end on the tiny corpus: packing, tokenizer, cache reuse/keys, filters, resume,
-damage detection, quality ordering, the hub path on a local hub-like folder, and config validation."""
+damage detection, curriculum orderings, the hub path on a local hub-like folder, and config validation."""
 
 import gzip
 import json
@@ -143,7 +143,9 @@ def test_cache_key_changes_with_what_shapes_the_corpus(tmp_path, small_txt):
         {"filters": {**NO_FILTERS, "dedup": True}},
         {"filters": {**NO_FILTERS, "min_doc_chars": 100}},
         {"filters": {**NO_FILTERS, "max_tokens_per_char": 0.3}},
-        {"ordering": "quality"},
+        {"ordering": "reverse-unigram"},
+        {"ordering": "sentence-length"},
+        {"cls_per_sequence": False},
         {"tokenizer": {"sample_mb": 0.25}},
     ]
     keys = {corpus_key(base)} | {corpus_key({**base, **c}) for c in changes}
@@ -269,8 +271,8 @@ def test_tampered_manifest_and_flipped_bytes_are_detected(tmp_path, small_txt):
     assert not prepare_corpus(cfg, log=log).reused and log.has("sha256")
 
 
-def test_quality_ordering(tmp_path, small_txt):
-    corpus = prepare_corpus(make_cfg(tmp_path, [small_txt], ordering="quality"), log=None)
+def test_reverse_unigram_ordering(tmp_path, small_txt):
+    corpus = prepare_corpus(make_cfg(tmp_path, [small_txt], ordering="reverse-unigram"), log=None)
     assert corpus.train.ordered
     order = corpus.train.order
     assert sorted(order.tolist()) == list(range(len(corpus.train)))
