@@ -198,8 +198,11 @@ def test_filters_remove_what_they_claim(tmp_path, tiny_docs):
     assert all(np.array_equal(b, flat[off[i] : off[i + 1]]) for b, i in zip(back, kept))
 
 
-def test_interrupted_preparation_resumes_from_last_shard(tmp_path, small_txt, monkeypatch):
+@pytest.mark.parametrize("cls_per_sequence", [True, False])
+def test_interrupted_preparation_resumes_from_last_shard(tmp_path, small_txt, monkeypatch, cls_per_sequence):
+    # cls_per_sequence=False: catches a resume carry that strips [CLS]/[SEP] from unframed rows.
     overrides = {"shard_sequences": 300, "batch_documents": 3, "filters": {**NO_FILTERS, "dedup": True}}
+    overrides["cls_per_sequence"] = cls_per_sequence
     overrides["num_workers"] = 1  # encode in this process, where the test can count the documents
     cfg = make_cfg(tmp_path, [small_txt], **overrides)
     real_save = prep.save_progress
@@ -227,6 +230,7 @@ def test_interrupted_preparation_resumes_from_last_shard(tmp_path, small_txt, mo
     assert resumed.key == clean.key and len(resumed.train.shards) == len(clean.train.shards) > 2
     assert np.array_equal(resumed.train[:], clean.train[:])
     assert resumed.stats["documents"] == clean.stats["documents"] == 30
+    assert len(unpack_documents(resumed.train[:], resumed.special_ids, cls_per_sequence)) >= 29
 
 
 def test_worker_processes_give_the_same_corpus(tmp_path, small_txt):

@@ -31,7 +31,9 @@ def preset(name: str, **overrides) -> dict:
     cfg.pop("defaults", None)
     cfg = OmegaConf.to_container(cfg)
     for key, value in overrides.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+        cfg[key] = (
+            {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+        )
     return cfg
 
 
@@ -199,7 +201,9 @@ def reference_tokenizer(docs: list[str], size: int = 32768):
     vocab = REFERENCE_SPECIALS + [w for w in words if w not in REFERENCE_SPECIALS]
     vocab += [f"##filler{i}" for i in range(size - len(vocab))]
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()]
+    )
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.add_special_tokens(REFERENCE_SPECIALS)
     ids = [("<sep>", vocab.index("<sep>")), ("<cls>", vocab.index("<cls>"))]
@@ -235,9 +239,7 @@ def test_pile_readymade_on_a_local_hub_like_folder(tmp_path, tiny_docs):
     cfg = preset("pile-readymade", hub={"path": str(tmp_path / "readymade")}, validation_split_documents=3)
     cfg["cache_dir"] = str(tmp_path / "cache")
     corpus = prepare_corpus(cfg, log=None)
-    assert corpus.special_ids == {
-        role: vocab[f"<{role}>"] for role in ("pad", "unk", "cls", "sep", "mask")
-    }
+    assert corpus.special_ids == {role: vocab[f"<{role}>"] for role in ("pad", "unk", "cls", "sep", "mask")}
     assert np.array_equal(corpus.valid[:], rows[:3]) and np.array_equal(corpus.train[:], rows[3:])
     assert corpus.train.ordered and not corpus.cls_per_sequence
     enc = corpus.tokenizer.encode("the cat", "sat.")
@@ -261,3 +263,28 @@ def test_pile_readymade_rejects_rows_of_the_wrong_length(tmp_path, tiny_docs):
     cfg["cache_dir"] = str(tmp_path / "cache")
     with pytest.raises(ValueError, match=r"has 100 ids in column 'input_ids'.*data.seq_len=128"):
         prepare_corpus(cfg, log=None)
+
+
+def test_pile_readymade_resumes_after_the_last_finished_shard(tmp_path, tiny_docs, monkeypatch):
+    """Catches a resumed copy that re-reads rows already in finished shards (duplicated rows) or skips
+    rows of the shard that was open at the interruption."""
+    import cramming.data.readymade as readymade
+
+    rows, _ = write_readymade(tmp_path / "readymade", tiny_docs[:40])
+    cfg = preset("pile-readymade", hub={"path": str(tmp_path / "readymade")}, shard_sequences=40)
+    cfg["cache_dir"] = str(tmp_path / "cache")
+    real_rows = readymade.sources.hub_token_rows
+    starts = []
+
+    def interrupted(hub, column, seq_len, start=0, stop=None):
+        starts.append(start)
+        yield next(real_rows(hub, column, seq_len, start, stop))[:100]  # 2 full shards + 20 rows
+        raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(readymade.sources, "hub_token_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_corpus(cfg, log=None)
+    monkeypatch.setattr(readymade.sources, "hub_token_rows", lambda *a: starts.append(a[3]) or real_rows(*a))
+    resumed = prepare_corpus(cfg, log=None)
+    assert starts == [0, 80] and len(rows) > 100
+    assert np.array_equal(resumed.train[:], rows)

@@ -68,7 +68,9 @@ def load_tokenizer(cfg: dict[str, Any], say: Callable[[str], None]) -> tuple[Tok
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise ValueError(f"tokenizer file {str(path)!r} of data={ready.get('name')} is unreadable ({err}).") from err
+        raise ValueError(
+            f"tokenizer file {str(path)!r} of data={ready.get('name')} is unreadable ({err})."
+        ) from err
     tok = adopt_special_tokens(text, ready.get("special_tokens") or {})
     if tok.get_vocab_size() != ready["vocab_size"]:
         raise ValueError(
@@ -85,7 +87,9 @@ def adopt_special_tokens(tokenizer_json: str, names: dict[str, str]) -> Tokenize
     spec = json.loads(tokenizer_json)
     vocab = spec["model"].get("vocab")
     if not isinstance(vocab, dict):
-        raise ValueError("the pre-tokenized corpus' tokenizer has no token->id vocabulary (a WordPiece model).")
+        raise ValueError(
+            "the pre-tokenized corpus' tokenizer has no token->id vocabulary (a WordPiece model)."
+        )
     renames = {}
     for role, ours in SPECIAL_TOKENS.items():
         theirs = names.get(role, ours)
