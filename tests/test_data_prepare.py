@@ -1,5 +1,5 @@
 """prepare_corpus end to end on the tiny corpus: packing, tokenizer, cache reuse/keys, filters, resume,
-damage detection, quality ordering, the hub path on a local hub-like folder, and config validation."""
+damage detection, curriculum orderings, the hub path on a local hub-like folder, and config validation."""
 
 import gzip
 import json
@@ -143,7 +143,9 @@ def test_cache_key_changes_with_what_shapes_the_corpus(tmp_path, small_txt):
         {"filters": {**NO_FILTERS, "dedup": True}},
         {"filters": {**NO_FILTERS, "min_doc_chars": 100}},
         {"filters": {**NO_FILTERS, "max_tokens_per_char": 0.3}},
-        {"ordering": "quality"},
+        {"ordering": "reverse-unigram"},
+        {"ordering": "sentence-length"},
+        {"cls_per_sequence": False},
         {"tokenizer": {"sample_mb": 0.25}},
     ]
     keys = {corpus_key(base)} | {corpus_key({**base, **c}) for c in changes}
@@ -196,8 +198,11 @@ def test_filters_remove_what_they_claim(tmp_path, tiny_docs):
     assert all(np.array_equal(b, flat[off[i] : off[i + 1]]) for b, i in zip(back, kept))
 
 
-def test_interrupted_preparation_resumes_from_last_shard(tmp_path, small_txt, monkeypatch):
+@pytest.mark.parametrize("cls_per_sequence", [True, False])
+def test_interrupted_preparation_resumes_from_last_shard(tmp_path, small_txt, monkeypatch, cls_per_sequence):
+    # cls_per_sequence=False: catches a resume carry that strips [CLS]/[SEP] from unframed rows.
     overrides = {"shard_sequences": 300, "batch_documents": 3, "filters": {**NO_FILTERS, "dedup": True}}
+    overrides["cls_per_sequence"] = cls_per_sequence
     overrides["num_workers"] = 1  # encode in this process, where the test can count the documents
     cfg = make_cfg(tmp_path, [small_txt], **overrides)
     real_save = prep.save_progress
@@ -225,6 +230,7 @@ def test_interrupted_preparation_resumes_from_last_shard(tmp_path, small_txt, mo
     assert resumed.key == clean.key and len(resumed.train.shards) == len(clean.train.shards) > 2
     assert np.array_equal(resumed.train[:], clean.train[:])
     assert resumed.stats["documents"] == clean.stats["documents"] == 30
+    assert len(unpack_documents(resumed.train[:], resumed.special_ids, cls_per_sequence)) >= 29
 
 
 def test_worker_processes_give_the_same_corpus(tmp_path, small_txt):
@@ -269,8 +275,8 @@ def test_tampered_manifest_and_flipped_bytes_are_detected(tmp_path, small_txt):
     assert not prepare_corpus(cfg, log=log).reused and log.has("sha256")
 
 
-def test_quality_ordering(tmp_path, small_txt):
-    corpus = prepare_corpus(make_cfg(tmp_path, [small_txt], ordering="quality"), log=None)
+def test_reverse_unigram_ordering(tmp_path, small_txt):
+    corpus = prepare_corpus(make_cfg(tmp_path, [small_txt], ordering="reverse-unigram"), log=None)
     assert corpus.train.ordered
     order = corpus.train.order
     assert sorted(order.tolist()) == list(range(len(corpus.train)))

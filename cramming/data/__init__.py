@@ -1,4 +1,5 @@
-"""Data pipeline: corpus sources, filters, WordPiece tokenizer, packing, on-disk cache, loader, MLM masking.
+"""Data pipeline: corpus sources, filters, WordPiece tokenizer, packing, curriculum ordering, pre-tokenized
+hub corpora, on-disk cache, loader, MLM masking.
 
     validate_data_config(data_cfg)          # fast checks before long work
     corpus = prepare_corpus(data_cfg)       # tokenizer + packed, cached train/valid sequences

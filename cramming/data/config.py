@@ -17,7 +17,8 @@ from typing import Any
 
 SOURCES = ("local", "hub")
 EXTENSIONS = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet")
-ORDERINGS = ("none", "quality")
+ORDERINGS = ("none", "sentence-length", "reverse-unigram")
+RENAMED_ORDERINGS = {"quality": "reverse-unigram"}  # old value -> its name now
 VERIFY_MODES = ("sizes", "full")
 MIN_VOCAB, MAX_VOCAB = 256, 4_294_967_295
 MIN_SEQ_LEN, MAX_SEQ_LEN = 8, 65_536
@@ -40,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "filters": {"max_tokens_per_char": 0.25, "min_doc_chars": 200, "dedup": True},
     "ordering": "none",
+    "cls_per_sequence": True,
+    "readymade": None,
     "num_workers": 0,
     "shard_sequences": 1_048_576,
     "batch_documents": 1024,
@@ -126,6 +129,8 @@ def validate_data_config(data_cfg: Any) -> None:
                 check_file(path, cfg["text_column"], key)
     else:
         _check_hub(cfg)
+    if cfg["readymade"] is not None:
+        _check_readymade(cfg)
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
@@ -134,8 +139,20 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
 
 
 def _check_options(cfg: dict[str, Any]) -> None:
-    if cfg["ordering"] not in ORDERINGS:
-        raise ValueError(f"data.ordering={cfg['ordering']!r} is not known; accepted values are {ORDERINGS}.")
+    ordering = cfg["ordering"]
+    if ordering in RENAMED_ORDERINGS:
+        raise ValueError(
+            f"data.ordering={ordering!r} was renamed: it is the reference's reverse-unigram curriculum "
+            f"(common-token sequences first); use data.ordering={RENAMED_ORDERINGS[ordering]}. "
+            f"Accepted values are {ORDERINGS}."
+        )
+    if ordering not in ORDERINGS:
+        raise ValueError(f"data.ordering={ordering!r} is not known; accepted values are {ORDERINGS}.")
+    if not isinstance(cfg["cls_per_sequence"], bool):
+        raise ValueError(
+            f"data.cls_per_sequence={cfg['cls_per_sequence']!r} is not valid; give true ([CLS] opens every "
+            "sequence) or false (the reference's: sequences are plain cuts of the document stream)."
+        )
     if cfg["verify"] not in VERIFY_MODES:
         raise ValueError(f"data.verify={cfg['verify']!r} is not known; accepted values are {VERIFY_MODES}.")
     p = cfg["mlm_probability"]
@@ -175,6 +192,32 @@ def _check_hub(cfg: dict[str, Any]) -> None:
     held = cfg["validation_split_documents"]
     if not isinstance(held, int) or held < 0:
         raise ValueError(f"data.validation_split_documents={held!r} is not valid; give an integer ≥ 0.")
+
+
+def _check_readymade(cfg: dict[str, Any]) -> None:
+    """A pre-tokenized corpus fixes the vocabulary, the sequence length and the layout."""
+    ready = cfg["readymade"]
+    name = ready.get("name", "readymade")
+    if cfg["source"] != "hub":
+        raise ValueError(
+            f"data.source={cfg['source']!r} cannot serve the pre-tokenized corpus data={name}; it needs "
+            "data.source=hub (a hub dataset id or a local folder laid out like it in data.hub.path)."
+        )
+    for key in ("vocab_size", "seq_len"):
+        if cfg[key] != ready[key]:
+            raise ValueError(
+                f"data.{key}={cfg[key]!r} cannot be used with data={name}: its sequences are pre-tokenized "
+                f"with {key} fixed at {ready[key]}; leave data.{key} at {ready[key]} or use data=pile "
+                "(raw text, tokenized here) to change it."
+            )
+    if cfg["cls_per_sequence"]:
+        raise ValueError(
+            f"data.cls_per_sequence=true cannot be used with data={name}: its sequences are fixed as the "
+            "reference built them, without [CLS]; leave data.cls_per_sequence at false."
+        )
+    for key in ("column", "tokenizer_file"):
+        if not ready.get(key):
+            raise ValueError(f"data.readymade.{key}={ready.get(key)!r} is empty; give a non-empty string.")
 
 
 def check_file(path: Path, text_column: str, key: str = "files") -> None:

@@ -11,8 +11,9 @@ import torch
 class SequenceLoader:
     """Infinite iterator of LongTensor batches ``(batch_size, seq_len)``.
 
-    Every epoch is a seeded permutation of all sequences (the stored order when ``shuffle`` is off, as
-    for ``ordering: quality``); rank ``r`` of ``W`` takes positions ``r, r+W, r+2W, ...`` of it, so the
+    Every epoch is a seeded permutation of all sequences, or the stored order when ``shuffle`` is off:
+    by default off exactly for ordered sequences (``data.ordering`` a curriculum, ``sequences.ordered``),
+    so a curriculum is served as sorted, every epoch; rank ``r`` of ``W`` takes positions ``r, r+W, r+2W, ...`` of it, so the
     ranks cover each sequence exactly once per epoch. Batches run on across epoch boundaries (a batch may
     end one epoch and start the next), so every rank yields the same number of batches forever.
     ``state_dict()`` is the cursor (epoch, position in this rank's share); ``load_state_dict`` makes the

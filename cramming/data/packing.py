@@ -1,10 +1,16 @@
 """Packing documents into fixed-length sequences, and reading packed sequences back from disk.
 
-Layout of one sequence (the reference's): ``[CLS] body [SEP]`` with ``seq_len - 2`` body tokens. The
-bodies cut one continuous token stream in which every document is followed by ``[SEP]``, so documents
-run across sequence boundaries and a ``[SEP]`` marks each document end. Only the very last sequence of
-a split is padded with ``[PAD]`` (so no token is lost); unpacking the bodies, dropping the final padding
-and splitting at ``[SEP]`` gives the documents' tokens back in order.
+Every document is followed by ``[SEP]`` and the documents are concatenated into one token stream, so
+documents run across sequence boundaries and a ``[SEP]`` marks each document end. Two layouts
+(``data.cls_per_sequence``):
+
+- ``false`` (the reference's: ``include_cls_token_in_corpus: False``): each sequence is ``seq_len``
+  consecutive stream tokens; the remainder of a split that does not fill a sequence is dropped.
+- ``true``: each sequence is ``[CLS] body [SEP]`` with ``seq_len - 2`` body tokens; only the very last
+  sequence of a split is padded with ``[PAD]``, so no token is lost.
+
+Either way, unframing the sequences (``Packer.unframe``), dropping the final padding and splitting at
+``[SEP]`` gives the documents' tokens back in order.
 """
 
 from __future__ import annotations
@@ -36,12 +42,20 @@ def stream_from_flat(flat: np.ndarray, offsets: np.ndarray, keep: np.ndarray, se
 class Packer:
     """Turns a token stream into full ``(n, seq_len)`` sequences, carrying the remainder to the next call."""
 
-    def __init__(self, seq_len: int, special_ids: dict[str, int], carry: np.ndarray | None = None):
-        if seq_len < 3:
+    def __init__(
+        self,
+        seq_len: int,
+        special_ids: dict[str, int],
+        carry: np.ndarray | None = None,
+        cls_per_sequence: bool = True,
+    ):
+        if cls_per_sequence and seq_len < 3:
             raise ValueError(f"seq_len={seq_len} is too short; packing needs at least 3 ([CLS] x [SEP]).")
-        self.seq_len, self.body = seq_len, seq_len - 2
+        self.seq_len, self.framed = seq_len, bool(cls_per_sequence)
+        self.body = seq_len - 2 if self.framed else seq_len
         self.cls, self.sep, self.pad = special_ids["cls"], special_ids["sep"], special_ids["pad"]
         self.carry = np.zeros(0, np.int32) if carry is None else np.asarray(carry, np.int32)
+        self.dropped = 0  # stream tokens left over at ``finish`` and dropped (unframed layout only)
 
     def add(self, stream: np.ndarray) -> np.ndarray:
         """Append stream tokens; return every full sequence now available, (n, seq_len) int32."""
@@ -51,15 +65,23 @@ class Packer:
         return self._frame(stream[: n * self.body].reshape(n, self.body))  # (n, body) -> (n, seq_len)
 
     def finish(self) -> np.ndarray:
-        """The last, padded sequence if tokens remain: (0 or 1, seq_len)."""
-        if not len(self.carry):
+        """The last sequence, if tokens remain: padded when framed, dropped (none) when not; (0 or 1, seq_len)."""
+        rest, self.carry = self.carry, np.zeros(0, np.int32)
+        if not len(rest) or not self.framed:
+            self.dropped += len(rest)
             return np.zeros((0, self.seq_len), np.int32)
         body = np.full((1, self.body), self.pad, np.int32)
-        body[0, : len(self.carry)] = self.carry
-        self.carry = np.zeros(0, np.int32)
+        body[0, : len(rest)] = rest
         return self._frame(body)
 
+    def unframe(self, sequences: np.ndarray) -> np.ndarray:
+        """The stream tokens of ``sequences`` (n, seq_len), in order: the bodies without [CLS] ... [SEP]."""
+        sequences = np.asarray(sequences)
+        return (sequences[:, 1:-1] if self.framed else sequences).reshape(-1)
+
     def _frame(self, bodies: np.ndarray) -> np.ndarray:
+        if not self.framed:
+            return np.ascontiguousarray(bodies, np.int32)
         seqs = np.empty((len(bodies), self.seq_len), np.int32)
         seqs[:, 0] = self.cls
         seqs[:, 1:-1] = bodies
@@ -67,9 +89,16 @@ class Packer:
         return seqs
 
 
-def unpack_documents(sequences: np.ndarray, special_ids: dict[str, int]) -> list[np.ndarray]:
-    """Inverse of packing: the documents' token ids, in order (for tests and inspection)."""
-    stream = np.asarray(sequences)[:, 1:-1].reshape(-1)
+def unpack_documents(
+    sequences: np.ndarray, special_ids: dict[str, int], cls_per_sequence: bool = True
+) -> list[np.ndarray]:
+    """Inverse of packing: the documents' token ids, in order (for tests and inspection).
+
+    A document cut off by the dropped remainder (``cls_per_sequence=False``) has no closing ``[SEP]``
+    and is not returned.
+    """
+    sequences = np.asarray(sequences)
+    stream = Packer(sequences.shape[1], special_ids, cls_per_sequence=cls_per_sequence).unframe(sequences)
     end = len(stream)
     while end and stream[end - 1] == special_ids["pad"]:
         end -= 1
@@ -84,7 +113,7 @@ class PackedSequences:
 
     ``len()`` is the number of sequences; ``[i]`` gives (seq_len,) and ``[index array or slice]`` gives
     (n, seq_len), both int64. ``order`` (optional) is a permutation applied to logical indices
-    (quality ordering); ``ordered`` says whether one is present.
+    (a curriculum ordering); ``ordered`` says whether one is present.
     """
 
     def __init__(

@@ -3,7 +3,9 @@
 Flow (design §3): documents stream from the source (read in a background thread) → encoded in batches
 by worker processes (``encode.Encoder``: exact fast path + word cache around the WordPiece model) →
 filters (too short, tokens per character, duplicate token ids) → packing into ``seq_len`` sequences
-across document boundaries → shard files. Memory stays bounded by a few batches in flight and each
+across document boundaries (``packing``; ``data.cls_per_sequence``) → shard files → an optional
+curriculum order (``ordering``). A pre-tokenized corpus (``data.readymade``) streams its rows straight
+into shard files (``readymade``). Memory stays bounded by a few batches in flight and each
 worker's word cache (the dedup index adds 12 bytes per kept document). After every finished shard the
 resume state is saved, so an interrupted preparation continues from its last finished shard.
 """
@@ -27,15 +29,16 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from cramming.data import cache, sources
+from cramming.data import cache, readymade, sources
 from cramming.data.config import as_dict, validate_data_config
 from cramming.data.encode import Encoder, parallel_encode
 from cramming.data.filters import DocumentFilter, FilterStats, HashIndex
-from cramming.data.ordering import quality_order
+from cramming.data.ordering import reverse_unigram_order, sentence_length_order
 from cramming.data.packing import PackedSequences, Packer, storage_dtype, stream_from_flat
 from cramming.data.tokenizer import attach_post_processor, sample_documents, special_ids, train_tokenizer
 
 PIPELINE_VERSION = 3  # 3: junk bound scaled for small vocabularies
+PERIOD = "."  # the token whose count orders sequences for ``ordering: sentence-length``
 BATCH_CHARS = 8_000_000  # text per encode_batch call: enough work for every core, bounded memory
 Log = Callable[[str], None] | None
 
@@ -56,6 +59,7 @@ class PreparedCorpus:
     cache_dir: Path
     key: str
     reused: bool = False
+    cls_per_sequence: bool = True  # whether every train/valid sequence opens with [CLS] (packing layout)
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -88,6 +92,8 @@ def corpus_key(data_cfg: Any) -> str:
 
 
 def tokenizer_key(cfg: dict[str, Any]) -> str:
+    if cfg["readymade"]:
+        return readymade.tokenizer_key(cfg)
     if cfg["tokenizer"].get("path"):
         return cache.file_sha256(Path(cfg["tokenizer"]["path"]).expanduser())[:16]
     return cache.config_key(tokenizer_identity(cfg))
@@ -95,7 +101,8 @@ def tokenizer_key(cfg: dict[str, Any]) -> str:
 
 def corpus_identity(cfg: dict[str, Any], tok_key: str) -> dict[str, Any]:
     """Everything that shapes the packed corpus; its hash is the cache key."""
-    keys = ("text_column", "vocab_size", "seq_len", "filters", "ordering", "shard_sequences")
+    keys = ("text_column", "vocab_size", "seq_len", "filters", "ordering", "cls_per_sequence", "readymade")
+    keys += ("shard_sequences",)
     return {"version": PIPELINE_VERSION, "input": sources.source_identity(cfg), "tokenizer": tok_key} | {
         k: cfg[k] for k in keys
     }
@@ -115,8 +122,11 @@ def tokenizer_identity(cfg: dict[str, Any]) -> dict[str, Any]:
 def get_tokenizer(cfg: dict[str, Any], root: Path, say: Callable[[str], None]) -> tuple[Tokenizer, str]:
     """The WordPiece tokenizer trained on a bounded sample of the train stream, cached by config hash.
 
-    ``tokenizer.path`` names an existing tokenizer.json to use instead (keyed by its content).
+    ``tokenizer.path`` names an existing tokenizer.json to use instead (keyed by its content); a
+    pre-tokenized corpus brings its own (``readymade.load_tokenizer``).
     """
+    if cfg["readymade"]:
+        return readymade.load_tokenizer(cfg, say)
     if cfg["tokenizer"].get("path"):
         return load_tokenizer_file(Path(cfg["tokenizer"]["path"]).expanduser(), cfg["vocab_size"], say)
     key = tokenizer_key(cfg)
@@ -203,6 +213,7 @@ def load_corpus(entry: Path, manifest: dict[str, Any], reused: bool) -> Prepared
         cache_dir=entry,
         key=manifest["key"],
         reused=reused,
+        cls_per_sequence=manifest.get("cls_per_sequence", True),
         manifest=manifest,
     )
 
@@ -212,18 +223,14 @@ def build_corpus(cfg: dict[str, Any], tok: Tokenizer, key: str, entry: Path, log
     say = _quiet if log is None else log
     entry.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    train_docs, valid_docs = sources.split_streams(cfg)
-    splits, stats = {}, {}
-    for name, docs in (("train", train_docs), ("valid", valid_docs)):
-        if docs is None:
-            continue
-        splits[name], stats[name] = build_split(name, docs, cfg, tok, entry, log)
+    if cfg["readymade"]:
+        splits, stats = readymade.build_splits(cfg, entry, say)
+    else:
+        splits, stats = _build_text_splits(cfg, tok, entry, log)
     if not splits["train"]["sequences"]:
         raise ValueError(f"no training text survived the filters: {stats['train']['filters']}")
     cache.atomic_write(entry / "tokenizer.json", lambda tmp: tok.save(str(tmp)))
-    order = None
-    if cfg["ordering"] == "quality":
-        order = _write_order(entry, splits["train"], cfg, tok)
+    order = None if cfg["ordering"] == "none" else _write_order(entry, splits["train"], cfg, tok)
     summary = _summary(cfg, stats, start)
     cache.write_json(entry / "stats.json", summary)
     manifest = {
@@ -231,6 +238,7 @@ def build_corpus(cfg: dict[str, Any], tok: Tokenizer, key: str, entry: Path, log
         "seq_len": cfg["seq_len"],
         "vocab_size": cfg["vocab_size"],
         "dtype": storage_dtype(cfg["vocab_size"]).name,
+        "cls_per_sequence": cfg["cls_per_sequence"],
         "special_ids": special_ids(tok),
         "splits": splits,
         "tokenizer": cache.file_record(entry, "tokenizer.json"),
@@ -244,14 +252,33 @@ def build_corpus(cfg: dict[str, Any], tok: Tokenizer, key: str, entry: Path, log
     return {**manifest, "checksum": cache.manifest_checksum(manifest)}
 
 
+def _build_text_splits(cfg: dict[str, Any], tok: Tokenizer, entry: Path, log: Log) -> tuple[dict, dict]:
+    train_docs, valid_docs = sources.split_streams(cfg)
+    splits, stats = {}, {}
+    for name, docs in (("train", train_docs), ("valid", valid_docs)):
+        if docs is not None:
+            splits[name], stats[name] = build_split(name, docs, cfg, tok, entry, log)
+    return splits, stats
+
+
 def _write_order(entry: Path, split: dict[str, Any], cfg: dict[str, Any], tok: Tokenizer) -> dict[str, Any]:
+    """The train split's curriculum permutation (``data.ordering``), written as order.npy."""
     seqs = PackedSequences(
         [entry / s["file"] for s in split["shards"]],
         [s["sequences"] for s in split["shards"]],
         cfg["seq_len"],
         storage_dtype(cfg["vocab_size"]),
     )
-    order = quality_order(seqs, cfg["vocab_size"], list(special_ids(tok).values()))
+    if cfg["ordering"] == "sentence-length":
+        period = tok.token_to_id(PERIOD)
+        if period is None:
+            raise ValueError(
+                f"data.ordering=sentence-length counts the {PERIOD!r} token, which this tokenizer lacks; "
+                "use data.ordering=none or reverse-unigram."
+            )
+        order = sentence_length_order(seqs, period)
+    else:
+        order = reverse_unigram_order(seqs, cfg["vocab_size"], list(special_ids(tok).values()))
     cache.atomic_write(entry / "order.npy", lambda tmp: np.save(open(tmp, "wb"), order))
     return cache.file_record(entry, "order.npy")
 
@@ -303,7 +330,7 @@ def build_split(
     index = HashIndex(state["index_keys"], state["index_values"])
     filt = DocumentFilter(cfg["filters"], index, vocab_size=tok.get_vocab_size())
     filt.stats = FilterStats.from_dict(state["filters"]) if state["filters"] else filt.stats
-    packer = Packer(cfg["seq_len"], ids, carry=state["carry"])
+    packer = Packer(cfg["seq_len"], ids, carry=state["carry"], cls_per_sequence=cfg["cls_per_sequence"])
     dtype = storage_dtype(cfg["vocab_size"])
     writer = cache.ShardWriter(entry, name, cfg["seq_len"], dtype, cfg["shard_sequences"], state["shards"])
     progress = dict(
@@ -331,6 +358,7 @@ def build_split(
             )
         writer.write(packer.finish())
         writer.finish_shard()
+        progress["tokens_dropped"] = packer.dropped  # the remainder that fills no sequence (unframed layout)
     except BaseException:
         writer.abort()
         raise
@@ -420,7 +448,7 @@ def _write_rows(seqs, writer, packer, filt, progress, entry, name) -> None:
         if writer.room() == 0:
             writer.finish_shard()
             # The rows not yet written go back into the carry, so resuming regenerates them exactly.
-            carry = np.concatenate([seqs[i:, 1:-1].reshape(-1), packer.carry])
+            carry = np.concatenate([packer.unframe(seqs[i:]), packer.carry])
             save_progress(entry, name, writer.shards, carry, filt, progress)
 
 

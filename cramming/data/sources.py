@@ -1,7 +1,8 @@
 """Documents as a stream of strings, from local files or a hub dataset; nothing holds the whole corpus.
 
 Plain text: one paragraph per line, a blank line between documents; a document is its paragraphs joined
-with newlines. JSONL and Parquet: one document per record, in ``text_column``.
+with newlines. JSONL and Parquet: one document per record, in ``text_column``. A pre-tokenized hub
+corpus (``data.readymade``) streams rows of token ids instead (``hub_token_rows``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cramming.data.config import expand_paths, file_extension
 
@@ -102,6 +105,45 @@ def iter_hub(hub: dict[str, Any], text_column: str) -> Iterator[str]:
     for text in texts:
         if text:
             yield text
+
+
+def hub_token_rows(
+    hub: dict[str, Any], column: str, seq_len: int, start: int = 0, stop: int | None = None, rows: int = 8192
+) -> Iterator[np.ndarray]:
+    """Rows ``start:stop`` of a pre-tokenized hub stream as (n, seq_len) int64 batches (``stop`` None: to the end).
+
+    ``max_documents`` caps the rows read (counted from the head). Rows are read as Arrow batches, not
+    one Python dict per row: a corpus of ~10^8 rows streams at disk or network speed.
+    """
+    cap = hub.get("max_documents")
+    stop = min(stop, cap) if stop is not None and cap else (stop if stop is not None else cap)
+    if stop is not None and stop <= start:
+        return
+    stream = load_hub_stream(hub).select_columns([column]).with_format("arrow")
+    seen = 0
+    for table in stream.iter(batch_size=rows):
+        batch = _token_matrix(table.column(column), seq_len, column, seen)
+        lo, hi = max(start - seen, 0), len(batch) if stop is None else min(stop - seen, len(batch))
+        seen += len(batch)
+        if hi > lo:
+            yield batch[lo:hi]
+        if stop is not None and seen >= stop:
+            return
+
+
+def _token_matrix(column, seq_len: int, name: str, first_row: int) -> np.ndarray:
+    """An Arrow list column of equal-length id lists as an (n, seq_len) int64 array."""
+    import pyarrow.compute as pc
+
+    lists = column.combine_chunks()  # list, large_list or fixed_size_list of integers
+    lengths = np.asarray(pc.list_value_length(lists).fill_null(0), np.int64)
+    if len(lengths) and (lengths != seq_len).any():
+        bad = int(np.flatnonzero(lengths != seq_len)[0])
+        raise ValueError(
+            f"pre-tokenized row {first_row + bad} has {lengths[bad]} ids in column {name!r}; every row must "
+            f"hold exactly data.seq_len={seq_len} ids."
+        )
+    return np.asarray(lists.flatten(), np.int64).reshape(len(lengths), seq_len)
 
 
 def split_streams(cfg: dict[str, Any]) -> tuple[Iterator[str], Iterator[str] | None]:
