@@ -15,6 +15,7 @@ from cramming.glue import load_encoder
 from cramming.model import build_classifier
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # two short pretraining runs: ~1 min on a free CPU, ~3.5 min on a busy one
 
 TEXTS = ["the film is a great and moving story", "awful"]
 PAIRS = ["it was good", "really bad acting, nothing happens"]
@@ -27,7 +28,7 @@ def run_recipe(recipe: str, tiny_corpus, tmp_path) -> dict:
         "arch.max_position_embeddings=64", "train.lr=2e-3", "train.warmup_fraction=0.1",
         "train.microbatch_size=8", "train.batch_size_start=8", "train.batch_size=8", "train.log_every=10",
         "train.validation_batches=2", "data=local", f"data.files=[{tiny_corpus['train']}]",
-        f"data.validation_files=[{tiny_corpus['valid']}]", "data.vocab_size=1024", "data.seq_len=48",
+        f"data.validation_files=[{tiny_corpus['valid']}]", "data.vocab_size=2048", "data.seq_len=48",
         f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=1", "impl.kernels=torch",
     ]  # fmt: skip
     with initialize_config_module("cramming.conf", version_base="1.3"):

@@ -154,8 +154,9 @@ def build_pair_split(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sentence-pair examples of one split, written as shards (same contract as ``prepare.build_split``).
 
-    Not resumable mid-split (a rerun starts the split again); raises a ValueError when fewer than two
-    documents survive the filters, since "random next" segments need another document.
+    Not resumable mid-split (a rerun starts the split again). "Random next" segments need another
+    document: with fewer than two documents the train split is a ValueError, and a validation split is
+    left empty (a warning; the run reports no validation loss).
     """
     seq_len, ids = int(cfg["seq_len"]), special_ids(tok)
     rng = np.random.default_rng([PAIRS_SEED, 0 if name == "train" else 1])
@@ -179,7 +180,11 @@ def build_pair_split(
                 total_docs += len(window)
                 previous, window = window, []
         total_docs += len(window)
-        if total_docs < 2:
+        if total_docs < 2 and name != "train":  # documented fallback: no held-out pairs, no validation loss
+            if log is not None:
+                log(f"data: {name}: fewer than two documents survived the filters; no sentence pairs held out")
+            window = []
+        elif total_docs < 2:
             raise ValueError(
                 f"data.objective=nsp (recipe=bert) needs at least two documents in the {name} split to draw "
                 f"random 'next' segments from, but {total_docs} survived the filters "
