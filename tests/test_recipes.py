@@ -48,12 +48,16 @@ def test_pair_batch_has_token_types_mask_and_labels():
     """Catches: token type 1 leaking onto A or the padding, padding attended, special tokens masked,
     the NSP label lost between the stored row and the batch."""
     seq_len = 16
-    rows = torch.from_numpy(frame_pairs([([10, 11, 12], [20, 21], 0), ([30], [40, 41, 42, 43], 1)], seq_len, SPECIAL))
+    rows = torch.from_numpy(
+        frame_pairs([([10, 11, 12], [20, 21], 0), ([30], [40, 41, 42, 43], 1)], seq_len, SPECIAL)
+    )
     batch = PairCollator(100, SPECIAL, 0.15)(rows, torch.Generator().manual_seed(0))
     assert batch["token_type_ids"][0].tolist() == [0] * 5 + [1] * 3 + [0] * 8  # [CLS] a a a [SEP] | b b [SEP]
     assert batch["attention_mask"][1].tolist() == [1] * 8 + [0] * 8  # [CLS] a [SEP] b b b b [SEP]
     assert batch["next_sentence_label"].tolist() == [0, 1]
-    many = torch.from_numpy(frame_pairs([(list(range(10, 16)), list(range(20, 26)), 0)] * 400, seq_len, SPECIAL))
+    many = torch.from_numpy(
+        frame_pairs([(list(range(10, 16)), list(range(20, 26)), 0)] * 400, seq_len, SPECIAL)
+    )
     batch = PairCollator(100, SPECIAL, 0.15)(many, torch.Generator().manual_seed(0))
     chosen = batch["labels"] != IGNORE_INDEX
     assert not chosen[many[:, :seq_len] < 5].any()  # [CLS] [SEP] [PAD] never chosen
@@ -88,7 +92,11 @@ def test_byte_level_bpe_round_trips_any_utf8():
     assert (ids["cls"], ids["pad"], ids["sep"], ids["unk"]) == (0, 1, 2, 3)
     assert ids["mask"] == tok.get_vocab_size() - 1  # RoBERTa: <mask> is the last id
     rng = np.random.default_rng(0)
-    samples = ["Crème Brûlée — naïve café 🙂\n\tTAB  spaces\x00\x07", "日本語のテキスト", "Ünïcödé\u200b\u0301x"]
+    samples = [
+        "Crème Brûlée — naïve café 🙂\n\tTAB  spaces\x00\x07",
+        "日本語のテキスト",
+        "Ünïcödé\u200b\u0301x",
+    ]
     samples += ["".join(chr(c) for c in rng.integers(1, 0x2FFF, 40)) for _ in range(20)]
     for text in samples:
         encoded = tok.encode(text, add_special_tokens=False)
@@ -120,8 +128,16 @@ def test_recipe_group_selects_whole_recipes():
     assert (bert.data.objective, bert.data.mlm_probability, bert.train.lr, tuple(bert.train.betas)) == (
         "nsp", 0.15, 1e-4, (0.9, 0.999))  # fmt: skip
     roberta = compose_with(["recipe=roberta"])
-    assert (roberta.data.tokenizer.kind, roberta.data.vocab_size, roberta.data.objective) == ("bpe", 50265, "mlm")
-    assert (tuple(roberta.train.betas), roberta.train.eps, roberta.train.warmup_fraction) == ((0.9, 0.98), 1e-6, 0.06)
+    assert (roberta.data.tokenizer.kind, roberta.data.vocab_size, roberta.data.objective) == (
+        "bpe",
+        50265,
+        "mlm",
+    )
+    assert (tuple(roberta.train.betas), roberta.train.eps, roberta.train.warmup_fraction) == (
+        (0.9, 0.98),
+        1e-6,
+        0.06,
+    )
     assert roberta.train.batch_size == 8192 and roberta.arch.type_vocab_size == 1
 
 

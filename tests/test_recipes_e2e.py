@@ -71,13 +71,17 @@ def test_transformers_loads_the_export_without_remote_code(runs, recipe, classes
     assert not list(out.glob("*.py"))  # no remote code shipped
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     batch = tokenizer(TEXTS, PAIRS, padding=True, return_tensors="pt")
-    assert batch["input_ids"][0].tolist()[: len(load_tokenizer(model_dir).encode(TEXTS[0], PAIRS[0]).ids)] == (
-        load_tokenizer(model_dir).encode(TEXTS[0], PAIRS[0]).ids
-    )
+    assert batch["input_ids"][0].tolist()[
+        : len(load_tokenizer(model_dir).encode(TEXTS[0], PAIRS[0]).ids)
+    ] == (load_tokenizer(model_dir).encode(TEXTS[0], PAIRS[0]).ids)
     ours = load_model(model_dir)
     real = batch["attention_mask"].bool()
     with torch.no_grad():
-        mine = ours(batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch.get("token_type_ids"))
+        mine = ours(
+            batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            token_type_ids=batch.get("token_type_ids"),
+        )
         for name in classes:
             model = getattr(transformers, name).from_pretrained(out).eval()
             got = model(**batch)

@@ -182,7 +182,9 @@ def build_pair_split(
         total_docs += len(window)
         if total_docs < 2 and name != "train":  # documented fallback: no held-out pairs, no validation loss
             if log is not None:
-                log(f"data: {name}: fewer than two documents survived the filters; no sentence pairs held out")
+                log(
+                    f"data: {name}: fewer than two documents survived the filters; no sentence pairs held out"
+                )
             window = []
         elif total_docs < 2:
             raise ValueError(
