@@ -161,7 +161,7 @@ def run_logged(cmd: list[str], log_path: Path, timeout: float | None, label: str
         for line in proc.stdout:
             log_file.write(line)
             line = line.rstrip()
-            if line:
+            if line and not line.startswith("Set the environment variable HYDRA_FULL_ERROR"):
                 last = line
             if " step " in line or "error" in line.lower() or "budget spent" in line:
                 print(f"  [{label}] {line}", flush=True)

@@ -100,7 +100,7 @@ class BudgetClock:
             self.started_at = time.monotonic()
 
 
-SCHEDULES = ("budget-triangle2", "budget-cosine", "constant")
+SCHEDULES = ("budget-triangle2", "budget-cosine", "budget-linear", "constant")
 
 
 def lr_factor(schedule: str, p: float, warmup_fraction: float = 0.1) -> float:
@@ -114,6 +114,11 @@ def lr_factor(schedule: str, p: float, warmup_fraction: float = 0.1) -> float:
             return p / warmup_fraction
         progress = (p - warmup_fraction) / max(1e-12, 1.0 - warmup_fraction)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "budget-linear":
+        # BERT / RoBERTa: linear warm-up to peak over warmup_fraction, then linear decay to 0 at p=1.
+        if p < warmup_fraction:
+            return p / warmup_fraction
+        return max(0.0, (1.0 - p) / max(1e-12, 1.0 - warmup_fraction))
     if schedule == "constant":
         return 1.0
     raise ValueError(f"train.schedule={schedule!r} is not one of {list(SCHEDULES)}")

@@ -92,6 +92,8 @@ def encode_examples(
     inputs = list(texts_a) if texts_b is None else list(zip(texts_a, texts_b))
     encodings = tok.encode_batch(inputs) if inputs else []
     pad_id = tok.token_to_id("[PAD]")
+    if pad_id is None:  # a byte-level BPE tokenizer (recipe=roberta)
+        pad_id = tok.token_to_id("<pad>")
     label_array = None
     if labels is not None:
         label_array = np.asarray(labels, dtype=np.float32 if regression else np.int64)

@@ -16,6 +16,7 @@ from safetensors.torch import save_model as st_save_model
 from tokenizers import Tokenizer
 
 from cramming import __version__
+from cramming.bert_family import BertForPreTraining
 from cramming.data.cache import atomic_write  # noqa: F401  (re-exported for checkpoint, glue, export_hf)
 from cramming.model import BertForMLM, BertForSequenceClassification
 
@@ -43,6 +44,8 @@ def model_config(model: torch.nn.Module, extra: Mapping | None = None) -> dict:
     }
     if isinstance(model, BertForSequenceClassification):
         config.update(task="classification", num_labels=model.num_labels)
+    elif isinstance(model, BertForPreTraining):  # recipe=bert / roberta: decoder bias, optional NSP head
+        config.update(task="pretraining", nsp=model.nsp)
     else:
         config.update(task="mlm")
     config.update(extra or {})
@@ -106,6 +109,8 @@ def check_config_keys(config: Mapping, config_file: Path) -> None:
 def build_from_config(config: Mapping) -> torch.nn.Module:
     if config.get("task") == "classification":
         return BertForSequenceClassification(config["arch"], config["vocab_size"], config["num_labels"])
+    if config.get("task") == "pretraining":
+        return BertForPreTraining(config["arch"], config["vocab_size"], nsp=bool(config.get("nsp")))
     return BertForMLM(config["arch"], config["vocab_size"])
 
 

@@ -12,6 +12,10 @@ tokenizer_config.json, special_tokens_map.json and two self-contained remote-cod
 
 ``AutoModel`` (the encoder), ``AutoModelForMaskedLM`` and ``AutoModelForSequenceClassification``
 all load either kind of export; a head the export lacks starts from random weights.
+
+A ``recipe=bert`` model is written as transformers' own ``BertForPreTraining`` (``BertForMaskedLM``,
+``AutoModel`` load it too) and a ``recipe=roberta`` model as ``RobertaForMaskedLM``: no remote code,
+no ``trust_remote_code`` (``cramming.hf_native``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from pathlib import Path
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
+from cramming.data.tokenizer import is_bpe
 from cramming.export import CONFIG, TOKENIZER, WEIGHTS, atomic_write, load_model, read_config, read_tokenizer
+from cramming.hf_native import export_native, native_family
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +115,11 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     config = read_config(model_dir)
     model = load_model(model_dir)
     tokenizer = read_tokenizer(model_dir)
+    family = native_family(config, is_bpe(tokenizer))
+    if family is not None:  # recipe=bert / roberta: transformers' own classes, no remote code
+        export_native(model, config, tokenizer, out_dir, family)
+        log.info("wrote a transformers %s folder to %s (no remote code needed)", family, out_dir)
+        return out_dir
     pad_id = tokenizer.token_to_id("[PAD]")
     out_dir.mkdir(parents=True, exist_ok=True)
 

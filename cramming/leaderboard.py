@@ -5,7 +5,7 @@
 A run is a folder with ``model/config.json`` (a pretraining export) and/or
 ``glue/results.json`` (from ``python -m cramming.glue``). It is ranked when its
 ``summary.json`` says ``finished: true`` (it adds arch, budget, hardware, tokens seen and
-the MLM loss), or, marked in the ``note`` column, when it has GLUE results but no
+the MLM loss, and the recipe: crammed, bert or roberta), or, marked in the ``note`` column, when it has GLUE results but no
 summary.json (GLUE on an imported export). Runs with an unreadable or unfinished summary,
 or an export alone, are listed apart under "Not ranked".
 Rows are sorted by GLUE average; each average is shown with its coverage (how many of
@@ -28,13 +28,14 @@ from cramming.data.glue import AVERAGE_COLUMNS
 log = logging.getLogger(__name__)
 
 TASK_COLUMNS = (*AVERAGE_COLUMNS, "WNLI")
-INFO_COLUMNS = ("run", "arch", "budget", "hardware", "tokens_seen", "steps", "final_mlm_loss")
+INFO_COLUMNS = ("run", "arch", "recipe", "budget", "hardware", "tokens_seen", "steps", "final_mlm_loss")
 
 # Published GLUE dev scores (design §4; shared/data/glue/README.md). Not measured here.
 REFERENCES = [
     {
         "run": "crammedBERT (published)",
         "arch": "crammed-bert",
+        "recipe": "crammed",
         "budget": "24h",
         "hardware": "1x A6000",
         "scores": {"MNLI-m": 84.1, "MNLI-mm": 84.6, "QQP": 87.5, "QNLI": 90.2, "SST-2": 92.0,
@@ -47,6 +48,7 @@ REFERENCES = [
     {
         "run": "BERT-base (published)",
         "arch": "bert-base",
+        "recipe": "bert",
         "budget": "",
         "hardware": "",
         "scores": {},
@@ -117,6 +119,7 @@ def run_row(run_dir: Path, outputs: Path) -> dict:
         "kind": "measured",
         "run": str(run_dir.relative_to(outputs)),
         "arch": arch if isinstance(arch, str) else (arch or {}).get("name", ""),
+        "recipe": run_recipe(summary, config),
         "budget": _text(summary.get("budget")),
         "hardware": _text(summary.get("hardware") or summary.get("device")),
         "tokens_seen": summary.get("tokens_seen"),
@@ -130,6 +133,23 @@ def run_row(run_dir: Path, outputs: Path) -> dict:
         ),
         "source": str((run_dir / "glue" / "results.json").relative_to(outputs)) if results else "",
     }
+
+
+def run_recipe(summary: dict, config: dict) -> str:
+    """crammed | bert | roberta; runs from before recipes existed were all crammed."""
+    recipe = summary.get("recipe") or (config.get("pretraining") or {}).get("recipe")
+    if recipe:
+        return str(recipe)
+    return "crammed" if summary else ""
+
+
+def select(rows: list[dict], recipe: str | None = None, group_by_recipe: bool = False) -> list[dict]:
+    """Rows of one recipe only (``recipe``), and/or grouped by recipe (each group best first)."""
+    if recipe:
+        rows = [r for r in rows if r.get("recipe") == recipe]
+    if group_by_recipe:
+        rows = sorted(rows, key=lambda r: r.get("recipe") or "~")  # stable: the ranking holds inside a group
+    return rows
 
 
 def protocol(settings: dict) -> str:
@@ -185,7 +205,7 @@ def _fmt(value, digits: int = 1) -> str:
 
 def table_cells(row: dict) -> list[str]:
     cells = [
-        row["run"], row["arch"] or "", str(row["budget"] or ""), str(row["hardware"] or ""),
+        row["run"], row["arch"] or "", row.get("recipe") or "", str(row["budget"] or ""), str(row["hardware"] or ""),
         _fmt(row.get("tokens_seen")), _fmt(row.get("steps")), _fmt(row.get("final_mlm_loss"), 3),
     ]  # fmt: skip
     cells += [_fmt(row["scores"].get(c)) for c in TASK_COLUMNS]
@@ -225,7 +245,13 @@ def write_csv(path: Path, rows: list[dict], references: list[dict]) -> None:
 def csv_cells(row: dict) -> list:
     """Raw values (full precision, unabbreviated counts) for machine reading."""
     raw = lambda v: "" if v is None else (round(v, 4) if isinstance(v, float) else v)  # noqa: E731
-    cells = [row["run"], row["arch"] or "", row["budget"] or "", row["hardware"] or ""]
+    cells = [
+        row["run"],
+        row["arch"] or "",
+        row.get("recipe") or "",
+        row["budget"] or "",
+        row["hardware"] or "",
+    ]
     cells += [raw(row.get(k)) for k in ("tokens_seen", "steps", "final_mlm_loss")]
     cells += [raw(row["scores"].get(c)) for c in TASK_COLUMNS]
     return cells + [raw(row["average"]), row["coverage"], row.get("protocol", ""), row.get("note", "")]
@@ -300,8 +326,16 @@ GLUE numbers the average covers; WNLI is never averaged.</p>
 """
 
 
-def write_leaderboard(outputs: str | Path, out: str | Path | None = None) -> dict[str, Path]:
-    """Collect the runs under ``outputs`` and write leaderboard.{md,csv,html} into ``out``."""
+def write_leaderboard(
+    outputs: str | Path,
+    out: str | Path | None = None,
+    recipe: str | None = None,
+    group_by_recipe: bool = False,
+) -> dict[str, Path]:
+    """Collect the runs under ``outputs`` and write leaderboard.{md,csv,html} into ``out``.
+
+    ``recipe`` keeps only that recipe's runs and references; ``group_by_recipe`` orders rows by recipe.
+    """
     outputs = Path(outputs)
     if not outputs.is_dir():
         raise ValueError(
@@ -310,10 +344,12 @@ def write_leaderboard(outputs: str | Path, out: str | Path | None = None) -> dic
     out = Path(out) if out else outputs / "leaderboard"
     out.mkdir(parents=True, exist_ok=True)
     rows, unranked = scan(outputs)
+    rows = select(rows, recipe, group_by_recipe)
+    references = select(REFERENCES, recipe, group_by_recipe)
     paths = {"md": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}
-    paths["md"].write_text(to_markdown(rows, REFERENCES, unranked), encoding="utf-8")
-    write_csv(paths["csv"], rows, REFERENCES)
-    paths["html"].write_text(to_html(rows, REFERENCES, unranked), encoding="utf-8")
+    paths["md"].write_text(to_markdown(rows, references, unranked), encoding="utf-8")
+    write_csv(paths["csv"], rows, references)
+    paths["html"].write_text(to_html(rows, references, unranked), encoding="utf-8")
     return paths
 
 
@@ -327,9 +363,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", default=None, help="where to write the tables (default: OUTPUTS/leaderboard)"
     )
+    parser.add_argument("--recipe", default=None, help="only runs of this recipe (crammed, bert, roberta)")
+    parser.add_argument(
+        "--group-by-recipe", action="store_true", help="order the rows by recipe (best first within each)"
+    )
     args = parser.parse_args(argv)
     try:
-        paths = write_leaderboard(args.outputs, args.out)
+        paths = write_leaderboard(args.outputs, args.out, args.recipe, args.group_by_recipe)
     except ValueError as err:
         sys.exit(f"cramming.leaderboard: {err}")
     print(paths["md"].read_text(), end="")

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from cramming import distributed, ops
+from cramming.bert_family import build_pretraining, uses_bert_family
 from cramming.budget import Budget, BudgetClock, accumulation_steps, lr_factor
 from cramming.checkpoint import (
     CheckpointError,
@@ -34,6 +35,7 @@ from cramming.checkpoint import (
     trim_metrics,
 )
 from cramming.config import resolve_device, resolve_precision, set_threads
+from cramming.data.bert_masking import build_collator as build_recipe_collator
 from cramming.export import save_export
 from cramming.model import build_mlm, count_parameters, flops_per_token
 from cramming.optim import build_optimizer
@@ -133,12 +135,16 @@ def optimizer_step(
     stop=None,
     scaler=None,
     inject_nan: bool = False,
+    extras: dict | None = None,
 ):
     """Accumulate gradients over ``accum`` microbatches and step.
 
     Under DDP the gradients are all-reduced only on the last microbatch (``no_sync`` for the others),
     and the returned loss is the mean over all ranks. ``scaler`` is the fp16 GradScaler (a disabled one
     is a pass-through). ``inject_nan`` poisons the first microbatch's loss (a testing aid).
+    A microbatch is ``(inputs, labels)`` or a dict of model keyword arguments (BERT/RoBERTa recipes);
+    ``extras`` (optional) receives the mean over microbatches of the model's side metrics (``mlm_loss``,
+    ``nsp_loss``, ``nsp_accuracy``).
     Returns (mean loss, grad norm, finite), or None when ``stop()`` turned true between
     microbatches: the partial step is dropped, so a long accumulation cannot overshoot
     the budget by more than one microbatch.
@@ -150,10 +156,12 @@ def optimizer_step(
         if index > 0 and stop is not None and stop():
             optimizer.zero_grad(set_to_none=True)
             return None
-        inputs, labels = next_microbatch()
+        batch = next_microbatch()
         with distributed.sync_context(model, last_microstep=index == accum - 1):
             with runtime.autocast():
-                loss = model(inputs, labels)["loss"]
+                out = model(**batch) if isinstance(batch, dict) else model(*batch)
+                loss = out["loss"]
+            _add_side_metrics(extras, out, accum)
             if inject_nan and index == 0:
                 loss = loss * float("nan")
             scaled = loss / accum
@@ -174,6 +182,17 @@ def optimizer_step(
     return mean_loss, grad_norm, finite
 
 
+SIDE_METRICS = ("mlm_loss", "nsp_loss", "nsp_accuracy")
+
+
+def _add_side_metrics(extras: dict | None, out: Mapping, accum: int) -> None:
+    if extras is None:
+        return
+    for key in SIDE_METRICS:
+        if key in out:
+            extras[key] = extras.get(key, 0.0) + float(out[key]) / accum
+
+
 @torch.no_grad()
 def evaluate_mlm(model, sequences, collator, runtime: Runtime, batch_size: int, max_batches: int) -> float:
     """Mean MLM loss on held-out sequences with a fixed masking seed, so runs are comparable."""
@@ -184,9 +203,13 @@ def evaluate_mlm(model, sequences, collator, runtime: Runtime, batch_size: int, 
     count = min(len(sequences), batch_size * max_batches)
     for start in range(0, count, batch_size):
         ids = torch.as_tensor(sequences[start : min(start + batch_size, count)].astype("int64"))
-        inputs, labels = collator(ids, generator=generator)
+        batch = collator(ids, generator=generator)
         with runtime.autocast():
-            loss = model(inputs.to(runtime.device), labels.to(runtime.device))["loss"]
+            if isinstance(batch, dict):  # BERT/RoBERTa recipes: the MLM part of the loss, as for crammed
+                out = model(**{k: v.to(runtime.device) for k, v in batch.items()})
+                loss = out.get("mlm_loss", out["loss"])
+            else:
+                loss = model(batch[0].to(runtime.device), batch[1].to(runtime.device))["loss"]
         losses.append(float(loss))
     model.train(was_training)
     return sum(losses) / max(1, len(losses))
@@ -202,7 +225,11 @@ class Pretrainer:
         self.budget, self.corpus, self.runtime = budget, corpus, runtime
         torch.manual_seed(int(cfg["seed"]))
         self.vocab_size = model_vocab_size(corpus.tokenizer.get_vocab_size())
-        self.model = build_mlm(cfg["arch"], self.vocab_size).to(runtime.device)
+        self.bert_family = uses_bert_family(cfg["data"])  # recipe=bert / roberta: own model and batches
+        if self.bert_family:
+            self.model = build_pretraining(cfg["arch"], self.vocab_size, cfg["data"]).to(runtime.device)
+        else:
+            self.model = build_mlm(cfg["arch"], self.vocab_size).to(runtime.device)
         self.optimizer = build_optimizer(self.model, self.train_cfg, runtime.device)
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
         wrapped = distributed.wrap_ddp(self.model, runtime.device)
@@ -211,9 +238,15 @@ class Pretrainer:
         self.loader = SequenceLoader(
             corpus.train, micro, seed=int(cfg["seed"]), rank=runtime.rank, world_size=runtime.world_size
         )
-        self.collator = MLMCollator(
-            corpus.tokenizer.get_vocab_size(), corpus.special_ids, float(cfg["data"]["mlm_probability"])
-        )
+        if self.bert_family:
+            self.collator = build_recipe_collator(
+                cfg["data"], corpus.tokenizer.get_vocab_size(), corpus.special_ids
+            )
+        else:
+            self.collator = MLMCollator(
+                corpus.tokenizer.get_vocab_size(), corpus.special_ids, float(cfg["data"]["mlm_probability"])
+            )
+        self.side_metrics: dict[str, float] = {}  # NSP accuracy etc. summed over the steps since the last log
         self.mask_generator = torch.Generator().manual_seed(int(cfg["seed"]) + runtime.rank)
         self.clock = BudgetClock(budget)
         self.progress = Progress()
@@ -366,9 +399,13 @@ class Pretrainer:
         )
 
     # -- the loop ------------------------------------------------------------------------------
-    def next_microbatch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, labels = self.collator(next(self.loader), generator=self.mask_generator)
+    def next_microbatch(self) -> tuple[torch.Tensor, torch.Tensor] | dict:
+        batch = self.collator(next(self.loader), generator=self.mask_generator)
         device = self.runtime.device
+        if isinstance(batch, dict):
+            pin = device.type == "cuda"
+            return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
+        inputs, labels = batch
         if device.type == "cuda":  # pinned host memory makes the copy asynchronous
             inputs, labels = inputs.pin_memory(), labels.pin_memory()
         return inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -433,6 +470,7 @@ class Pretrainer:
         lr = float(t["lr"]) * self.progress.lr_scale * schedule
         number = self.progress.step + 1
         inject = number in self.nan_steps
+        step_metrics: dict[str, float] = {}  # NSP accuracy etc. of this step (BERT/RoBERTa recipes)
         self.nan_steps.discard(number)  # fires once, so a reload does not hit it again
         result = optimizer_step(
             self.step_model,
@@ -445,6 +483,7 @@ class Pretrainer:
             stop=self.time_is_up,
             scaler=self.scaler,
             inject_nan=inject,
+            extras=step_metrics,
         )
         if result is None:
             return False
@@ -452,6 +491,9 @@ class Pretrainer:
         loss = float(loss)
         if math.isfinite(loss):
             self.progress.losses.append(loss)
+            for key, value in step_metrics.items():
+                self.side_metrics[key] = self.side_metrics.get(key, 0.0) + value
+            self.side_metrics["steps"] = self.side_metrics.get("steps", 0) + 1
         self.last_lr, self.last_grad_norm = lr, float(grad_norm)
         self.last_batch = accum * micro * self.runtime.world_size  # sequences this step actually used
         tokens = self.last_batch * self.corpus.seq_len
@@ -526,8 +568,12 @@ class Pretrainer:
             "eta_s": self.clock.eta_seconds(),
             "skipped_steps": self.progress.skipped_steps,
         }
+        steps = self.side_metrics.pop("steps", 0)
+        metrics.update({k: v / steps for k, v in self.side_metrics.items()} if steps else {})
+        self.side_metrics = {}
         log.info(format_line(metrics))
         self.tracker.log(metrics, "train")
+        self.last_side_metrics = {k: metrics[k] for k in SIDE_METRICS if k in metrics}
         self.last_train_loss = metrics["loss"]
         self.progress.losses = []
         if time.monotonic() - self.peak_measured_at >= PEAK_REFRESH_SECONDS:
@@ -608,6 +654,7 @@ class Pretrainer:
         summary = {
             "name": self.run_dir.name,
             "arch": self.cfg["arch"]["name"],
+            "recipe": self.cfg.get("recipe", "crammed"),
             "budget": self.budget.text,
             "budget_kind": self.budget.kind,
             "hardware": hardware_name(self.runtime.device),
@@ -617,7 +664,10 @@ class Pretrainer:
             "tokens_seen": self.progress.tokens,
             "skipped_steps": self.progress.skipped_steps,
             "nonfinite_restores": self.progress.restores,
-            "final_mlm_loss": getattr(self, "last_train_loss", None),
+            "final_mlm_loss": getattr(self, "last_side_metrics", {}).get(
+                "mlm_loss", getattr(self, "last_train_loss", None)
+            ),
+            **{f"final_{k}": v for k, v in getattr(self, "last_side_metrics", {}).items() if k != "mlm_loss"},
             "valid_mlm_loss": valid_loss,
             "elapsed_s": elapsed,
             "overshoot_s": overshoot,

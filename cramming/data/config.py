@@ -20,6 +20,10 @@ EXTENSIONS = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet")
 ORDERINGS = ("none", "sentence-length", "reverse-unigram")
 RENAMED_ORDERINGS = {"quality": "reverse-unigram"}  # old value -> its name now
 VERIFY_MODES = ("sizes", "full")
+OBJECTIVES = ("mlm", "nsp")
+MASKINGS = ("crammed", "bert")
+TOKENIZER_KINDS = ("wordpiece", "bpe")
+MIN_PAIR_SEQ_LEN = 16  # [CLS] A [SEP] B [SEP] with a few tokens in each segment
 MIN_VOCAB, MAX_VOCAB = 256, 4_294_967_295
 MIN_SEQ_LEN, MAX_SEQ_LEN = 8, 65_536
 PREFIX_BYTES = 1 << 16
@@ -38,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "ascii_only": True,
         "sample_mb": 256,
         "path": None,
+        "kind": "wordpiece",
     },
     "filters": {"max_tokens_per_char": 0.25, "min_doc_chars": 200, "dedup": True},
     "ordering": "none",
@@ -48,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
     "batch_documents": 1024,
     "verify": "full",
     "mlm_probability": 0.25,
+    "objective": "mlm",
+    "masking": "crammed",
+    "short_seq_prob": 0.1,
     "hub": {
         "path": "wikimedia/wikipedia",
         "name": None,
@@ -158,6 +166,7 @@ def _check_options(cfg: dict[str, Any]) -> None:
     p = cfg["mlm_probability"]
     if not isinstance(p, (int, float)) or not 0.0 < p < 1.0:
         raise ValueError(f"data.mlm_probability={p!r} is not valid; it must be a number in (0, 1).")
+    _check_recipe_options(cfg)
     sample_mb = cfg["tokenizer"].get("sample_mb")
     if not isinstance(sample_mb, (int, float)) or sample_mb <= 0:
         raise ValueError(
@@ -178,6 +187,36 @@ def _check_options(cfg: dict[str, Any]) -> None:
         raise ValueError(
             f"data.filters.min_doc_chars={min_chars!r} is not valid; give an integer ≥ 0 or null (off)."
         )
+
+
+def _check_recipe_options(cfg: dict[str, Any]) -> None:
+    """The objective, masking and tokenizer kind of the BERT-family recipes, and their conflicts."""
+    for key, accepted in (("objective", OBJECTIVES), ("masking", MASKINGS)):
+        if cfg[key] not in accepted:
+            raise ValueError(f"data.{key}={cfg[key]!r} is not known; accepted values are {accepted}.")
+    kind = cfg["tokenizer"].get("kind", "wordpiece")
+    if kind not in TOKENIZER_KINDS:
+        raise ValueError(f"data.tokenizer.kind={kind!r} is not known; accepted values are {TOKENIZER_KINDS}.")
+    if cfg["objective"] != "nsp":
+        return
+    if cfg["ordering"] != "none":
+        raise ValueError(
+            f"data.ordering={cfg['ordering']!r} is not supported with data.objective=nsp (sentence pairs are "
+            "shuffled); use data.ordering=none."
+        )
+    if kind == "bpe":
+        raise ValueError(
+            "data.tokenizer.kind=bpe conflicts with data.objective=nsp (recipe=bert): BERT's sentence pairs "
+            "use the WordPiece [CLS]/[SEP] vocabulary; use data.tokenizer.kind=wordpiece, or recipe=roberta for BPE."
+        )
+    if isinstance(cfg["seq_len"], int) and cfg["seq_len"] < MIN_PAIR_SEQ_LEN:
+        raise ValueError(
+            f"data.seq_len={cfg['seq_len']} is too short for a sentence pair ([CLS] A [SEP] B [SEP]) with "
+            f"data.objective=nsp (recipe=bert); give data.seq_len >= {MIN_PAIR_SEQ_LEN} (BERT used 128)."
+        )
+    p = cfg["short_seq_prob"]
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"data.short_seq_prob={p!r} is not valid; it must be a number in [0, 1].")
 
 
 def _check_hub(cfg: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ from cramming.data.encode import Encoder, parallel_encode
 from cramming.data.filters import DocumentFilter, FilterStats, HashIndex
 from cramming.data.ordering import reverse_unigram_order, sentence_length_order
 from cramming.data.packing import PackedSequences, Packer, storage_dtype, stream_from_flat
+from cramming.data.pairs import PAIRS_SEED, build_pair_split, row_width
 from cramming.data.tokenizer import attach_post_processor, sample_documents, special_ids, train_tokenizer
 
 PIPELINE_VERSION = 3  # 3: junk bound scaled for small vocabularies
@@ -103,9 +104,10 @@ def corpus_identity(cfg: dict[str, Any], tok_key: str) -> dict[str, Any]:
     """Everything that shapes the packed corpus; its hash is the cache key."""
     keys = ("text_column", "vocab_size", "seq_len", "filters", "ordering", "cls_per_sequence", "readymade")
     keys += ("shard_sequences",)
-    return {"version": PIPELINE_VERSION, "input": sources.source_identity(cfg), "tokenizer": tok_key} | {
-        k: cfg[k] for k in keys
-    }
+    ident = {"version": PIPELINE_VERSION, "input": sources.source_identity(cfg), "tokenizer": tok_key}
+    if cfg.get("objective", "mlm") != "mlm":  # sentence pairs are another corpus (mlm keys stay as before)
+        ident |= {"objective": cfg["objective"], "short_seq_prob": cfg["short_seq_prob"], "seed": PAIRS_SEED}
+    return ident | {k: cfg[k] for k in keys}
 
 
 def tokenizer_identity(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -114,9 +116,17 @@ def tokenizer_identity(cfg: dict[str, Any]) -> dict[str, Any]:
     filters = {k: cfg["filters"].get(k) for k in ("min_doc_chars", "dedup")}
     return {"version": PIPELINE_VERSION, "input": ident, "text_column": cfg["text_column"]} | {
         "vocab_size": cfg["vocab_size"],
-        "tokenizer": cfg["tokenizer"],
+        "tokenizer": _tokenizer_options(cfg["tokenizer"]),
         "filters": filters,
     }
+
+
+def _tokenizer_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The tokenizer options that shape it; ``kind`` only when not the default (older keys stay valid)."""
+    options = dict(options)
+    if options.get("kind", "wordpiece") == "wordpiece":
+        options.pop("kind", None)
+    return options
 
 
 def get_tokenizer(cfg: dict[str, Any], root: Path, say: Callable[[str], None]) -> tuple[Tokenizer, str]:
@@ -146,7 +156,7 @@ def get_tokenizer(cfg: dict[str, Any], root: Path, say: Callable[[str], None]) -
         tok = train_tokenizer(sample, cfg["vocab_size"], cfg["tokenizer"], show_progress=show)
         cache.atomic_write(path, lambda tmp: tok.save(str(tmp)))
         say(
-            f"data: trained WordPiece tokenizer ({tok.get_vocab_size()} tokens) on ≤{cfg['tokenizer']['sample_mb']} MB "
+            f"data: trained {cfg['tokenizer'].get('kind', 'wordpiece')} tokenizer ({tok.get_vocab_size()} tokens) on ≤{cfg['tokenizer']['sample_mb']} MB "
             f"in {time.perf_counter() - start:.1f}s; cached as {key}"
         )
     return tok, key
@@ -193,6 +203,7 @@ def _sample_for_tokenizer(cfg: dict[str, Any]) -> Iterator[str]:
 def load_corpus(entry: Path, manifest: dict[str, Any], reused: bool) -> PreparedCorpus:
     tok = Tokenizer.from_file(str(entry / "tokenizer.json"))
     seq_len, dtype = manifest["seq_len"], manifest["dtype"]
+    width = manifest.get("row_width", seq_len)  # sentence pairs carry extra columns (pairs.py)
     order = np.load(entry / manifest["order"]["file"]) if manifest.get("order") else None
 
     def split(name: str, order_=None) -> PackedSequences | None:
@@ -200,7 +211,7 @@ def load_corpus(entry: Path, manifest: dict[str, Any], reused: bool) -> Prepared
         if rec is None:
             return None
         paths = [entry / s["file"] for s in rec["shards"]]
-        return PackedSequences(paths, [s["sequences"] for s in rec["shards"]], seq_len, dtype, order_)
+        return PackedSequences(paths, [s["sequences"] for s in rec["shards"]], width, dtype, order_)
 
     return PreparedCorpus(
         tokenizer=tok,
@@ -245,6 +256,8 @@ def build_corpus(cfg: dict[str, Any], tok: Tokenizer, key: str, entry: Path, log
         "order": order,
         "stats": summary,
     }
+    if cfg.get("objective", "mlm") == "nsp":
+        manifest.update(objective="nsp", row_width=row_width(cfg["seq_len"]))
     cache.stamp_files(entry, cache.manifest_records(manifest))
     cache.write_manifest(entry, manifest)
     shutil.rmtree(entry / "progress", ignore_errors=True)
@@ -255,9 +268,10 @@ def build_corpus(cfg: dict[str, Any], tok: Tokenizer, key: str, entry: Path, log
 def _build_text_splits(cfg: dict[str, Any], tok: Tokenizer, entry: Path, log: Log) -> tuple[dict, dict]:
     train_docs, valid_docs = sources.split_streams(cfg)
     splits, stats = {}, {}
+    builder = build_pair_split if cfg.get("objective", "mlm") == "nsp" else build_split
     for name, docs in (("train", train_docs), ("valid", valid_docs)):
         if docs is not None:
-            splits[name], stats[name] = build_split(name, docs, cfg, tok, entry, log)
+            splits[name], stats[name] = builder(name, docs, cfg, tok, entry, log)
     return splits, stats
 
 
