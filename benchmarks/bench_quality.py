@@ -147,7 +147,9 @@ def check_variants(shared: list[str], variants: dict[str, list[str]]) -> None:
             except Exception as err:  # Hydra's and ours: each names the bad key or value
                 problems.append(f"variant {name!r} ({' '.join(extra) or 'shared settings'}): {err}")
     if problems:
-        raise SystemExit("bench_quality: error: bad variants, nothing was trained:\n  " + "\n  ".join(problems))
+        raise SystemExit(
+            "bench_quality: error: bad variants, nothing was trained:\n  " + "\n  ".join(problems)
+        )
 
 
 def run_logged(cmd: list[str], log_path: Path, timeout: float | None, label: str) -> tuple[bool, str]:
@@ -311,7 +313,9 @@ def plot(report: dict, records: list[dict], path: Path) -> None:
         color, label = colors[r["variant"]], f"{r['variant']} s{r['seed']}"
         train = r["curve"]["train"]
         if train:
-            ax_loss.plot([t / 60 for t, _ in train], [v for _, v in train], color=color, alpha=0.8, label=label)
+            ax_loss.plot(
+                [t / 60 for t, _ in train], [v for _, v in train], color=color, alpha=0.8, label=label
+            )
         valid = r["curve"]["valid"]
         if valid:
             ax_loss.plot([t / 60 for t, _ in valid], [v for _, v in valid], "o", color=color)

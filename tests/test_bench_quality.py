@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "benchmarks" / "bench_quality.py"

@@ -122,6 +122,8 @@ def test_trim_metrics_drops_a_line_cut_by_a_kill(tmp_path):
     from cramming.checkpoint import trim_metrics
 
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"kind": "train", "step": 1}\n{"kind": "train", "step": 5}\n\n{"kind": "train", "step": 9, "lo')
+    path.write_text(
+        '{"kind": "train", "step": 1}\n{"kind": "train", "step": 5}\n\n{"kind": "train", "step": 9, "lo'
+    )
     assert trim_metrics(path, step=5) == 2  # the cut record and the empty line
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 5]

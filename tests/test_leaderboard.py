@@ -114,7 +114,9 @@ def test_tables_keep_references_apart(outputs, tmp_path):
 
     md = paths["md"].read_text()
     measured, references = md.split("## Published references")
-    assert "| good | small | crammed | 90m | NVIDIA H200 | 2.5G | 1200 | 2.346 |" in measured  # old runs: crammed
+    assert (
+        "| good | small | crammed | 90m | NVIDIA H200 | 2.5G | 1200 | 2.346 |" in measured
+    )  # old runs: crammed
     assert "crammedBERT" not in measured and "crammedBERT" in references and "80.7" in references
     assert measured.index("| better |") < measured.index("| good |") < measured.index("| pending |")
 
