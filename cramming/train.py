@@ -136,6 +136,8 @@ def optimizer_step(
 ):
     """Accumulate gradients over ``accum`` microbatches and step.
 
+    ``next_microbatch()`` returns the model's keyword arguments (``input_ids``, ``labels``, ...).
+
     Under DDP the gradients are all-reduced only on the last microbatch (``no_sync`` for the others),
     and the returned loss is the mean over all ranks. ``scaler`` is the fp16 GradScaler (a disabled one
     is a pass-through). ``inject_nan`` poisons the first microbatch's loss (a testing aid).
@@ -150,10 +152,10 @@ def optimizer_step(
         if index > 0 and stop is not None and stop():
             optimizer.zero_grad(set_to_none=True)
             return None
-        inputs, labels = next_microbatch()
+        batch = next_microbatch()  # the model's keyword arguments
         with distributed.sync_context(model, last_microstep=index == accum - 1):
             with runtime.autocast():
-                loss = model(inputs, labels)["loss"]
+                loss = model(**batch)["loss"]
             if inject_nan and index == 0:
                 loss = loss * float("nan")
             scaled = loss / accum
@@ -184,9 +186,9 @@ def evaluate_mlm(model, sequences, collator, runtime: Runtime, batch_size: int, 
     count = min(len(sequences), batch_size * max_batches)
     for start in range(0, count, batch_size):
         ids = torch.as_tensor(sequences[start : min(start + batch_size, count)].astype("int64"))
-        inputs, labels = collator(ids, generator=generator)
+        batch = collator(ids, generator=generator)
         with runtime.autocast():
-            loss = model(inputs.to(runtime.device), labels.to(runtime.device))["loss"]
+            loss = model(**{name: t.to(runtime.device) for name, t in batch.items()})["loss"]
         losses.append(float(loss))
     model.train(was_training)
     return sum(losses) / max(1, len(losses))
@@ -366,12 +368,14 @@ class Pretrainer:
         )
 
     # -- the loop ------------------------------------------------------------------------------
-    def next_microbatch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, labels = self.collator(next(self.loader), generator=self.mask_generator)
+    def next_microbatch(self) -> dict[str, torch.Tensor]:
+        """input_ids (B, T), masked_positions and labels (B, k): fixed shapes, as the compiled model wants."""
+        batch = self.collator(next(self.loader), generator=self.mask_generator)
         device = self.runtime.device
-        if device.type == "cuda":  # pinned host memory makes the copy asynchronous
-            inputs, labels = inputs.pin_memory(), labels.pin_memory()
-        return inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        pin = device.type == "cuda"  # pinned host memory makes the copy asynchronous
+        return {
+            name: (t.pin_memory() if pin else t).to(device, non_blocking=True) for name, t in batch.items()
+        }
 
     def control(self) -> tuple[float, bool, bool]:
         """(budget fraction, budget spent, timed checkpoint due): rank 0's view, shared with all ranks."""
