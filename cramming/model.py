@@ -195,7 +195,13 @@ class PredictionHead(nn.Module):
 
 
 class BertForMLM(nn.Module):
-    """Masked language model. With sparse prediction only the masked positions are decoded."""
+    """Masked language model. With sparse prediction only the masked positions are decoded.
+
+    Pretraining passes ``masked_positions`` (B, k) and ``labels`` (B, k), as ``MLMCollator`` makes
+    them: the hidden states are gathered by index, so every tensor's shape is fixed by (B, T, k), with
+    no boolean indexing and no host sync (one graph under ``torch.compile``). Other callers may pass
+    per-token ``labels`` (B, T) with ``IGNORE_INDEX`` at unlabelled positions instead.
+    """
 
     def __init__(self, arch: Mapping, vocab_size: int):
         super().__init__()
@@ -214,12 +220,24 @@ class BertForMLM(nn.Module):
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        masked_positions: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         if labels is None:
             return {"logits": self.decode(hidden)}
+        if masked_positions is not None:
+            if masked_positions.shape != labels.shape:
+                raise ValueError(
+                    f"masked_positions {tuple(masked_positions.shape)} and labels {tuple(labels.shape)} "
+                    "must have the same (batch, masked) shape"
+                )
+            if self.arch["sparse_prediction"]:
+                return self.indexed_loss(hidden, masked_positions, labels)
+            # Dense prediction decodes every position: spread the labels over the sequence.
+            full = torch.full(input_ids.shape, IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+            labels = full.scatter(1, masked_positions, labels)
         if self.arch["sparse_prediction"]:
-            # Decode only masked positions: the (B*T, V) logits matrix is the largest tensor in the model.
+            # Decode only labelled positions (a data-dependent count: pretraining takes the path above).
             labels = labels.view(-1)
             selected = labels != IGNORE_INDEX
             logits = self.decode(hidden.view(-1, hidden.shape[-1])[selected])  # (M, V)
@@ -227,6 +245,20 @@ class BertForMLM(nn.Module):
         else:
             logits = self.decode(hidden)  # (B, T, V)
             loss = F.cross_entropy(logits.float().view(-1, self.vocab_size), labels.view(-1))
+        return {"loss": loss, "logits": logits}
+
+    def indexed_loss(
+        self, hidden: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Gather (B, k) positions -> (B·k, H) -> decoder -> cross-entropy; slots labelled -100 add nothing.
+
+        The (B·T, V) logits matrix is the largest tensor in the model: decoding only k of T positions
+        saves most of it, and a fixed k keeps every shape static.
+        """
+        width = hidden.shape[-1]
+        index = positions.unsqueeze(-1).expand(-1, -1, width)  # (B, k, H)
+        logits = self.decode(hidden.gather(1, index).view(-1, width))  # (B·k, V)
+        loss = F.cross_entropy(logits.float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
         return {"loss": loss, "logits": logits}
 
     def decode(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -139,6 +139,8 @@ def optimizer_step(
 ):
     """Accumulate gradients over ``accum`` microbatches and step.
 
+    ``next_microbatch()`` returns the model's keyword arguments (``input_ids``, ``labels``, ...).
+
     Under DDP the gradients are all-reduced only on the last microbatch (``no_sync`` for the others),
     and the returned loss is the mean over all ranks. ``scaler`` is the fp16 GradScaler (a disabled one
     is a pass-through). ``inject_nan`` poisons the first microbatch's loss (a testing aid).
@@ -156,10 +158,10 @@ def optimizer_step(
         if index > 0 and stop is not None and stop():
             optimizer.zero_grad(set_to_none=True)
             return None
-        batch = next_microbatch()
+        batch = next_microbatch()  # the model's keyword arguments
         with distributed.sync_context(model, last_microstep=index == accum - 1):
             with runtime.autocast():
-                out = model(**batch) if isinstance(batch, dict) else model(*batch)
+                out = model(**batch)
                 loss = out["loss"]
             _add_side_metrics(extras, out, accum)
             if inject_nan and index == 0:
@@ -190,7 +192,7 @@ def _add_side_metrics(extras: dict | None, out: Mapping, accum: int) -> None:
         return
     for key in SIDE_METRICS:
         if key in out:
-            extras[key] = extras.get(key, 0.0) + float(out[key]) / accum
+            extras[key] = extras.get(key, 0.0) + out[key].detach().float() / accum  # no host sync here
 
 
 @torch.no_grad()
@@ -205,11 +207,8 @@ def evaluate_mlm(model, sequences, collator, runtime: Runtime, batch_size: int, 
         ids = torch.as_tensor(sequences[start : min(start + batch_size, count)].astype("int64"))
         batch = collator(ids, generator=generator)
         with runtime.autocast():
-            if isinstance(batch, dict):  # BERT/RoBERTa recipes: the MLM part of the loss, as for crammed
-                out = model(**{k: v.to(runtime.device) for k, v in batch.items()})
-                loss = out.get("mlm_loss", out["loss"])
-            else:
-                loss = model(batch[0].to(runtime.device), batch[1].to(runtime.device))["loss"]
+            out = model(**{name: t.to(runtime.device) for name, t in batch.items()})
+            loss = out.get("mlm_loss", out["loss"])  # BERT: the MLM part, comparable with crammed runs
         losses.append(float(loss))
     model.train(was_training)
     return sum(losses) / max(1, len(losses))
@@ -399,16 +398,14 @@ class Pretrainer:
         )
 
     # -- the loop ------------------------------------------------------------------------------
-    def next_microbatch(self) -> tuple[torch.Tensor, torch.Tensor] | dict:
+    def next_microbatch(self) -> dict[str, torch.Tensor]:
+        """input_ids (B, T), masked_positions and labels (B, k): fixed shapes, as the compiled model wants."""
         batch = self.collator(next(self.loader), generator=self.mask_generator)
         device = self.runtime.device
-        if isinstance(batch, dict):
-            pin = device.type == "cuda"
-            return {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
-        inputs, labels = batch
-        if device.type == "cuda":  # pinned host memory makes the copy asynchronous
-            inputs, labels = inputs.pin_memory(), labels.pin_memory()
-        return inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        pin = device.type == "cuda"  # pinned host memory makes the copy asynchronous
+        return {
+            name: (t.pin_memory() if pin else t).to(device, non_blocking=True) for name, t in batch.items()
+        }
 
     def control(self) -> tuple[float, bool, bool]:
         """(budget fraction, budget spent, timed checkpoint due): rank 0's view, shared with all ranks."""
@@ -492,7 +489,7 @@ class Pretrainer:
         if math.isfinite(loss):
             self.progress.losses.append(loss)
             for key, value in step_metrics.items():
-                self.side_metrics[key] = self.side_metrics.get(key, 0.0) + value
+                self.side_metrics[key] = self.side_metrics.get(key, 0.0) + float(value)
             self.side_metrics["steps"] = self.side_metrics.get("steps", 0) + 1
         self.last_lr, self.last_grad_norm = lr, float(grad_norm)
         self.last_batch = accum * micro * self.runtime.world_size  # sequences this step actually used

@@ -132,10 +132,13 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kt, stride_vt
             valid = _key_valid(mask_base, cols, stride_mt, T, HAS_MASK)
             s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        if MASKED:  # a row with no real key so far keeps m = -inf; shift by 0 so exp2 gives 0, not NaN
-            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
+        m_shift = m_new
+        if MASKED:
+            # A row with no real key so far keeps m = -inf (a later block's real scores may all be far
+            # below 0); only the shift used here becomes 0, so exp2(-inf - shift) gives 0, not NaN.
+            m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s * qk_scale - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)

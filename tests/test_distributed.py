@@ -32,7 +32,10 @@ def microbatches() -> list:
     ids = torch.randint(5, VOCAB, (STEPS, WORLD * ACCUM, 2, 16), generator=g)
     chosen = torch.rand(ids.shape, generator=g) < 0.3
     return [
-        [(ids[s, m], torch.where(chosen[s, m], ids[s, m], -100)) for m in range(WORLD * ACCUM)]
+        [
+            {"input_ids": ids[s, m], "labels": torch.where(chosen[s, m], ids[s, m], -100)}
+            for m in range(WORLD * ACCUM)
+        ]
         for s in range(STEPS)
     ]
 

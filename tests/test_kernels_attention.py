@@ -106,6 +106,27 @@ def test_fully_masked_sequence_gives_zeros_and_finite_grads(T):
         torch.testing.assert_close(ours.double(), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("T", [100, 130])  # the first key block (64 keys here) entirely padded
+def test_left_padding_with_very_negative_scores(T):
+    """Catches the running max being reset to 0 (not kept at -inf) after an all-masked key block: with
+    every real score below about -87 the probabilities then underflow to 0 and the row comes out zero."""
+    g = torch.Generator().manual_seed(5)
+    B, H, D, pad = 2, 1, 32, 70  # 70 left-padded keys cover the whole first block of 64
+    direction = torch.ones(D, dtype=torch.float64)
+    q = (5.5 * direction + 0.5 * torch.randn(B, H, T, D, generator=g, dtype=torch.float64)).to(DEVICE)
+    k = (-5.5 * direction + 0.5 * torch.randn(B, H, T, D, generator=g, dtype=torch.float64)).to(DEVICE)
+    v, do = (torch.randn(B, H, T, D, generator=g, dtype=torch.float64).to(DEVICE) for _ in range(2))
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[:, :pad] = False
+    mask = mask.to(DEVICE)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(D))[..., pad:]  # the real keys' logits
+    assert -250 < scores.min() and scores.max() < -90, "the test needs every real logit far below -87"
+    out = attention(q.float(), k.float(), v.float(), key_padding_mask=mask)
+    assert out.abs().max() > 0.1, "output is zero: the real keys were dropped"
+    # logits near -150 carry fp32 rounding of ~1e-5 each, so compare as fp32 SDPA does (flash rule)
+    _check_flash_rule(q, k, v, do, torch.float32, key_padding_mask=mask)
+
+
 def test_custom_scale():
     q, k, v, do = _inputs(1, 2, 40, 64)
     oracle = _run(attention_ref, q, k, v, do, torch.float64, scale=0.37)

@@ -4,7 +4,8 @@ hub corpora, on-disk cache, loader, MLM masking.
     validate_data_config(data_cfg)          # fast checks before long work
     corpus = prepare_corpus(data_cfg)       # tokenizer + packed, cached train/valid sequences
     loader = SequenceLoader(corpus.train, batch_size, seed, rank, world_size, device)
-    inputs, labels = MLMCollator(corpus.vocab_size, corpus.special_ids)(next(loader), generator)
+    batch = MLMCollator(corpus.vocab_size, corpus.special_ids)(next(loader), generator)
+    loss = model(**batch)["loss"]           # input_ids (B, T), masked_positions and labels (B, k)
 
 The torch-dependent names (loader, collator) load on first use, so preparation workers that import
 ``cramming.data.encode`` start without importing torch.

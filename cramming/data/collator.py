@@ -1,4 +1,4 @@
-"""Dynamic MLM masking per batch (design §4): 25% of non-special tokens, 80/10/10 mask/random/keep."""
+"""Dynamic MLM masking per batch (design §4): a fixed count of positions per sequence, 80/10/10."""
 
 from __future__ import annotations
 
@@ -8,12 +8,24 @@ IGNORE_INDEX = -100
 
 
 class MLMCollator:
-    """``inputs, labels = collate(ids, generator)``: BERT-style dynamic masking, deterministic given the generator.
+    """``batch = collate(ids, generator)``: BERT-style dynamic masking with static shapes.
 
-    Each non-special token draws one uniform ``u``: it is chosen when ``u < p``; a chosen token becomes
-    ``[MASK]`` when ``u < 0.8 p``, a random non-special token when ``0.8 p <= u < 0.9 p``, and stays
-    itself otherwise. Labels hold the original id at chosen positions and -100 elsewhere. Special
-    tokens ([CLS], [SEP], [PAD], ...) are never chosen.
+    Each sequence of length T gets exactly ``k = max(1, round(mlm_probability * T))`` masked slots (the
+    reference masks 32 of 128), chosen uniformly without replacement among its non-special positions.
+    A chosen position becomes ``[MASK]`` with probability ``mask_fraction``, a random token of the
+    trained vocabulary (never a special one) with probability ``random_fraction``, and stays itself
+    otherwise. Special tokens ([CLS], [SEP], [PAD], ...) are never chosen.
+
+    Returns a dict of model inputs: ``input_ids`` (B, T) with the masking applied, ``masked_positions``
+    (B, k) int64 and ``labels`` (B, k), the original ids at those positions. The shapes depend only on
+    (B, T), so a compiled model sees one shape and never syncs on a count.
+
+    A sequence with fewer than k non-special positions (the padded tail of a split, a run of [SEP]s)
+    has all of them masked; its remaining slots come last and point at distinct special positions,
+    which stay unchanged and carry the label ``IGNORE_INDEX``, so the loss skips them.
+
+    Each call draws the same amount of randomness for a given (B, T), whatever the ids, so a resumed
+    run that restores the generator masks exactly as the uninterrupted one.
     """
 
     def __init__(
@@ -33,26 +45,41 @@ class MLMCollator:
         if "mask" not in special_ids:
             raise ValueError(f"special_ids {special_ids} lacks 'mask'")
         self.vocab_size, self.p = vocab_size, float(mlm_probability)
-        self.mask_cut, self.random_cut = self.p * mask_fraction, self.p * (mask_fraction + random_fraction)
+        self.mask_cut, self.random_cut = mask_fraction, mask_fraction + random_fraction
         self.mask_id = int(special_ids["mask"])
         self.special = torch.tensor(sorted({int(v) for v in special_ids.values()}), dtype=torch.long)
         allowed = torch.ones(vocab_size, dtype=torch.bool)
         allowed[self.special[self.special < vocab_size]] = False
         self.replacements = allowed.nonzero().squeeze(1)  # ids a random replacement may take
 
+    def num_masked(self, seq_len: int) -> int:
+        """Masked slots per sequence of ``seq_len`` tokens (at least one)."""
+        return max(1, round(self.p * seq_len))
+
     def __call__(
         self, ids: torch.Tensor, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> dict[str, torch.Tensor]:
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"ids must be (batch, seq_len) with seq_len ≥ 1, got shape {tuple(ids.shape)}")
         device = ids.device
+        (B, T), k = ids.shape, self.num_masked(ids.shape[1])
         draw_device = generator.device if generator is not None else device
-        u = torch.rand(ids.shape, generator=generator, device=draw_device).to(device)
-        pick = torch.randint(len(self.replacements), ids.shape, generator=generator, device=draw_device).to(
-            device
-        )
+
+        def draw(fn, *args) -> torch.Tensor:
+            return fn(*args, generator=generator, device=draw_device).to(device)
+
+        order_key = draw(torch.rand, (B, T))  # a random order of positions
+        action = draw(torch.rand, (B, k))  # [MASK] / random / keep, per slot
+        pick = draw(torch.randint, len(self.replacements), (B, k))
         special = torch.isin(ids, self.special.to(device))
-        chosen = (u < self.p) & ~special
-        labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
-        inputs = torch.where(chosen & (u < self.mask_cut), torch.full_like(ids, self.mask_id), ids)
-        random_tokens = self.replacements.to(device)[pick]
-        inputs = torch.where(chosen & (u >= self.mask_cut) & (u < self.random_cut), random_tokens, inputs)
-        return inputs, labels
+        # Special positions sort after every maskable one, so the first k of the random order are k
+        # uniform maskable positions, or all of them followed by special ones (then ignored).
+        order = torch.sort(order_key + special.to(order_key.dtype), dim=1, stable=True).indices
+        positions = order[:, :k].contiguous()
+        originals = ids.gather(1, positions)
+        real = ~special.gather(1, positions)
+        labels = torch.where(real, originals, torch.full_like(originals, IGNORE_INDEX))
+        replaced = torch.where(action < self.random_cut, self.replacements.to(device)[pick], originals)
+        replaced = torch.where(action < self.mask_cut, torch.full_like(originals, self.mask_id), replaced)
+        inputs = ids.scatter(1, positions, torch.where(real, replaced, originals))
+        return {"input_ids": inputs, "masked_positions": positions, "labels": labels}
