@@ -9,7 +9,9 @@
 Every argument of the form ``KEY=VALUE`` that does not start with ``variants.`` is a Hydra override of
 ``python -m cramming`` shared by all variants (budget, arch, data, threads...). ``variants.NAME='...'``
 names one variant by its extra overrides (space-separated, shell-quoted; ``''`` = the shared settings
-alone). A YAML file given with ``--variants`` holds ``{NAME: [override, ...]}`` (or ``NAME: "a=1 b=2"``).
+alone). A variant's overrides that start with ``glue.`` go to the GLUE fine-tuning instead (e.g.
+``variants.wd='glue.weight_decay=0.01'``); variants with the same pretraining overrides share their
+pretrained runs, so a fine-tuning variant costs no pretraining. A YAML file given with ``--variants`` holds ``{NAME: [override, ...]}`` (or ``NAME: "a=1 b=2"``).
 
 Each variant is trained with the product's own code paths (``python -m cramming``, then
 ``python -m cramming.glue``) in a subprocess, once per pretraining seed (``--seeds``), with the same
@@ -141,8 +143,10 @@ def check_variants(shared: list[str], variants: dict[str, list[str]]) -> None:
     problems = []
     with initialize_config_module(config_module="cramming.conf", version_base="1.3"):
         for name, extra in variants.items():
+            pretrain_overrides, glue_overrides = split_variant(extra)
             try:
-                cfg = compose("pretrain", overrides=[*shared, *extra, "name=check"])
+                cfg = compose("pretrain", overrides=[*shared, *pretrain_overrides, "name=check"])
+                compose("glue", overrides=[*glue_overrides, "model=check"])
                 validate_run(OmegaConf.to_container(cfg, resolve=True))
             except Exception as err:  # Hydra's and ours: each names the bad key or value
                 problems.append(f"variant {name!r} ({' '.join(extra) or 'shared settings'}): {err}")
@@ -150,6 +154,12 @@ def check_variants(shared: list[str], variants: dict[str, list[str]]) -> None:
         raise SystemExit(
             "bench_quality: error: bad variants, nothing was trained:\n  " + "\n  ".join(problems)
         )
+
+
+def split_variant(extra: list[str]) -> tuple[list[str], list[str]]:
+    """(pretraining overrides, GLUE overrides without their ``glue.`` prefix)."""
+    glue = [o.removeprefix("glue.") for o in extra if o.startswith("glue.")]
+    return [o for o in extra if not o.startswith("glue.")], glue
 
 
 def run_logged(cmd: list[str], log_path: Path, timeout: float | None, label: str) -> tuple[bool, str]:
@@ -214,10 +224,10 @@ def loss_curve(path: Path) -> dict[str, list]:
     return curve
 
 
-def glue_lite(args, record: dict, glue: dict) -> None:
+def glue_lite(args, record: dict, glue: dict, overrides: list[str]) -> None:
     """Fine-tune the run's export on the GLUE-lite tasks; adds per-task headline numbers and their mean."""
     run_dir = Path(record["run_dir"])
-    out_dir = run_dir / "glue_lite"
+    out_dir = run_dir / f"glue_lite_{record['variant']}"
     tasks = "[" + ",".join(glue["tasks"]) + "]"
     cmd = [sys.executable, "-m", "cramming.glue", f"model={run_dir / 'model'}", f"glue_dir={args.glue_dir}",
            f"tasks={tasks}", f"max_train_examples={glue['examples']}", f"seeds={glue['seeds']}",
@@ -226,8 +236,9 @@ def glue_lite(args, record: dict, glue: dict) -> None:
         cmd.append(f"epochs={glue['epochs']}")
     if glue["eval_examples"]:
         cmd.append(f"max_eval_examples={glue['eval_examples']}")
+    cmd += overrides
     label = f"{record['variant']}/{record['seed']} glue"
-    ok, error = run_logged(cmd, run_dir / "glue_lite.log", args.timeout, label)
+    ok, error = run_logged(cmd, out_dir.with_suffix(".log"), args.timeout, label)
     if not ok:
         record["ok"], record["error"] = False, f"GLUE-lite failed: {error}"
         return
@@ -344,12 +355,16 @@ def main(argv: list[str] | None = None) -> dict:
             "tasks": tuple(t.strip() for t in args.glue_tasks.split(",") if t.strip())}  # fmt: skip
     if args.smoke:
         glue = dict(SMOKE_GLUE)
-    records = []
+    records, pretrained = [], {}
     for seed in range(args.seeds):  # seed-major: an early stop still leaves every variant measured
         for name, extra in variants.items():
-            record = pretrain_run(args, shared, name, extra, seed)
+            pretrain_overrides, glue_overrides = split_variant(extra)
+            key = (tuple(pretrain_overrides), seed)
+            if key not in pretrained:
+                pretrained[key] = pretrain_run(args, shared, name, pretrain_overrides, seed)
+            record = {**pretrained[key], "variant": name, "overrides": extra}
             if record["ok"] and not args.no_glue:
-                glue_lite(args, record, glue)
+                glue_lite(args, record, glue, glue_overrides)
             records.append(record)
     table = summarize(records, variants)
     columns = sorted({c for row in table.values() for c in row["glue"]})

@@ -28,6 +28,7 @@ def test_smoke_two_variants_and_a_failing_one(tmp_path, tiny_corpus, glue_dir):
     proc = run_bench(
         tmp_path, "--glue-dir", str(glue_dir), *data_args(tiny_corpus),
         "variants.base=", "variants.const=train.schedule=constant",
+        "variants.wd=glue.weight_decay=0.05",  # fine-tuning only: reuses base's pretrained run
         "variants.broken=train.stop_after_steps=1",  # ends like a crash: no finished model
     )  # fmt: skip
     report = json.loads((tmp_path / "res" / "quality_t.json").read_text())
@@ -45,6 +46,11 @@ def test_smoke_two_variants_and_a_failing_one(tmp_path, tiny_corpus, glue_dir):
     losses = {r["variant"]: r["final_mlm_loss"] for r in report["runs"] if r["ok"]}
     assert losses["base"] != losses["const"]
     assert "directly comparable" in report["comparability"]
+    wd = next(r for r in report["runs"] if r["variant"] == "wd")
+    assert wd["run_dir"] == next(r["run_dir"] for r in report["runs"] if r["variant"] == "base")
+    settings = json.loads((tmp_path / "runs" / "t_base_s0" / "glue_lite_wd" / "results.json").read_text())
+    assert settings["settings"]["weight_decay"] == 0.05  # the glue.* override reached fine-tuning
+    assert len(list((tmp_path / "runs").glob("*.pretrain.log"))) == 3  # base, const, broken
     md = (tmp_path / "res" / "quality_t.md").read_text()
     assert "| base |" in md and "| const |" in md and "FAILED" in md
     assert (tmp_path / "res" / "quality_t.png").stat().st_size > 10_000
