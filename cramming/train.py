@@ -246,7 +246,10 @@ class Pretrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler.is_enabled() and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        self.clock.rewind(state["clock"]) if rewind else self.clock.load_state_dict(state["clock"])
+        if rewind:
+            self.clock.rewind(state["clock"])
+        else:
+            self.clock.load_state_dict(state["clock"])
         rt = self.runtime
         load_rank_state(state["ranks"], rt.rank, rt.world_size, self.loader, self.mask_generator, rt.device)
         self.progress = Progress(**state["progress"])
