@@ -10,7 +10,7 @@ decay 0.01 on matrices only (not norms, biases or the position scale), gradient 
 positions labelled, as the MLM collator gives them, so sparse prediction decodes a quarter.
 
 MFU = tokens/s × model FLOPs per token / peak. FLOPs per token come from
-``cramming.model.flops_per_token`` (6·N + 12·L·H·T, the tied decoder counted at the masked
+``cramming.perf.flops_per_token`` (6·N + 12·L·H·T, the tied decoder counted at the masked
 fraction). The peak is measured in the same run: on CPU a large fp32 matmul with the same
 thread count, on GPU the bf16 table value (or a measured matmul off the table). Peak and
 step timings are interleaved (peak, steps, peak, steps, ..., peak) and the best peak is
@@ -42,7 +42,8 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from cramming import ops, perf  # noqa: E402
-from cramming.model import IGNORE_INDEX, build_mlm, count_parameters, flops_per_token  # noqa: E402
+from cramming.model import IGNORE_INDEX, build_mlm, count_parameters  # noqa: E402
+from cramming.perf import flops_per_token  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 MLM_PROBABILITY = 0.25

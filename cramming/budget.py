@@ -70,6 +70,10 @@ class BudgetClock:
     def start(self) -> None:
         self.started_at = time.monotonic()
 
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` spent outside the loop (data preparation with start_clock_after_data=false)."""
+        self.spent_before += seconds
+
     def elapsed(self) -> float:
         """Seconds of training so far, including those spent before a resume."""
         running = 0.0 if self.started_at is None else time.monotonic() - self.started_at
@@ -96,10 +100,18 @@ class BudgetClock:
         return {"elapsed": self.elapsed(), "steps": self.steps, "tokens": self.tokens}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint's counts and the time it had spent (a resumed run)."""
         self.spent_before = float(state["elapsed"])
         self.steps, self.tokens = int(state["steps"]), int(state["tokens"])
         if self.started_at is not None:
             self.started_at = time.monotonic()
+
+    def rewind(self, state: dict) -> None:
+        """Go back to a checkpoint's step and token counts within a run (a reload after non-finite
+        steps); the wall-clock time spent since is not given back."""
+        elapsed = self.elapsed()
+        self.load_state_dict(state)
+        self.spent_before = elapsed
 
 
 SCHEDULES = ("budget-triangle2", "budget-cosine", "budget-linear", "constant")

@@ -5,6 +5,9 @@ A checkpoint is two files in ``RUN/checkpoints/``: ``step_<N>.pt`` (the ``torch.
 hash and the run config. A payload without its JSON (killed in between), with another size or hash
 (truncated, bit-flipped), or made for another architecture or tokenizer is refused with an error
 naming the file, and :func:`load_latest` falls back to the previous good one.
+
+The payload holds only tensors and plain Python values (numbers, strings, lists, dicts) and is read
+with ``torch.load(weights_only=True)``: a checkpoint holding any other pickled object is refused.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from cramming import distributed
 from cramming.export import _unwrap, atomic_write
 
 log = logging.getLogger("cramming")
@@ -24,27 +29,6 @@ log = logging.getLogger("cramming")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and why."""
-
-
-def validate_train_resilience(train: Mapping) -> None:
-    """Check the checkpoint and non-finite keys of ``cfg.train``; ValueError naming the bad value."""
-    if train.get("on_nonfinite", "restore") not in ("restore", "stop"):
-        raise ValueError(f"train.on_nonfinite={train['on_nonfinite']!r} is not one of ['restore', 'stop']")
-    factor = float(train.get("nonfinite_lr_factor", 0.5))
-    if not 0.0 < factor <= 1.0:
-        raise ValueError(f"train.nonfinite_lr_factor={factor!r} must lie in (0, 1]")
-    for key, low in [
-        ("keep_checkpoints", 1),
-        ("max_nonfinite_steps", 1),
-        ("checkpoint_every_steps", 0),
-        ("max_nonfinite_restores", 0),
-        ("stop_after_steps", 0),
-    ]:
-        value = train.get(key, low)
-        if int(value) != value or int(value) < low:
-            raise ValueError(f"train.{key}={value!r} must be a whole number >= {low}")
-    if float(train.get("checkpoint_minutes", 0)) < 0:
-        raise ValueError(f"train.checkpoint_minutes={train['checkpoint_minutes']!r} must be >= 0 (0 = off)")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -102,11 +86,6 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(checkpoint_dir(run_dir).glob("step_*.pt"))
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
 def verify_checkpoint(path: Path, expect: Mapping | None = None) -> dict:
     """Check size, sha256 and (if given) the identity fields of ``expect``; returns the sidecar info."""
     path = Path(path)
@@ -141,7 +120,14 @@ def load_checkpoint(path: Path, expect: Mapping | None = None) -> dict:
     """Verify, then load the payload on the CPU. Raises CheckpointError naming the file."""
     verify_checkpoint(path, expect)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain Python values only, so a checkpoint from elsewhere cannot run code.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = next((line for line in str(err).splitlines() if "global" in line.lower()), "no details")
+        raise CheckpointError(
+            f"checkpoint {path} holds objects other than tensors and plain Python values ({found.strip()}); "
+            "refusing to unpickle them, since that could run code. Checkpoints written by cramming never do."
+        ) from None
     except Exception as err:
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({err}); it may be truncated or corrupt"
@@ -228,3 +214,68 @@ def config_drift(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
         elif a != b and key not in ("stop_after_steps", "debug_nan_steps"):
             drift.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return drift
+
+
+# -- a run's checkpoint: finding it on every rank, the per-rank state --------------------------
+def find_checkpoint(run_dir: Path, expect: Mapping, rank: int) -> tuple[Path, dict] | None:
+    """Rank 0 picks the newest good checkpoint (falling back to older ones); every rank loads it."""
+    found, answer = None, None
+    if rank == 0:
+        try:
+            found = load_latest(run_dir, expect)
+            answer = str(found[0]) if found else None
+        except CheckpointError as err:
+            answer = err
+    answer = distributed.broadcast_object(answer)
+    if isinstance(answer, Exception):
+        raise answer
+    if answer is None or found is not None:
+        return found
+    return Path(answer), load_checkpoint(Path(answer), expect)
+
+
+def find_resume_point(run_dir: Path, expect: Mapping, config: Mapping, rank: int) -> tuple[Path, dict] | None:
+    """The checkpoint ``resume=true`` continues from, warning of settings changed since; None: none at all."""
+    found = find_checkpoint(run_dir, expect, rank)
+    if found is None:
+        log.warning("resume=true but %s holds no checkpoint; starting from scratch", checkpoint_dir(run_dir))
+        return None
+    for change in config_drift(found[1]["config"], config):
+        log.warning(
+            "resuming with a changed setting (results will differ from an uninterrupted run): %s", change
+        )
+    return found
+
+
+def rank_state(loader, mask_generator: torch.Generator, device: torch.device) -> dict:
+    """What differs between ranks: the data cursor and the random streams (all tensors or plain values)."""
+    return {
+        "loader": loader.state_dict(),
+        "mask_rng": mask_generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def load_rank_state(
+    ranks: list, rank: int, world_size: int, loader, mask_generator: torch.Generator, device: torch.device
+) -> None:
+    """Restore this rank's cursor and random streams from the gathered ``ranks`` of a checkpoint."""
+    if len(ranks) != world_size:
+        log.warning(
+            "checkpoint was made by %d ranks, resuming with %d: the data position is approximate "
+            "and masking continues from rank 0's random stream",
+            len(ranks),
+            world_size,
+        )
+    mine = ranks[rank] if rank < len(ranks) else ranks[0]
+    loader.load_state_dict(mine["loader"])
+    mask_generator.set_state(mine["mask_rng"])
+    torch.set_rng_state(mine["torch_rng"])
+    if mine["cuda_rng"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda_rng"], device)
+
+
+def plain(config: Mapping) -> dict:
+    """A copy of ``config`` holding only JSON types (so the safe loader reads it); tuples become lists."""
+    return json.loads(json.dumps(config))

@@ -10,7 +10,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cramming import distributed
-from cramming.checkpoint import validate_train_resilience
 from cramming.config import validate_run
 from cramming.tracking import setup_logging
 
@@ -43,7 +42,6 @@ def pretrain_main(cfg: DictConfig) -> dict:
     run_dir, rank = run_dir_of(cfg), distributed.rank()
     try:
         budget = validate_run(OmegaConf.to_container(cfg, resolve=True))
-        validate_train_resilience(cfg.train)
         check_run_folder(run_dir, bool(cfg.resume))
     except ValueError as err:
         fail(err)

@@ -86,15 +86,8 @@ def validate_train(train: Mapping) -> None:
             _num(f"train.{key}", train[key], int) >= 1,
             f"train.{key}={train[key]!r} must be a positive integer",
         )
-    for key in (
-        "grad_clip",
-        "batch_ramp_fraction",
-        "checkpoint_minutes",
-        "validate_every_minutes",
-        "weight_decay",
-    ):
-        if key in train:
-            _num(f"train.{key}", train[key])
+    for key in ("grad_clip", "batch_ramp_fraction", "validate_every_minutes", "weight_decay"):
+        _num(f"train.{key}", train[key])
     _require(
         int(train["batch_size"]) >= int(train["batch_size_start"]),
         f"train.batch_size={train['batch_size']} must be at least train.batch_size_start={train['batch_size_start']}",
@@ -103,6 +96,35 @@ def validate_train(train: Mapping) -> None:
     _require(
         0.0 <= float(train["batch_ramp_fraction"]) <= 1.0,
         f"train.batch_ramp_fraction={train['batch_ramp_fraction']!r} must lie in [0, 1]",
+    )
+    validate_train_resilience(train)
+
+
+def validate_train_resilience(train: Mapping) -> None:
+    """The checkpoint and non-finite keys of ``cfg.train``."""
+    on_nonfinite = train["on_nonfinite"]
+    _require(
+        on_nonfinite in ("restore", "stop"),
+        f"train.on_nonfinite={on_nonfinite!r} is not one of ['restore', 'stop']",
+    )
+    factor = _num("train.nonfinite_lr_factor", train["nonfinite_lr_factor"])
+    _require(0.0 < factor <= 1.0, f"train.nonfinite_lr_factor={factor!r} must lie in (0, 1]")
+    for key, low in [
+        ("keep_checkpoints", 1),
+        ("max_nonfinite_steps", 1),
+        ("checkpoint_every_steps", 0),
+        ("max_nonfinite_restores", 0),
+        ("stop_after_steps", 0),
+    ]:
+        value = train[key]
+        _require(
+            not isinstance(value, bool) and isinstance(value, (int, float)) and int(value) == value >= low,
+            f"train.{key}={value!r} must be a whole number >= {low}",
+        )
+    minutes = train["checkpoint_minutes"]
+    _require(
+        _num("train.checkpoint_minutes", minutes) >= 0,
+        f"train.checkpoint_minutes={minutes!r} must be >= 0 (0 = off)",
     )
 
 

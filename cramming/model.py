@@ -325,16 +325,3 @@ def build_classifier(
 def count_parameters(model: nn.Module) -> int:
     """Unique parameters (tied weights counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def flops_per_token(
-    arch: Mapping, num_params: int, seq_len: int, mlm_probability: float, vocab: int
-) -> float:
-    """Training FLOPs per token: 6·N plus attention 12·L·H·T, with sparse prediction's smaller decoder."""
-    width, layers = arch["hidden_size"], arch["num_layers"]
-    dense = num_params
-    if arch.get("sparse_prediction", False):
-        # The tied decoder's matmul runs only on the masked fraction of tokens.
-        decoder = width * vocab
-        dense = num_params - decoder + decoder * mlm_probability
-    return 6.0 * dense + 12.0 * layers * width * seq_len

@@ -130,13 +130,20 @@ def device_peak_flops(
     return _peak_cache[key]
 
 
-def model_flops_per_token(
-    model: torch.nn.Module, arch: Mapping, seq_len: int, mlm_probability: float, vocab_size: int
+def flops_per_token(
+    arch: Mapping, num_params: int, seq_len: int, mlm_probability: float, vocab: int
 ) -> float:
-    """Training FLOPs per token of ``model`` (see ``cramming.model.flops_per_token``)."""
-    from cramming.model import count_parameters, flops_per_token
+    """Training FLOPs per token: 6·N (forward 2·N, backward 4·N) plus attention 12·L·H·T.
 
-    return flops_per_token(arch, count_parameters(model), seq_len, mlm_probability, vocab_size)
+    With sparse prediction the tied decoder's matmul runs only on the masked fraction of tokens.
+    Softmax, LayerNorm, GELU and the loss are not counted (a few percent for small widths).
+    """
+    width, layers = arch["hidden_size"], arch["num_layers"]
+    dense = num_params
+    if arch["sparse_prediction"]:
+        decoder = width * vocab
+        dense = num_params - decoder + decoder * mlm_probability
+    return 6.0 * dense + 12.0 * layers * width * seq_len
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
@@ -144,3 +151,30 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float
     if peak_flops <= 0:
         raise ValueError(f"peak_flops must be positive, got {peak_flops}")
     return tokens_per_s * flops_per_token / peak_flops
+
+
+PEAK_REFRESH_SECONDS = 300  # a CPU re-measurement costs ~0.5 s of matmuls, so at most every 5 minutes
+
+
+class MFUMeter:
+    """The MFU figure of one run: its FLOPs per token against the device's peak.
+
+    Built before the budget clock starts (on CPU the peak is a measured matmul). On CPU
+    :meth:`refresh_if_due` measures again now and then and keeps the best peak seen, so a peak
+    measured while other jobs shared the cores does not inflate every later figure.
+    """
+
+    def __init__(self, flops_per_token: float, device: torch.device, dtype: torch.dtype):
+        self.flops_per_token, self.device = flops_per_token, torch.device(device)
+        self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+        self.peak = device_peak_flops(self.device, self.precision)
+        self.measured_at = time.monotonic()
+
+    def __call__(self, tokens_per_s: float) -> float:
+        return mfu(tokens_per_s, self.flops_per_token, self.peak)
+
+    def refresh_if_due(self) -> None:
+        if self.device.type != "cpu" or time.monotonic() - self.measured_at < PEAK_REFRESH_SECONDS:
+            return
+        self.peak = device_peak_flops(self.device, self.precision, refresh=True)
+        self.measured_at = time.monotonic()

@@ -23,22 +23,23 @@ from cramming import distributed, ops
 from cramming.bert_family import build_pretraining, uses_bert_family
 from cramming.budget import Budget, BudgetClock, accumulation_steps, lr_factor
 from cramming.checkpoint import (
-    CheckpointError,
     all_finite,
-    checkpoint_dir,
-    config_drift,
+    find_checkpoint,
+    find_resume_point,
     identity,
-    load_checkpoint,
-    load_latest,
+    load_rank_state,
     model_state,
+    plain,
+    rank_state,
     save_checkpoint,
     trim_metrics,
 )
 from cramming.config import resolve_device, resolve_precision, set_threads
 from cramming.data.bert_masking import build_collator as build_recipe_collator
 from cramming.export import save_export
-from cramming.model import build_mlm, count_parameters, flops_per_token
+from cramming.model import build_mlm, count_parameters
 from cramming.optim import build_optimizer
+from cramming.perf import MFUMeter, flops_per_token
 from cramming.plots import plot_run
 from cramming.tracking import Tracker, format_line
 
@@ -107,21 +108,6 @@ def hardware_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
-
-
-PEAK_REFRESH_SECONDS = 300
-
-
-def peak_flops(runtime: Runtime, refresh: bool = False) -> float:
-    """The device's peak for the MFU figure: a table on known GPUs, a measured matmul on CPU.
-
-    ``refresh`` measures the CPU again and keeps the best value seen, so a peak measured while
-    other jobs shared the cores does not inflate every later MFU figure.
-    """
-    from cramming.perf import device_peak_flops
-
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(runtime.dtype, "fp32")
-    return device_peak_flops(runtime.device, precision, refresh=refresh and runtime.device.type == "cpu")
 
 
 def optimizer_step(
@@ -251,7 +237,7 @@ class Pretrainer:
         self.progress = Progress()
         self.identity = identity(cfg["arch"], self.vocab_size, corpus.tokenizer.to_str())
         # Testing aid: poison the loss at these step numbers (once each), to exercise the non-finite path.
-        self.nan_steps = {int(s) for s in self.train_cfg.get("debug_nan_steps") or []}
+        self.nan_steps = {int(s) for s in self.train_cfg["debug_nan_steps"]}
         self.saved_step = -1
         self.num_params = count_parameters(self.model)
         self.flops_per_token = flops_per_token(
@@ -261,24 +247,16 @@ class Pretrainer:
             float(cfg["data"]["mlm_probability"]),
             self.vocab_size,
         )
-        self.tracker = Tracker(
-            self.run_dir, cfg["wandb"], cfg, rank=runtime.rank, resume=bool(cfg.get("resume", False))
-        )
+        self.tracker = Tracker(self.run_dir, cfg["wandb"], cfg, rank=runtime.rank, resume=bool(cfg["resume"]))
 
     # -- state ---------------------------------------------------------------------------------
-    def rank_state(self) -> dict:
-        """What differs between ranks: the data cursor and the random streams."""
-        cuda = self.runtime.device.type == "cuda"
-        return {
-            "loader": self.loader.state_dict(),
-            "mask_rng": self.mask_generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.runtime.device) if cuda else None,
-        }
-
     def state_dict(self) -> dict:
-        """The whole run's state; a collective under DDP (every rank's cursor and RNGs are gathered)."""
+        """The whole run's state; a collective under DDP (every rank's cursor and RNGs are gathered).
+
+        Tensors and plain Python values only, so ``torch.load(weights_only=True)`` reads it back.
+        """
         progress = dict(vars(self.progress), losses=list(self.progress.losses))
+        rank = rank_state(self.loader, self.mask_generator, self.runtime.device)
         return {
             "step": self.progress.step,
             "progress": progress,
@@ -286,113 +264,70 @@ class Pretrainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "clock": self.clock.state_dict(),
-            "ranks": distributed.gather_objects(self.rank_state()),
+            "ranks": distributed.gather_objects(rank),
             "arch": dict(self.cfg["arch"]),
             "vocab_size": self.vocab_size,
             "tokenizer": self.corpus.tokenizer.to_str(),
             "budget": self.budget.text,
-            "config": self.cfg,
+            "config": plain(self.cfg),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, rewind: bool = False) -> None:
+        """Continue from ``state``; ``rewind``: a reload within this run (time spent is not given back)."""
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler") and self.scaler.is_enabled():
+        if self.scaler.is_enabled() and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        self.clock.load_state_dict(state["clock"])
-        ranks, rank = state["ranks"], self.runtime.rank
-        if len(ranks) != self.runtime.world_size:
-            log.warning(
-                "checkpoint was made by %d ranks, resuming with %d: the data position is approximate "
-                "and masking continues from rank 0's random stream",
-                len(ranks),
-                self.runtime.world_size,
-            )
-        mine = ranks[rank] if rank < len(ranks) else ranks[0]
-        self.loader.load_state_dict(mine["loader"])
-        self.mask_generator.set_state(mine["mask_rng"])
-        torch.set_rng_state(mine["torch_rng"])
-        if mine.get("cuda_rng") is not None and self.runtime.device.type == "cuda":
-            torch.cuda.set_rng_state(mine["cuda_rng"], self.runtime.device)
+        if rewind:
+            self.clock.rewind(state["clock"])
+        else:
+            self.clock.load_state_dict(state["clock"])
+        rt = self.runtime
+        load_rank_state(state["ranks"], rt.rank, rt.world_size, self.loader, self.mask_generator, rt.device)
         self.progress = Progress(**state["progress"])
-
-    def find_checkpoint(self) -> tuple[Path, dict] | None:
-        """Rank 0 picks the newest good checkpoint (falling back to older ones); every rank loads it."""
-        found, answer = None, None
-        if self.runtime.rank == 0:
-            try:
-                found = load_latest(self.run_dir, self.identity)
-                answer = str(found[0]) if found else None
-            except CheckpointError as err:
-                answer = err
-        answer = distributed.broadcast_object(answer)
-        if isinstance(answer, Exception):
-            raise answer
-        if answer is None or found is not None:
-            return found
-        return Path(answer), load_checkpoint(Path(answer), self.identity)
 
     def resume(self) -> bool:
         """Continue from the newest good checkpoint; False (a fresh start) when there is none at all."""
-        found = self.find_checkpoint()
-        if found is None:
-            log.warning(
-                "resume=true but %s holds no checkpoint; starting from scratch", checkpoint_dir(self.run_dir)
+        found = find_resume_point(self.run_dir, self.identity, self.cfg, self.runtime.rank)
+        if found is not None:
+            self.load_state_dict(found[1])
+            self.saved_step = self.progress.step
+            log.info(
+                "resumed from %s: step %d, %s tokens, %.1f s of budget already spent",
+                found[0],
+                self.progress.step,
+                f"{self.progress.tokens:,}",
+                self.clock.elapsed(),
             )
-        else:
-            path, state = found
-            self.load_state_dict(state)
-            for change in config_drift(state.get("config") or {}, self.cfg):
-                log.warning(
-                    "resuming with a changed setting (results will differ from an uninterrupted run): %s",
-                    change,
-                )
         if self.runtime.rank == 0:  # metrics of steps about to be redone would be logged twice
             dropped = trim_metrics(self.tracker.path, self.progress.step)
             if dropped:
-                log.info(
-                    "dropped %d metrics records after step %d (work lost, redone now)",
-                    dropped,
-                    self.progress.step,
-                )
-        if found is None:
-            return False
-        log.info(
-            "resumed from %s: step %d, %s tokens, %.1f s of budget already spent",
-            path,
-            self.progress.step,
-            f"{self.progress.tokens:,}",
-            self.clock.elapsed(),
-        )
-        self.saved_step = self.progress.step
-        return True
+                log.info("dropped %d metrics records after step %d (redone now)", dropped, self.progress.step)
+        return found is not None
 
     def restore_last_good(self) -> None:
         """After too many non-finite steps in a row: reload the last good checkpoint with a lower LR."""
         t, prog = self.train_cfg, self.progress
-        limit = int(t.get("max_nonfinite_restores", 3))
-        if prog.restores >= limit:
+        what = f"{prog.nonfinite_streak} non-finite steps in a row at step {prog.step}"
+        if prog.restores >= int(t["max_nonfinite_restores"]):
             raise FloatingPointError(
-                f"{prog.nonfinite_streak} non-finite steps in a row at step {prog.step}, after {prog.restores} "
-                f"reloads (train.max_nonfinite_restores={limit}); stopping. Lower train.lr and resume."
+                f"{what}, after {prog.restores} reloads (train.max_nonfinite_restores="
+                f"{t['max_nonfinite_restores']}); stopping. Lower train.lr and resume."
             )
-        found = self.find_checkpoint()
+        found = find_checkpoint(self.run_dir, self.identity, self.runtime.rank)
         if found is None:
             raise FloatingPointError(
-                f"{prog.nonfinite_streak} non-finite steps in a row at step {prog.step} and no checkpoint to "
-                f"go back to yet; stopping so no NaN weights are saved. Lower train.lr and start again."
+                f"{what} and no checkpoint to go back to yet; stopping so no NaN weights are saved. "
+                "Lower train.lr and start again."
             )
-        path, state = found
-        elapsed, skipped = self.clock.elapsed(), prog.skipped_steps
-        restores, scale = prog.restores + 1, prog.lr_scale * float(t.get("nonfinite_lr_factor", 0.5))
-        self.load_state_dict(state)
-        if self.budget.kind == "time":  # wall-clock time spent is not given back
-            self.clock.spent_before, self.clock.started_at = elapsed, time.monotonic()
+        skipped, restores = prog.skipped_steps, prog.restores + 1
+        scale = prog.lr_scale * float(t["nonfinite_lr_factor"])
+        self.load_state_dict(found[1], rewind=True)
         self.progress.skipped_steps, self.progress.restores, self.progress.lr_scale = skipped, restores, scale
         self.saved_step = self.progress.step
         log.warning(
             "reloaded %s (step %d) after non-finite steps; learning rate now x%g of the schedule",
-            path,
+            found[0],
             self.progress.step,
             scale,
         )
@@ -424,14 +359,13 @@ class Pretrainer:
 
     def run(self) -> dict:
         t = self.train_cfg
-        self.peak = peak_flops(self.runtime)  # measured on CPU: before the clock starts
-        self.peak_measured_at = time.monotonic()
+        self.mfu = MFUMeter(self.flops_per_token, self.runtime.device, self.runtime.dtype)  # before the clock
         self.model.train()
         self.clock.start()
         self.window = {"time": time.monotonic(), "tokens": 0, "steps": 0}
         self.last_ckpt_time = self.last_valid = time.monotonic()
         self.last_lr = self.last_grad_norm = p = float("nan")
-        every, stop_after = int(t.get("checkpoint_every_steps") or 0), int(t.get("stop_after_steps") or 0)
+        every, stop_after = int(t["checkpoint_every_steps"]), int(t["stop_after_steps"])
         while True:
             p, done, checkpoint_due = self.control()
             if done:
@@ -463,7 +397,7 @@ class Pretrainer:
         t, micro = self.train_cfg, int(self.train_cfg["microbatch_size"])
         # train.batch_size is the global batch: each of the ranks does 1/world_size of it.
         accum = accumulation_steps(p, micro * self.runtime.world_size, *self.ramp())
-        schedule = lr_factor(t["schedule"], p, float(t.get("warmup_fraction", 0.1)))
+        schedule = lr_factor(t["schedule"], p, float(t["warmup_fraction"]))
         lr = float(t["lr"]) * self.progress.lr_scale * schedule
         number = self.progress.step + 1
         inject = number in self.nan_steps
@@ -520,7 +454,7 @@ class Pretrainer:
         self.window["tokens"] += tokens
         self.window["steps"] += 1
         if prog.nonfinite_streak >= int(self.train_cfg["max_nonfinite_steps"]):
-            if self.train_cfg.get("on_nonfinite", "restore") != "restore":
+            if self.train_cfg["on_nonfinite"] != "restore":
                 raise FloatingPointError(
                     f"{prog.nonfinite_streak} non-finite steps in a row at step {prog.step} "
                     f"(train.on_nonfinite=stop); stopping so no NaN weights are saved. "
@@ -541,7 +475,7 @@ class Pretrainer:
             return True
         if self.budget.kind != "time":
             return False
-        return time.monotonic() - self.window["time"] >= float(t.get("log_every_seconds", 60))
+        return time.monotonic() - self.window["time"] >= float(t["log_every_seconds"])
 
     def log_train(self, lr: float, grad_norm: float, batch_size: int, p: float) -> None:
         if self.runtime.device.type == "cuda":
@@ -558,7 +492,7 @@ class Pretrainer:
             "batch_size": batch_size,
             "tokens": self.progress.tokens,
             "tokens_per_s": tokens_per_s,
-            "mfu": tokens_per_s * self.flops_per_token / self.peak,
+            "mfu": self.mfu(tokens_per_s),
             "mem_gb": memory_gb(self.runtime.device),
             "budget_used": p,
             "elapsed_s": self.clock.elapsed(),
@@ -573,10 +507,7 @@ class Pretrainer:
         self.last_side_metrics = {k: metrics[k] for k in SIDE_METRICS if k in metrics}
         self.last_train_loss = metrics["loss"]
         self.progress.losses = []
-        if time.monotonic() - self.peak_measured_at >= PEAK_REFRESH_SECONDS:
-            # On CPU, measure again and keep the best peak seen (~0.5 s of matmuls, so rarely).
-            self.peak = peak_flops(self.runtime, refresh=True)
-            self.peak_measured_at = time.monotonic()
+        self.mfu.refresh_if_due()
         self.window = {"time": time.monotonic(), "tokens": 0, "steps": 0}
 
     def validate(self) -> float | None:
@@ -714,12 +645,12 @@ def pretrain(cfg: Mapping, run_dir: Path, budget: Budget) -> dict:
         f"{len(corpus.train):,}",
         corpus.seq_len,
     )
-    if cfg.get("prepare_only"):
+    if cfg["prepare_only"]:
         log.info("prepare_only=true: corpus and tokenizer cached at %s; not training", corpus.cache_dir)
         return {"prepared": str(corpus.cache_dir), "stats": corpus.stats}
     trainer = Pretrainer(cfg, run_dir, budget, corpus, runtime)
     log.info("model %s: %s parameters", cfg["arch"]["name"], f"{trainer.num_params:,}")
-    resumed = trainer.resume() if cfg.get("resume") else False
-    if not resumed and not cfg["train"].get("start_clock_after_data", True):
-        trainer.clock.spent_before += time.monotonic() - start
+    resumed = trainer.resume() if cfg["resume"] else False
+    if not resumed and not cfg["train"]["start_clock_after_data"]:
+        trainer.clock.charge(time.monotonic() - start)
     return trainer.run()

@@ -330,6 +330,12 @@ def geglu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
 
 
 class GELU(nn.Module):
+    """``gelu(x)`` as a module.
+
+    Public API (``cramming.kernels.GELU``) for using the kernel in other models; cramming's own
+    model calls the functions through ``cramming.ops`` instead.
+    """
+
     def __init__(self, approximate: str = "none") -> None:
         super().__init__()
         check_approximate(approximate)
@@ -343,7 +349,10 @@ class GELU(nn.Module):
 
 
 class BiasGELU(nn.Module):
-    """``gelu(x + bias)`` with its own bias parameter (pair it with a bias-free ``nn.Linear``)."""
+    """``gelu(x + bias)`` with its own bias parameter (pair it with a bias-free ``nn.Linear``).
+
+    Public API (``cramming.kernels.BiasGELU``); cramming's own model does not use it.
+    """
 
     def __init__(self, num_features: int, approximate: str = "none", device=None, dtype=None) -> None:
         super().__init__()
@@ -359,7 +368,8 @@ class BiasGELU(nn.Module):
 
 
 class GeGLU(GELU):
-    """(..., 2H) -> (..., H): ``gelu(a) * b``."""
+    """(..., 2H) -> (..., H): ``gelu(a) * b``. Public API (``cramming.kernels.GeGLU``); cramming's model
+    calls ``cramming.ops`` instead."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return geglu(x, self.approximate)

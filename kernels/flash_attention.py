@@ -696,7 +696,11 @@ def attention_varlen(
 
 
 class Attention(nn.Module):
-    """Thin module around :func:`attention` (no parameters)."""
+    """Thin module around :func:`attention` (no parameters).
+
+    Public API (``cramming.kernels.Attention``) for using the kernel in other models; cramming's own
+    model calls the function through ``cramming.ops`` instead.
+    """
 
     def __init__(self, scale: float | None = None, layout: str = "bhtd") -> None:
         super().__init__()

@@ -289,7 +289,11 @@ def layer_norm_residual(
 
 class LayerNorm(nn.Module):
     """``nn.LayerNorm`` over the last dim backed by the Triton kernel; ``forward(x, residual)``
-    returns ``(LN(x + residual), x + residual)``."""
+    returns ``(LN(x + residual), x + residual)``.
+
+    Public API (``cramming.kernels.LayerNorm``) for using the kernel in other models; cramming's own
+    model calls the functions through ``cramming.ops`` instead.
+    """
 
     def __init__(
         self, normalized_shape: int, eps: float = 1e-12, bias: bool = True, device=None, dtype=None

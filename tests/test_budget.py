@@ -104,6 +104,32 @@ def test_time_budget_counts_time_spent_before_resume():
     assert 0.5 <= clock.progress() < 0.6
 
 
+def test_setup_time_is_charged_and_a_rewind_keeps_the_time_spent(monkeypatch):
+    """charge(): data preparation counts when start_clock_after_data=false; rewind(): a reload after
+    non-finite steps goes back to the checkpoint's counts but must not give back wall-clock time
+    (a bug here would let a diverging run train past its budget)."""
+    now = [1000.0]
+    monkeypatch.setattr("cramming.budget.time.monotonic", lambda: now[0])
+    clock = BudgetClock(parse_budget("100s"))
+    clock.charge(10.0)
+    clock.start()
+    now[0] += 20.0
+    clock.update(steps=3, tokens=30)
+    checkpoint = clock.state_dict()
+    assert checkpoint == {"elapsed": 30.0, "steps": 3, "tokens": 30}
+    now[0] += 40.0
+    clock.update(steps=7, tokens=70)
+    clock.rewind(checkpoint)
+    assert (clock.steps, clock.tokens) == (3, 30)
+    assert clock.elapsed() == 70.0 and clock.progress() == pytest.approx(0.7)
+    now[0] += 5.0
+    assert clock.elapsed() == 75.0  # still running
+    resumed = BudgetClock(parse_budget("100s"))  # a resume, by contrast, continues from the checkpoint's time
+    resumed.load_state_dict(checkpoint)
+    resumed.start()
+    assert resumed.elapsed() == 30.0
+
+
 def test_model_vocab_rounds_the_tokenizer_size_up_to_64():
     from cramming.train import model_vocab_size
 

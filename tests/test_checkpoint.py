@@ -2,9 +2,12 @@
 
 import json
 import logging
+import os
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from cramming.checkpoint import (
     CheckpointError,
@@ -16,8 +19,8 @@ from cramming.checkpoint import (
     model_state,
     save_checkpoint,
     sidecar,
-    validate_train_resilience,
 )
+from cramming.config import ConfigError, validate_train_resilience
 
 ARCH = {"name": "tiny", "hidden_size": 8}
 IDENT = identity(ARCH, 100, '{"tokenizer": 1}')
@@ -112,10 +115,35 @@ def test_model_state_has_no_wrapper_prefixes_and_nan_is_detected():
     ],
 )
 def test_bad_resilience_settings_are_named(key, value, fragment):
-    with pytest.raises(ValueError, match=key) as err:
-        validate_train_resilience({key: value})
+    """A bad checkpoint/non-finite setting is refused before the run, naming the key and the accepted range."""
+    recipe = OmegaConf.to_container(
+        OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "train" / "bert-o4.yaml")
+    )
+    validate_train_resilience(recipe)  # the shipped recipe passes
+    with pytest.raises(ConfigError, match=key) as err:
+        validate_train_resilience({**recipe, key: value})
     assert fragment in str(err.value)
-    validate_train_resilience({"on_nonfinite": "stop", "keep_checkpoints": 2, "checkpoint_minutes": 0.5})
+
+
+class RunsCode:
+    """Unpickling this creates ``marker``: proof that loading a checkpoint ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_checkpoint_with_a_pickled_object_is_refused_and_runs_nothing(tmp_path):
+    """Catches torch.load(weights_only=False): a checkpoint from elsewhere could run code on resume."""
+    marker = tmp_path / "code-ran"
+    state = {"step": 1, "model": {"w": torch.zeros(2)}, "extra": RunsCode(marker)}
+    path = save_checkpoint(tmp_path, state, meta=IDENT)  # a valid sidecar: size and sha256 match
+    with pytest.raises(CheckpointError, match="plain Python values") as err:
+        load_checkpoint(path, IDENT)
+    assert str(path) in str(err.value) and "mkdir" in str(err.value)
+    assert not marker.exists()
 
 
 def test_trim_metrics_drops_a_line_cut_by_a_kill(tmp_path):

@@ -375,15 +375,34 @@ def test_non_utf8_beyond_the_checked_prefix_fails_naming_the_file(tmp_path, smal
 
 
 def test_shipped_configs_validate(tiny_corpus):
-    from omegaconf import OmegaConf
+    """The data presets as Hydra composes them pass validation and carry what they promise.
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "data"
-    local = OmegaConf.load(conf / "local.yaml")
-    local.files = [str(tiny_corpus["train"])]
+    Catches a check that rejects a shipped value, a wikipedia.yaml key misspelled (local.yaml's
+    default would silently win), and code defaults drifting from conf/data/local.yaml.
+    """
+    from hydra import compose, initialize_config_module
+
+    from cramming.data.config import as_dict, defaults
+
+    train = str(tiny_corpus["train"])
+    with initialize_config_module("cramming.conf", version_base="1.3"):
+        local = compose("pretrain", overrides=["data=local", f"data.files=[{train}]"]).data
+        hub = compose("pretrain", overrides=["data=wikipedia"]).data
     validate_data_config(local)
-    hub = OmegaConf.merge(OmegaConf.load(conf / "local.yaml"), OmegaConf.load(conf / "wikipedia.yaml"))
-    hub.pop("defaults", None)
     validate_data_config(hub)
+    assert as_dict(local) == {**defaults(), "files": [train]}
+    assert as_dict({"files": [train]}) == as_dict(
+        local
+    )  # a config built outside Hydra gets the same defaults
+    hub = as_dict(hub)
+    assert (hub["source"], hub["hub"]["name"], hub["validation_split_documents"]) == (
+        "hub",
+        "20231101.en",
+        2000,
+    )
+    assert hub["hub"]["path"] == "wikimedia/wikipedia" and hub["seq_len"] == 128
+    with pytest.raises(ValueError, match="data.seq_len=4 "):
+        validate_data_config({**as_dict(local), "seq_len": 4})
 
 
 def test_junk_bound_scales_for_small_vocabularies(tiny_corpus, tmp_path):

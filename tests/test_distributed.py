@@ -150,7 +150,7 @@ def test_torchrun_two_ranks_share_one_run_folder_only_rank0_writes_and_resume(ti
     runs = list((tmp_path / "outputs").iterdir())
     assert len(runs) == 1, runs
     run = runs[0]
-    state = torch.load(run / "checkpoints" / "step_00000002.pt", weights_only=False)
+    state = torch.load(run / "checkpoints" / "step_00000002.pt", weights_only=True)
     assert len(state["ranks"]) == 2 and not any(
         k.startswith(("module.", "_orig_mod.")) for k in state["model"]
     )

@@ -1,6 +1,9 @@
 """The pretraining CLI end to end on the tiny corpus, and its answers to bad input."""
 
+import hashlib
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +14,8 @@ import torch
 from hydra import compose, initialize_config_module
 
 import cramming
+import cramming.train
+from cramming.checkpoint import load_checkpoint
 from cramming.cli import pretrain_main
 from cramming.data import prepare_corpus
 
@@ -73,20 +78,24 @@ def test_run_stops_by_itself_and_loss_falls(finished_run):
     assert "budget spent" in (run / "log.txt").read_text()
 
 
-def test_export_reloads_to_identical_logits(finished_run):
+def test_export_holds_the_final_trained_weights(finished_run):
+    """The export's logits equal those of the model rebuilt from the last checkpoint (written at the
+    same final step). Catches an export taken before the last steps, or weights lost in the export."""
     tmp_path, _ = finished_run
-    model = cramming.load_model(tmp_path / "outputs" / "e2e" / "model")
-    again = cramming.load_model(tmp_path / "outputs" / "e2e" / "model")
-    ids = torch.randint(5, model.vocab_size, (2, 32))
+    run = tmp_path / "outputs" / "e2e"
+    exported = cramming.load_model(run / "model")
+    checkpoint = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
+    state = load_checkpoint(checkpoint)  # the safe loader (weights_only=True) reads our own checkpoints
+    assert state["step"] == json.loads((run / "summary.json").read_text())["steps"]
+    trained = cramming.model.build_mlm(state["arch"], state["vocab_size"])
+    trained.load_state_dict(state["model"], strict=True)
+    trained.eval()
+    untrained = cramming.model.build_mlm(state["arch"], state["vocab_size"]).eval()
+    ids = torch.randint(5, exported.vocab_size, (2, 32))
     with torch.no_grad():
-        assert torch.equal(model(ids)["logits"], again(ids)["logits"])
-    checkpoint = sorted((tmp_path / "outputs" / "e2e" / "checkpoints").glob("step_*.pt"))[-1]
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    fresh = cramming.model.build_mlm(state["arch"], state["vocab_size"])
-    fresh.load_state_dict(state["model"], strict=True)
-    fresh.eval()
-    with torch.no_grad():
-        assert torch.equal(fresh(ids)["logits"], model(ids)["logits"])
+        logits = exported(ids)["logits"]
+        assert torch.equal(logits, trained(ids)["logits"])
+        assert not torch.allclose(logits, untrained(ids)["logits"])  # the comparison can tell weights apart
 
 
 def test_second_run_reuses_the_cache(finished_run, tiny_corpus):
@@ -148,14 +157,38 @@ def test_bad_data_files(tmp_path, tiny_corpus, capsys):
     assert not good_cache.exists()
 
 
-def test_nothing_cached_is_damaged_by_a_bad_run(tmp_path, tiny_corpus, capsys):
+def test_nothing_cached_is_damaged_by_a_bad_run(tmp_path, tiny_corpus, capsys, monkeypatch):
+    """A run that fails after its data step (here the model fails to build) leaves the prepared
+    corpus byte for byte as it was. Catches clean-up or a cache rewrite on the failure path."""
+    args = tiny_args(tiny_corpus, tmp_path, "ok", "1m")
     with initialize_config_module("cramming.conf", version_base="1.3"):
-        cfg = compose("pretrain", overrides=tiny_args(tiny_corpus, tmp_path, "ok", "1m"))
+        cfg = compose("pretrain", overrides=args)
     corpus = prepare_corpus(cfg.data, log=lambda *a: None)
-    before = sorted((p.name, p.stat().st_size) for p in Path(corpus.cache_dir).rglob("*") if p.is_file())
-    _main_with(tiny_args(tiny_corpus, tmp_path, "ok", "abc"), capsys)
-    after = sorted((p.name, p.stat().st_size) for p in Path(corpus.cache_dir).rglob("*") if p.is_file())
-    assert before == after
+
+    def contents():
+        files = sorted(p for p in Path(corpus.cache_dir).rglob("*") if p.is_file())
+        return [(str(p), hashlib.sha256(p.read_bytes()).hexdigest()) for p in files]
+
+    before = contents()
+    assert before
+
+    def broken_build(*args, **kwargs):
+        raise ValueError("injected: the model failed to build")
+
+    monkeypatch.setattr(cramming.train, "build_mlm", broken_build)
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    try:
+        err = _main_with(args, capsys)
+    finally:  # the run's log.txt handler must not collect the next tests' lines
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+    assert "injected: the model failed to build" in err
+    log_text = (tmp_path / "outputs" / "ok" / "log.txt").read_text()
+    assert "data ready" in log_text  # the failure came after the data step used the cache
+    assert contents() == before
 
 
 def test_eval_glue_after_pretraining(finished_run, tiny_corpus, glue_dir):
@@ -171,7 +204,13 @@ def test_eval_glue_after_pretraining(finished_run, tiny_corpus, glue_dir):
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "outputs" / "witheval" / "glue" / "results.json").read_text())
-    assert "sst2" in json.dumps(results).lower()
+    sst2 = results["tasks"]["sst2"]
+    accuracy = sst2["median"]["accuracy"]
+    assert set(sst2["median"]) == {"accuracy"} and math.isfinite(accuracy)
+    assert sst2["examples"]["dev"] == {"dev": 64}  # eval.max_eval_examples of the 872 dev sentences
+    confusion = sst2["classes"]["dev"]["confusion_matrix"]
+    assert sum(map(sum, confusion)) == 64
+    assert accuracy == pytest.approx(100 * sum(confusion[i][i] for i in range(len(confusion))) / 64)
 
 
 def test_a_new_run_refuses_the_folder_of_an_earlier_one(finished_run, tiny_corpus, capsys):

@@ -1,4 +1,4 @@
-"""The data sub-config: defaults, conversion to a plain dict, and fast validation before long work.
+"""The data sub-config: defaults (from conf/data/local.yaml), conversion to a plain dict, and fast validation before long work.
 
 ``validate_data_config`` runs in well under a second even for large corpora: it checks that every
 path matches files, and reads only a prefix of each file (UTF-8, gzip header, JSON/Parquet schema).
@@ -6,7 +6,6 @@ path matches files, and reads only a prefix of each file (UTF-8, gzip header, JS
 
 from __future__ import annotations
 
-import copy
 import glob
 import gzip
 import json
@@ -28,47 +27,18 @@ MIN_VOCAB, MAX_VOCAB = 256, 4_294_967_295
 MIN_SEQ_LEN, MAX_SEQ_LEN = 8, 65_536
 PREFIX_BYTES = 1 << 16
 
-DEFAULTS: dict[str, Any] = {
-    "source": "local",
-    "files": [],
-    "validation_files": [],
-    "text_column": "text",
-    "vocab_size": 32768,
-    "seq_len": 128,
-    "cache_dir": ".cache/cramming",
-    "tokenizer": {
-        "lowercase": True,
-        "strip_accents": True,
-        "ascii_only": True,
-        "sample_mb": 256,
-        "path": None,
-        "kind": "wordpiece",
-    },
-    "filters": {"max_tokens_per_char": 0.25, "min_doc_chars": 200, "dedup": True},
-    "ordering": "none",
-    "cls_per_sequence": True,
-    "readymade": None,
-    "num_workers": 0,
-    "shard_sequences": 1_048_576,
-    "batch_documents": 1024,
-    "verify": "full",
-    "mlm_probability": 0.25,
-    "objective": "mlm",
-    "masking": "crammed",
-    "short_seq_prob": 0.1,
-    "hub": {
-        "path": "wikimedia/wikipedia",
-        "name": None,
-        "split": "train",
-        "streaming": True,
-        "max_documents": None,
-    },
-    "validation_split_documents": 0,
-}
+
+def defaults() -> dict[str, Any]:
+    """Every data key's default: ``conf/data/local.yaml``, the file Hydra composes too (one source)."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(files("cramming.conf") / "data" / "local.yaml"))
 
 
 def as_dict(data_cfg: Any) -> dict[str, Any]:
-    """A plain dict of the data config (DictConfig or mapping), with defaults filled in for missing keys."""
+    """A plain dict of the data config (DictConfig or mapping), missing keys filled from ``defaults()``."""
     try:
         from omegaconf import DictConfig, OmegaConf
 
@@ -78,7 +48,7 @@ def as_dict(data_cfg: Any) -> dict[str, Any]:
         pass
     if not isinstance(data_cfg, Mapping):
         raise ValueError(f"data config must be a mapping, got {type(data_cfg).__name__}")
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = defaults()
     for key, value in data_cfg.items():
         if isinstance(value, Mapping) and isinstance(cfg.get(key), dict):
             cfg[key] = {**cfg[key], **dict(value)}
