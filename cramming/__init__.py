@@ -3,7 +3,7 @@
 import os
 
 # Idle OpenMP threads sleep instead of spin-waiting. On a CPU shared with other jobs, spinning
-# threads steal the cores the busy ones need: a 12-step tiny pretraining run measured ~2.5x the
+# threads steal the cores the busy ones need: a 12-step tiny pretraining run measured ~3x the
 # tokens/s with PASSIVE (see README, "Measured results"). The OpenMP runtime reads this once, when
 # torch loads it, so it is set here, before any module of the package imports torch; every entry
 # point (python -m cramming, cramming.glue, .finetune, .predict, the benchmarks) imports this first.
