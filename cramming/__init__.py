@@ -1,5 +1,15 @@
 """cramming: pretrain a BERT-style masked language model on one GPU within a wall-clock budget."""
 
+import os
+
+# Idle OpenMP threads sleep instead of spin-waiting. On a CPU shared with other jobs, spinning
+# threads steal the cores the busy ones need: a 12-step tiny pretraining run measured ~3x the
+# tokens/s with PASSIVE (see README, "Measured results"). The OpenMP runtime reads this once, when
+# torch loads it, so it is set here, before any module of the package imports torch; every entry
+# point (python -m cramming, cramming.glue, .finetune, .predict, the benchmarks) imports this first.
+# A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 

@@ -15,15 +15,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 from tokenizers.processors import TemplateProcessing
+
+from cramming.runtime import check_precision, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -148,53 +150,9 @@ class FinetuneConfig:
         check_precision(self.precision)
 
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
-    return precision
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asks for a GPU, but torch sees no CUDA device (use cpu or auto)")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"device={device!r} is not one of auto, cpu, cuda, cuda:N")
-    return torch.device(device)
-
-
-def set_threads(num_threads: int | None) -> int:
-    """Set torch's CPU threads; ``None`` means every core this process may use that is not busy.
-
-    Oversubscribed OpenMP threads spin-wait: on a 2-core machine already running other jobs,
-    a tiny model's training step measured ~9x slower with 2 threads than with 1. So the
-    default subtracts the 1-minute load average (other processes) from the core count.
-    """
-    if num_threads is not None:
-        if int(num_threads) < 1:
-            raise ValueError(f"num_threads={num_threads} must be a positive integer (or null for auto)")
-        n = int(num_threads)
-    else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        n = max(1, min(cores, round(cores - busy)))
-    torch.set_num_threads(n)
-    return n
-
-
 def autocast(device: torch.device, precision: str = "auto"):
-    """bf16 autocast on GPU by default (fp16 where bf16 is unsupported), plain fp32 on CPU; explicit
-    bf16/fp16 are honoured anywhere. The same rule as pretraining (``config.resolve_precision``)."""
-    from cramming.config import resolve_precision
-
-    dtype = resolve_precision({"precision": check_precision(precision)}, device)
+    """Autocast by the one precision rule of ``runtime.resolve_precision`` (fp32: none)."""
+    dtype = resolve_precision(precision, device)
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -359,3 +317,65 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class Pretrained:
+    """An export read once for fine-tuning: its config.json, tokenizer and ``Encoder`` weights."""
+
+    path: Path
+    config: dict
+    tokenizer: Tokenizer
+    encoder: dict[str, torch.Tensor]  # keys of ``Encoder`` (no ``encoder.`` prefix)
+
+    @property
+    def arch(self) -> dict:
+        return self.config["arch"]
+
+
+def load_pretrained(model_dir: str | Path) -> Pretrained:
+    """config.json (checked once), tokenizer and only the ``encoder.*`` weights of an export (MLM or
+    classifier); the decoder or classifier head is never built. A ValueError names a bad file."""
+    from safetensors import safe_open
+
+    from cramming.export import WEIGHTS, read_config, read_tokenizer
+
+    path = Path(model_dir)
+    config = read_config(path)
+    try:
+        with safe_open(str(path / WEIGHTS), "pt") as f:
+            names = set(f.keys())
+            # save_model stores a tied weight once and records the dropped name -> kept name in metadata
+            aliases = {k: v for k, v in (f.metadata() or {}).items() if v in names}
+            prefix = "encoder."
+            wanted = sorted(k for k in names | set(aliases) if k.startswith(prefix))
+            encoder = {k[len(prefix) :]: f.get_tensor(aliases.get(k, k)) for k in wanted}
+    except Exception as err:  # safetensors raises its own error types for truncated or corrupt files
+        raise ValueError(f"cannot read weights from {path / WEIGHTS}: {err}") from err
+    if not encoder:
+        raise ValueError(f"{path / WEIGHTS}: the export has no encoder.* weights to fine-tune")
+    return Pretrained(path, config, read_tokenizer(path), encoder)
+
+
+def build_finetune_model(pretrained: Pretrained, num_labels: int, dropout: float = 0.1) -> torch.nn.Module:
+    """A fresh classifier (new head) whose encoder is loaded strictly from ``pretrained``."""
+    from cramming.export import WEIGHTS
+    from cramming.model import build_classifier
+
+    config = pretrained.config
+    try:
+        return build_classifier(config["arch"], config["vocab_size"], num_labels, pretrained.encoder, dropout)
+    except RuntimeError as err:  # strict load: missing, unexpected or mis-shaped keys
+        raise ValueError(
+            f"{pretrained.path / WEIGHTS}: the encoder weights do not match config.json's arch: {err}"
+        ) from err
+
+
+def score_logits(targets: Sequence, logits: np.ndarray, labels: Sequence[str] | None) -> dict:
+    """Metrics of one scored split, as fractions: ``regression_metrics`` on ``logits[:, 0]`` when
+    ``labels`` is None, else ``classification_metrics`` of the argmax (report + confusion matrix)."""
+    from cramming import metrics
+
+    if labels is None:
+        return metrics.regression_metrics(targets, logits[:, 0])
+    return metrics.classification_metrics(targets, logits.argmax(axis=-1), labels)

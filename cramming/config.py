@@ -25,8 +25,6 @@ ARCH_KEYS = (
     "position_embedding",
     "max_position_embeddings",
 )
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DEVICES = ("auto", "cuda", "cpu")
 WANDB_MODES = ("disabled", "offline", "online")
 
 
@@ -129,17 +127,11 @@ def validate_train_resilience(train: Mapping) -> None:
 
 
 def validate_impl(impl: Mapping) -> None:
-    _require(impl["device"] in DEVICES, f"impl.device={impl['device']!r} is not one of {list(DEVICES)}")
-    _require(
-        impl["precision"] in PRECISIONS,
-        f"impl.precision={impl['precision']!r} is not one of {list(PRECISIONS)}",
-    )
-    _require(
-        impl["device"] != "cuda" or torch.cuda.is_available(), "impl.device='cuda' but no CUDA GPU is visible"
-    )
-    from cramming import ops
+    """The impl group's values (device, precision, threads, kernels), by the rules of ``cramming.runtime``."""
+    from cramming import ops, runtime
 
     try:
+        runtime.resolve_impl(impl)
         choices = ops.configure(impl)
     except ValueError as err:
         raise ConfigError(str(err)) from None
@@ -176,27 +168,3 @@ def validate_run(cfg: Mapping) -> Budget:
 
     validate_data_config(cfg["data"])
     return budget
-
-
-def resolve_device(impl: Mapping) -> torch.device:
-    from cramming.classify import resolve_device as resolve
-
-    return resolve(impl["device"])
-
-
-def resolve_precision(impl: Mapping, device: torch.device) -> torch.dtype:
-    """bf16 autocast on GPUs that support it, fp32 on CPU (bf16 matmuls are far slower there)."""
-    choice = impl["precision"]
-    if choice == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
-
-
-def set_threads(impl: Mapping) -> None:
-    threads = impl.get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-    elif os.environ.get("OMP_NUM_THREADS") is None:
-        torch.set_num_threads(os.cpu_count() or 1)

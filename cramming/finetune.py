@@ -12,7 +12,6 @@ label is a number, alphabetically otherwise) and saved with the model in config.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -27,11 +26,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from cramming import classify, metrics, ops
-from cramming.export import CONFIG, load_model, load_tokenizer, read_config, save_export
-from cramming.model import build_classifier
+from cramming import classify, metrics
+from cramming.export import CONFIG, save_export
 from cramming.predict import cli_errors
+from cramming.runtime import make_runtime
 from cramming.tabular import Examples, bad_row, check_bad_rows, load_examples, write_table
+from cramming.tracking import log_to_file, setup_logging
 
 log = logging.getLogger("cramming.finetune")
 
@@ -217,7 +217,7 @@ def classification_summary(y_true: Sequence[int], y_pred: Sequence[int], labels:
     """The engine's metrics plus macro and weighted precision/recall/F1 and a text report."""
     from sklearn import metrics as skm
 
-    result = metrics.classification_metrics(y_true, y_pred, labels)
+    result = metrics.classification_metrics(y_true, y_pred, labels)  # what classify.score_logits gives
     index = list(range(len(labels)))
     for average in ("macro", "weighted"):
         p, r, f, _ = skm.precision_recall_fscore_support(
@@ -262,7 +262,7 @@ def evaluate_split(
     if targets is None:
         return None
     if labels is None:
-        result = metrics.regression_metrics(targets, logits[:, 0])
+        result = classify.score_logits(targets, logits, None)
         log.info(
             "%s: pearson %.4f | spearman %.4f | mse %.4f",
             split,
@@ -290,21 +290,12 @@ def evaluate_split(
     return result
 
 
-def build_model(model_dir: Path, num_labels: int, dropout: float) -> torch.nn.Module:
-    """A fresh classifier head on the export's encoder (an MLM or an earlier fine-tuned classifier)."""
-    config = read_config(model_dir)
-    source = load_model(model_dir)
-    return build_classifier(
-        config["arch"], config["vocab_size"], num_labels, source.encoder.state_dict(), dropout=dropout
-    )
-
-
 def run_finetune(cfg: Mapping) -> dict:
     """Fine-tune, evaluate and export as configured (keys of conf/finetune.yaml); returns the summary."""
     check_config(cfg)
     model_dir = Path(cfg["model"])
-    config = read_config(model_dir)
-    max_pos = config["arch"]["max_position_embeddings"]
+    pretrained = classify.load_pretrained(model_dir)  # config, tokenizer and encoder, read once
+    max_pos = pretrained.arch["max_position_embeddings"]
     if cfg["max_length"] > max_pos:
         raise ValueError(
             f"max_length={cfg['max_length']} exceeds the model's max_position_embeddings={max_pos}"
@@ -320,23 +311,25 @@ def run_finetune(cfg: Mapping) -> dict:
         log.warning("no validation_file: the model is trained and exported without any evaluation")
     task, labels, prepared = prepare_targets(cfg, splits)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _log_to_file(out_dir / "finetune.log"):
-        summary = train_and_evaluate(cfg, model_dir, out_dir, task, labels, prepared)
+    with log_to_file(out_dir / "finetune.log"):
+        summary = train_and_evaluate(cfg, pretrained, out_dir, task, labels, prepared)
     log.info("wrote the fine-tuned model and metrics to %s", out_dir)
     return {**summary, "out_dir": str(out_dir)}
 
 
 def train_and_evaluate(
-    cfg: Mapping, model_dir: Path, out_dir: Path, task: str, labels: list[str] | None, prepared: dict
+    cfg: Mapping,
+    pretrained: classify.Pretrained,
+    out_dir: Path,
+    task: str,
+    labels: list[str] | None,
+    prepared: dict,
 ) -> dict:
-    log.info("fine-tuning %s -> %s | task %s | labels %s", model_dir, out_dir, task, labels)
+    log.info("fine-tuning %s -> %s | task %s | labels %s", pretrained.path, out_dir, task, labels)
     log.info("rows: %s", {name: len(ex) for name, (ex, _) in prepared.items()})
-    impl = cfg.get("impl") or {}
-    ops.configure(impl)
-    classify.set_threads(impl.get("threads"))
-    device = classify.resolve_device(impl.get("device", "auto"))
-    precision = impl.get("precision", "auto")
-    tokenizer = load_tokenizer(model_dir)
+    runtime = make_runtime(cfg.get("impl"))
+    device, precision = runtime.device, runtime.precision
+    tokenizer = pretrained.tokenizer
     encoded = {
         name: classify.encode_examples(
             tokenizer, ex.texts, ex.pairs, targets, cfg["max_length"], regression=task == "regression"
@@ -344,7 +337,7 @@ def train_and_evaluate(
         for name, (ex, targets) in prepared.items()
     }
     torch.manual_seed(cfg["seed"])
-    model = build_model(model_dir, 1 if labels is None else len(labels), cfg["dropout"])
+    model = classify.build_finetune_model(pretrained, 1 if labels is None else len(labels), cfg["dropout"])
     weights = class_weight_tensor(cfg["class_weights"], prepared["train"][1], labels) if labels else None
     train_cfg = classify.FinetuneConfig(
         lr=classify.resolve_lr(cfg["lr"], model.arch["hidden_size"]),
@@ -390,26 +383,9 @@ def export_extra(cfg: Mapping, task: str, labels: list[str] | None, summary: Map
     return json.loads(json.dumps(extra, default=str))
 
 
-@contextlib.contextmanager
-def _log_to_file(path: Path):
-    """Copy this package's log lines into ``path`` while the block runs."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    logger = logging.getLogger("cramming")
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous)
-        handler.close()
-
-
 @hydra.main(config_path="pkg://cramming.conf", config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    setup_logging(None)
     cli_errors(run_finetune)(cfg)
 
 

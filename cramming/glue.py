@@ -27,36 +27,50 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cramming import ops
 from cramming.classify import (
     REFERENCE_WIDTH,
     FinetuneConfig,
-    check_precision,
+    Pretrained,
+    build_finetune_model,
     encode_examples,
     finetune,
+    load_pretrained,
     predict,
-    resolve_device,
     resolve_lr,
-    set_threads,
+    score_logits,
 )
 from cramming.data import glue as glue_data
 from cramming.data.glue import AVERAGE_COLUMNS, AX, TASKS, Split, TaskData, TaskSpec
-from cramming.export import atomic_write, load_model, load_tokenizer, read_config
-from cramming.metrics import classification_metrics, f1_binary, plot_confusion, regression_metrics
-from cramming.model import build_classifier
+from cramming.export import atomic_write
+from cramming.metrics import f1_binary, plot_confusion
+from cramming.runtime import Runtime, impl_defaults, make_runtime, resolve_impl
 from cramming.submission import write_submission, zip_submission
+from cramming.tracking import log_to_file, setup_logging
 
 log = logging.getLogger(__name__)
 
 POSITIVE_INT = ("seeds", "batch_size", "eval_batch_size", "max_length")
-OPTIONAL_INT = ("max_train_examples", "max_eval_examples", "max_test_examples", "num_threads")
+OPTIONAL_INT = ("max_train_examples", "max_eval_examples", "max_test_examples")
+# Keys GLUE took before it took the impl group like finetune and predict: a clear error names the new key.
+FLAT_KEYS = {"device": "impl.device", "precision": "impl.precision", "kernels": "impl.kernels",
+             "num_threads": "impl.threads", "threads": "impl.threads"}  # fmt: skip
 
 
 def default_settings() -> dict:
     """The defaults of conf/glue.yaml (without Hydra's own keys)."""
     text = resources.files("cramming.conf").joinpath("glue.yaml").read_text()
     cfg = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
-    return {k: v for k, v in cfg.items() if k not in ("defaults", "hydra")}
+    return {**{k: v for k, v in cfg.items() if k not in ("defaults", "hydra")}, "impl": impl_defaults()}
+
+
+def check_flat_keys(keys) -> None:
+    """A ValueError naming the impl key for each old flat key (``device=cpu`` is now ``impl.device=cpu``)."""
+    old = [k.lstrip("+") for k in keys if k.lstrip("+") in FLAT_KEYS]
+    if old:
+        shown = ", ".join(f"{k}= is now {FLAT_KEYS[k]}=" for k in old)
+        raise ValueError(
+            f"{shown} (GLUE takes the impl group like finetune and predict; see conf/impl/default.yaml)"
+        )
 
 
 def resolve_settings(settings: Mapping | None) -> dict:
@@ -64,8 +78,11 @@ def resolve_settings(settings: Mapping | None) -> dict:
     ignored), validated: every bad value is a ValueError naming it and what is accepted."""
     if isinstance(settings, DictConfig):
         settings = OmegaConf.to_container(settings, resolve=True)
+    settings = dict(settings or {})
+    check_flat_keys(settings)
     merged = default_settings()
-    merged.update({k: v for k, v in dict(settings or {}).items() if k in merged})
+    merged.update({k: v for k, v in settings.items() if k in merged})
+    merged["impl"] = resolve_impl(settings.get("impl"))
     merged["tasks"] = glue_data.check_task_names(merged["tasks"])
     for key in POSITIVE_INT:
         if not isinstance(merged[key], int) or merged[key] < 1:
@@ -85,14 +102,11 @@ def resolve_settings(settings: Mapping | None) -> dict:
         value = merged[key]
         if not isinstance(value, (int, float)) or not (low <= value <= high) or (key == "lr" and value == 0):
             raise ValueError(f"{key}={value!r} must be a number in ({low}, {high}]")
-    check_precision(merged["precision"])
-    if merged["kernels"] is not None and merged["kernels"] not in ops.CHOICES:
-        raise ValueError(f"kernels={merged['kernels']!r} is not one of {list(ops.CHOICES)} or null")
     return merged
 
 
-def check_model_dir(model_dir) -> dict:
-    """The export's config.json; a ValueError (before any long work) when ``model_dir`` is not an export."""
+def check_model_dir(model_dir) -> Pretrained:
+    """The export, read once; a ValueError (before any long work) when ``model_dir`` is not an export."""
     if model_dir in (None, "", "???"):
         raise ValueError("model is required: model=outputs/RUN/model (an exported model folder)")
     path = Path(str(model_dir))
@@ -101,7 +115,7 @@ def check_model_dir(model_dir) -> dict:
             f"model={model_dir} is not a folder; give an exported model folder such as outputs/RUN/model "
             "(holding model.safetensors, config.json and tokenizer.json)"
         )
-    return read_config(path)
+    return load_pretrained(path)
 
 
 def plan_tasks(settings: Mapping) -> tuple[list[str], dict[str, str]]:
@@ -165,15 +179,10 @@ def score_split(
 ) -> tuple[dict, dict | None]:
     """Metric values in percent, and (classification) the per-class report and confusion matrix."""
     key = lambda m: f"{m}_{suffix}" if suffix else m  # noqa: E731
-    if spec.regression:
-        reg = regression_metrics(labels, logits[:, 0])
-        return {key(m): 100.0 * reg[m] for m in spec.metrics}, None
-    pred = logits.argmax(axis=-1)
-    report = classification_metrics(labels, pred, spec.labels)
-    values = {"accuracy": report["accuracy"], "matthews": report["matthews"]}
+    values = score_logits(labels, logits, None if spec.regression else spec.labels)
     if "f1" in spec.metrics:  # binary F1 of the positive class (MRPC, QQP)
-        values["f1"] = f1_binary(labels, pred)
-    return {key(m): 100.0 * values[m] for m in spec.metrics}, report
+        values["f1"] = f1_binary(labels, logits.argmax(axis=-1))
+    return {key(m): 100.0 * values[m] for m in spec.metrics}, None if spec.regression else values
 
 
 def majority_rate(spec: TaskSpec, labels: list) -> float | None:
@@ -182,31 +191,28 @@ def majority_rate(spec: TaskSpec, labels: list) -> float | None:
     return 100.0 * np.bincount(labels, minlength=spec.num_labels).max() / len(labels)
 
 
-def run_seed(spec: TaskSpec, encoded: dict, model_info: dict, settings: Mapping, seed: int, device) -> dict:
+def run_seed(
+    spec: TaskSpec, encoded: dict, pretrained: Pretrained, settings: Mapping, seed: int, runtime: Runtime
+) -> dict:
     """Fine-tune once; dev scores, dev reports and test logits of this seed."""
     torch.manual_seed(seed)
-    model = build_classifier(
-        model_info["arch"],
-        model_info["vocab_size"],
-        spec.num_labels,
-        model_info["encoder"],
-        settings["dropout"],
-    )
+    model = build_finetune_model(pretrained, spec.num_labels, settings["dropout"])
+    precision, device = runtime.precision, runtime.device
     cfg = FinetuneConfig(
-        lr=resolve_lr(settings["lr"], model_info["arch"]["hidden_size"]),
+        lr=resolve_lr(settings["lr"], pretrained.arch["hidden_size"]),
         batch_size=int(settings["batch_size"]), epochs=settings["epochs"],
         warmup_fraction=settings["warmup_fraction"], weight_decay=settings["weight_decay"],
-        precision=settings["precision"], log_every=settings["log_every"],
+        precision=precision, log_every=settings["log_every"],
     )  # fmt: skip
     started = time.perf_counter()
     finetune(model, encoded["train"], cfg, seed=seed, device=device)
     scores, reports = {}, {}
     for name, dev in encoded["dev"].items():
-        logits = predict(model, dev, settings["eval_batch_size"], device, settings["precision"])
+        logits = predict(model, dev, settings["eval_batch_size"], device, precision)
         split_scores, reports[name] = score_split(spec, dev.labels.tolist(), logits, name)
         scores.update(split_scores)
     test_logits = {
-        name: predict(model, test, settings["eval_batch_size"], device, settings["precision"])
+        name: predict(model, test, settings["eval_batch_size"], device, precision)
         for name, test in encoded["test"].items()
     }
     return {"seed": seed, "scores": scores, "reports": reports, "test": test_logits,
@@ -237,11 +243,11 @@ def encode_task(spec: TaskSpec, data: TaskData, tokenizer, settings: Mapping) ->
     }
 
 
-def run_task(name: str, tokenizer, model_info: dict, settings: Mapping, out_dir: Path, device) -> dict:
+def run_task(name: str, pretrained: Pretrained, settings: Mapping, out_dir: Path, runtime: Runtime) -> dict:
     """Fine-tune and score one task over every seed; write its confusion PNGs and submission TSVs."""
     spec, started = TASKS[name], time.perf_counter()
     data = load_task(name, settings)
-    encoded = encode_task(spec, data, tokenizer, settings)
+    encoded = encode_task(spec, data, pretrained.tokenizer, settings)
     examples = {
         "train": len(encoded["train"]), "train_available": len(data.train),
         "dev": {k or "dev": len(v) for k, v in encoded["dev"].items()},
@@ -252,7 +258,7 @@ def run_task(name: str, tokenizer, model_info: dict, settings: Mapping, out_dir:
              examples["dev"], examples["test"])  # fmt: skip
     runs = []
     for i in range(int(settings["seeds"])):
-        runs.append(run_seed(spec, encoded, model_info, settings, settings["seed"] + i, device))
+        runs.append(run_seed(spec, encoded, pretrained, settings, settings["seed"] + i, runtime))
         shown = ", ".join(f"{k} {v:.2f}" for k, v in runs[-1]["scores"].items())
         log.info("%s seed %d: %s (%.1fs)", spec.title, runs[-1]["seed"], shown, runs[-1]["seconds"])
     keys = list(runs[0]["scores"])
@@ -310,15 +316,6 @@ def glue_average(tasks: Mapping[str, dict]) -> dict:
     }
 
 
-def load_encoder(model_dir: Path) -> dict:
-    """Architecture, vocabulary size and the ``encoder.*`` weights of an export (MLM or classifier)."""
-    model = load_model(model_dir)
-    state = {k[len("encoder.") :]: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
-    if not state:
-        raise ValueError(f"{model_dir}: the export has no encoder.* weights to fine-tune")
-    return {"arch": model.config["arch"], "vocab_size": model.config["vocab_size"], "encoder": state}
-
-
 def write_results(out_dir: Path, results: dict) -> None:
     text = json.dumps(results, indent=2, default=float) + "\n"
     atomic_write(out_dir / "results.json", lambda tmp: Path(tmp).write_text(text))
@@ -327,49 +324,37 @@ def write_results(out_dir: Path, results: dict) -> None:
 def run_glue(model_dir, settings: Mapping | None = None, out_dir: str | Path | None = None) -> dict:
     """Fine-tune and score ``model_dir`` on the GLUE tasks in ``settings``; returns results.json's content."""
     settings = resolve_settings(settings)
-    config = check_model_dir(model_dir)
-    positions = config["arch"].get("max_position_embeddings")
+    pretrained = check_model_dir(model_dir)
+    positions = pretrained.arch.get("max_position_embeddings")
     if positions and settings["max_length"] > positions:
         raise ValueError(f"max_length={settings['max_length']} exceeds the model's {positions} positions")
     model_dir = Path(str(model_dir)).resolve()
     names, skipped = plan_tasks(settings)
     out_dir = Path(out_dir or settings["out_dir"] or model_dir.parent / "glue").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out_dir / "log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    package_log = logging.getLogger("cramming")
-    old_level = package_log.level
-    if package_log.getEffectiveLevel() > logging.INFO:  # log.txt gets progress even if the caller is quiet
-        package_log.setLevel(logging.INFO)
-    package_log.addHandler(handler)
-    try:
-        return _run(model_dir, config, settings, names, skipped, out_dir)
-    finally:
-        package_log.removeHandler(handler)
-        package_log.setLevel(old_level)
-        handler.close()
+    with log_to_file(out_dir / "log.txt"):
+        return _run(model_dir, pretrained, settings, names, skipped, out_dir)
 
 
-def _run(model_dir: Path, config: dict, settings: dict, names: list, skipped: dict, out_dir: Path) -> dict:
-    device = resolve_device(settings["device"])
-    threads = set_threads(settings["num_threads"])
-    if settings["kernels"] is not None:
-        ops.configure({"kernels": settings["kernels"]})
+def _run(
+    model_dir: Path, pretrained: Pretrained, settings: dict, names: list, skipped: dict, out_dir: Path
+) -> dict:
+    runtime = make_runtime(settings["impl"])
+    device, threads = runtime.device, runtime.threads
     for name, reason in skipped.items():
         log.warning("%s skipped: %s", TASKS[name].title, reason)
-    tokenizer, model_info = load_tokenizer(model_dir), load_encoder(model_dir)
     results = {
         "model": str(model_dir), "run": model_dir.parent.name, "scale": "percent",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": {**settings, "model": str(model_dir)}, "device": str(device), "threads": threads,
-        "lr": resolve_lr(settings["lr"], config["arch"]["hidden_size"]),
-        "arch": config["arch"].get("name"), "tasks": {}, "skipped": skipped,
+        "lr": resolve_lr(settings["lr"], pretrained.arch["hidden_size"]),
+        "arch": pretrained.arch.get("name"), "tasks": {}, "skipped": skipped,
     }  # fmt: skip
     results["tasks"] = earlier_tasks(out_dir, results["settings"], names)
     results["merged"] = sorted(set(results["tasks"]) - set(names))
     log.info("GLUE on %s (%s, %d threads, lr %.3g) -> %s; tasks %s", model_dir, device, threads, results["lr"],
              out_dir, names)  # fmt: skip
-    ran = run_tasks(names, tokenizer, model_info, settings, out_dir, device, results)
+    ran = run_tasks(names, pretrained, settings, out_dir, runtime, results)
     if not ran:
         source = "the hub dataset nyu-mll/glue (needs network access or its HF cache; for local files give glue_dir=PATH)"
         if settings["glue_dir"] is not None:
@@ -390,11 +375,14 @@ def _run(model_dir: Path, config: dict, settings: dict, names: list, skipped: di
 
 
 # Settings that change speed or logging but not the scores: results differing only here are merged.
-RUNTIME_SETTINGS = ("tasks", "out_dir", "device", "num_threads", "kernels", "log_every", "hub_cache_dir")
+# Of the impl group only the precision counts (device, threads, kernels change speed, never results).
+RUNTIME_SETTINGS = ("tasks", "out_dir", "log_every", "hub_cache_dir")
 
 
 def _scored_settings(settings: Mapping) -> dict:
-    return {k: v for k, v in settings.items() if k not in RUNTIME_SETTINGS}
+    scored = {k: v for k, v in settings.items() if k not in RUNTIME_SETTINGS}
+    scored["impl"] = {"precision": (settings.get("impl") or {}).get("precision")}
+    return scored
 
 
 def earlier_tasks(out_dir: Path, settings: Mapping, names: list) -> dict:
@@ -425,14 +413,14 @@ def earlier_tasks(out_dir: Path, settings: Mapping, names: list) -> dict:
 
 
 def run_tasks(
-    names: list, tokenizer, model_info: dict, settings: Mapping, out_dir: Path, device, results: dict
+    names: list, pretrained: Pretrained, settings: Mapping, out_dir: Path, runtime: Runtime, results: dict
 ) -> list:
     """Run ``names`` in turn into ``results["tasks"]``; results.json is rewritten after each task that
     produced scores (never before, so a failing run leaves an earlier results.json as it was)."""
     ran, skipped = [], results["skipped"]
     for i, name in enumerate(names):
         try:
-            results["tasks"][name] = run_task(name, tokenizer, model_info, settings, out_dir, device)
+            results["tasks"][name] = run_task(name, pretrained, settings, out_dir, runtime)
         except OSError as err:  # hub unreachable or a file vanished: skip, keep going
             # an unreachable hub fails every task alike (after retries): skip the rest at once
             hub_down = settings["glue_dir"] is None and isinstance(err, ConnectionError)
@@ -492,10 +480,7 @@ def run_glue_from_pretraining(model_dir, eval_cfg: Mapping, impl: Mapping | None
     that retries it, and None is returned.
     """
     settings = {k: v for k, v in dict(eval_cfg).items() if k != "name"}
-    impl = impl or {}
-    for key, impl_key in (("device", "device"), ("precision", "precision"), ("num_threads", "threads")):
-        if impl.get(impl_key) is not None:
-            settings.setdefault(key, impl[impl_key])
+    settings["impl"] = dict(impl or {})  # the pretraining run's device, precision, threads and kernels
     try:
         return run_glue(model_dir, settings)
     except ValueError as err:
@@ -503,14 +488,30 @@ def run_glue_from_pretraining(model_dir, eval_cfg: Mapping, impl: Mapping | None
         return None
 
 
+def _fail(err: ValueError) -> None:
+    """Bad input: one clear error line and exit status 2, as the other CLIs."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
 @hydra.main(config_path="pkg://cramming.conf", config_name="glue", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
+    setup_logging(None)
     settings = OmegaConf.to_container(cfg, resolve=True)
     try:
         run_glue(settings.pop("model"), settings)
-    except ValueError as err:  # bad input: one clear error line and exit status 2, as the other CLIs
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except ValueError as err:
+        _fail(err)
+
+
+def main() -> None:
+    """``python -m cramming.glue``: an old flat key (``device=cpu``) fails here with the new name,
+    before Hydra would reject it as an unknown key."""
+    try:
+        check_flat_keys(arg.split("=", 1)[0] for arg in sys.argv[1:] if "=" in arg)
+    except ValueError as err:
+        _fail(err)
+    hydra_main()
 
 
 if __name__ == "__main__":

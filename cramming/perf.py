@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 import torch
 
+from cramming.runtime import DTYPES, PRECISIONS
+
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, by device-name substring; first match wins.
 GPU_BF16_PEAK_TFLOPS: dict[str, float] = {
     "H200": 989.0,
@@ -27,15 +29,17 @@ GPU_BF16_PEAK_TFLOPS: dict[str, float] = {
     "RTX 4090": 165.0,
 }
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _peak_cache: dict[tuple[str, str, int], float] = {}
 
 
 def precision_dtype(precision: str) -> torch.dtype:
-    if precision not in _DTYPES:
-        raise ValueError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
-    return _DTYPES[precision]
+    """The dtype of a concrete precision; ``auto`` depends on the device (``runtime.resolve_precision``)."""
+    if precision not in DTYPES:
+        raise ValueError(
+            f"precision {precision!r} is not one of {list(DTYPES)} (of {list(PRECISIONS)}, 'auto' needs a device: "
+            "resolve it with cramming.runtime.resolve_precision first)"
+        )
+    return DTYPES[precision]
 
 
 def _sync(device: torch.device) -> None:

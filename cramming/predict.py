@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cramming import classify, ops
-from cramming.export import load_model, load_tokenizer, read_config
+from cramming import classify
+from cramming.export import load_model, read_config, read_tokenizer
+from cramming.runtime import make_runtime
 from cramming.tabular import (
     WRITE_FORMATS,
     Examples,
@@ -35,6 +36,7 @@ from cramming.tabular import (
     read_table,
     write_table,
 )
+from cramming.tracking import setup_logging
 
 log = logging.getLogger("cramming.predict")
 
@@ -94,14 +96,9 @@ def check_max_length(max_length: object, positions: int) -> int:
 class Predictor:
     """A fine-tuned export ready for inference: ``predictor(texts, pairs) -> (labels, probs)``."""
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        device: str = "auto",
-        max_length: int | None = None,
-        precision: str = "auto",
-    ):
-        self.precision = classify.check_precision(precision)
+    def __init__(self, model_dir: str | Path, impl: Mapping | None = None, max_length: int | None = None):
+        """``impl``: the impl group (device, precision, threads, kernels); missing keys take their defaults."""
+        self.runtime = make_runtime(impl)
         self.config = read_config(model_dir)
         if self.config.get("task") != "classification":
             raise ValueError(
@@ -113,9 +110,8 @@ class Predictor:
             max_length if max_length is not None else self.config.get("max_length") or min(128, positions),
             positions,
         )
-        self.device = classify.resolve_device(device)
-        self.model = load_model(model_dir, device=self.device)
-        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_model(model_dir, device=self.runtime.device)
+        self.tokenizer = read_tokenizer(model_dir)
         self.labels = self.config.get("labels")  # None for regression
 
     def logits(
@@ -123,7 +119,7 @@ class Predictor:
     ) -> np.ndarray:
         check_batch_size(batch_size)
         data = classify.encode_examples(self.tokenizer, texts, pairs, max_len=self.max_length)
-        return classify.predict(self.model, data, batch_size, self.device, self.precision)
+        return classify.predict(self.model, data, batch_size, self.runtime.device, self.runtime.precision)
 
     def __call__(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64
@@ -169,12 +165,7 @@ def run_predict(cfg: Mapping) -> dict[str, list]:
     elif (cfg.get("format") or "csv") not in ("csv", "tsv", "jsonl"):
         raise ValueError(f"format={cfg.get('format')!r} is not one of csv, tsv, jsonl (stdout formats)")
     batch_size = check_batch_size(cfg.get("batch_size", 64))
-    impl = cfg.get("impl") or {}
-    ops.configure(impl)
-    classify.set_threads(impl.get("threads"))
-    predictor = Predictor(
-        cfg["model"], impl.get("device", "auto"), cfg.get("max_length"), impl.get("precision") or "auto"
-    )
+    predictor = Predictor(cfg["model"], cfg.get("impl"), cfg.get("max_length"))
     config = predictor.config
     text_column = cfg.get("text_column") or config.get("text_column") or "text"
     pair_column = cfg.get("text_pair_column") or config.get("text_pair_column")
@@ -204,6 +195,7 @@ def run_predict(cfg: Mapping) -> dict[str, list]:
 
 @hydra.main(config_path="pkg://cramming.conf", config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    setup_logging(None)
     # Logs go to stderr so that stdout carries only the predictions.
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -11,25 +12,70 @@ from pathlib import Path
 log = logging.getLogger("cramming")
 
 
+FORMAT = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+
+
+def _not_printed_already(record: logging.LogRecord) -> bool:
+    """False for records a library logger already printed with a console handler of its own.
+
+    huggingface_hub and datasets add a StreamHandler to their loggers and still propagate to the
+    root, so without this filter every hub retry message appeared twice on the console. The record
+    still reaches the log files on the root logger, once.
+    """
+    logger = logging.getLogger(record.name)
+    while logger is not None and logger is not logging.root:
+        if any(_is_console(h) for h in logger.handlers):
+            return False
+        if not logger.propagate:
+            return True
+        logger = logger.parent
+    return True
+
+
 def setup_logging(run_dir: Path | None, rank: int = 0) -> None:
-    """INFO to the console and to run_dir/log.txt; other ranks only warn."""
+    """INFO to the console (one handler, each message once) and to run_dir/log.txt; other ranks only warn.
+
+    Every entry point calls this; under Hydra's ``job_logging: stdout`` its console handler is kept.
+    """
     root = logging.getLogger()
-    level = logging.INFO if rank == 0 else logging.WARNING
-    root.setLevel(level)
-    fmt = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
-    if not any(
-        isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers
-    ):
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    if not any(_is_console(h) for h in root.handlers):
         console = logging.StreamHandler()
-        console.setFormatter(fmt)
+        console.setFormatter(FORMAT)
         root.addHandler(console)
+    for handler in root.handlers:
+        if _is_console(handler) and _not_printed_already not in handler.filters:
+            handler.addFilter(_not_printed_already)
     if run_dir is not None and rank == 0:
         log_file = str(Path(run_dir) / "log.txt")
         if not any(getattr(h, "baseFilename", None) == log_file for h in root.handlers):
             Path(run_dir).mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(log_file)
-            handler.setFormatter(fmt)
+            handler.setFormatter(FORMAT)
             root.addHandler(handler)
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path):
+    """Copy every log line (this package's INFO and up, libraries' warnings) into ``path`` while the block runs."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    package = logging.getLogger("cramming")
+    previous = package.level
+    if package.getEffectiveLevel() > logging.INFO:  # the file gets progress even if the caller is quiet
+        package.setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logging.getLogger().removeHandler(handler)
+        package.setLevel(previous)
+        handler.close()
 
 
 def _fmt_seconds(seconds: float) -> str:

@@ -9,11 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
-import resource
 import time
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,31 +31,16 @@ from cramming.checkpoint import (
     save_checkpoint,
     trim_metrics,
 )
-from cramming.config import resolve_device, resolve_precision, set_threads
 from cramming.data.bert_masking import build_collator as build_recipe_collator
 from cramming.export import save_export
 from cramming.model import build_mlm, count_parameters
 from cramming.optim import build_optimizer
 from cramming.perf import MFUMeter, flops_per_token
 from cramming.plots import plot_run
+from cramming.runtime import Runtime, make_runtime
 from cramming.tracking import Tracker, format_line
 
 log = logging.getLogger("cramming")
-
-
-@dataclass
-class Runtime:
-    """Where and how the run executes (``cfg.impl`` resolved), and who this process is."""
-
-    device: torch.device
-    dtype: torch.dtype
-    rank: int = 0
-    world_size: int = 1
-
-    def autocast(self):
-        if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
 
 
 @dataclass
@@ -84,30 +66,6 @@ def model_vocab_size(tokenizer_size: int, multiple: int = 64) -> int:
     return -(-tokenizer_size // multiple) * multiple
 
 
-def make_runtime(impl: Mapping) -> Runtime:
-    set_threads(impl)
-    device = distributed.local_device(resolve_device(impl))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    ops.configure(impl)
-    dtype = resolve_precision(impl, device)
-    if (
-        device.type == "cuda"
-    ):  # a kernel that fails here falls back to PyTorch instead of killing the run later
-        ops.self_check(device, dtype)
-    return Runtime(device=device, dtype=dtype, rank=distributed.rank(), world_size=distributed.world_size())
-
-
-def memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
-
-
-def hardware_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
 def optimizer_step(
@@ -493,7 +451,7 @@ class Pretrainer:
             "tokens": self.progress.tokens,
             "tokens_per_s": tokens_per_s,
             "mfu": self.mfu(tokens_per_s),
-            "mem_gb": memory_gb(self.runtime.device),
+            "mem_gb": self.runtime.memory_gb(),
             "budget_used": p,
             "elapsed_s": self.clock.elapsed(),
             "eta_s": self.clock.eta_seconds(),
@@ -585,7 +543,7 @@ class Pretrainer:
             "recipe": self.cfg.get("recipe", "crammed"),
             "budget": self.budget.text,
             "budget_kind": self.budget.kind,
-            "hardware": hardware_name(self.runtime.device),
+            "hardware": self.runtime.hardware_name(),
             "precision": str(self.runtime.dtype).replace("torch.", ""),
             "parameters": self.num_params,
             "steps": self.progress.step,

@@ -1,7 +1,9 @@
 """Shared test set-up.
 
-TRITON_INTERPRET must be set before any @triton.jit decorator runs, so it is set
-here, before the kernel modules are imported by any test.
+`python -m pytest -q` needs no environment: TRITON_INTERPRET=1 (set before any
+@triton.jit decorator runs, i.e. before a test imports the kernels), offline Hugging Face
+hub and datasets, wandb disabled. Each is a default only: benchmarks/run_gpu.sh sets
+TRITON_INTERPRET=0 to run the kernels natively on a GPU, and that value is kept.
 """
 
 import os

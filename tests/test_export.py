@@ -111,7 +111,7 @@ def test_hydra_clis_report_a_corrupt_export_in_one_line(
     train = tmp_path / "train.csv"
     train.write_text("text,label\ngood film,pos\nbad film,neg\n")
     args = {
-        "glue": ["device=cpu", "kernels=torch", "num_threads=2", f"out_dir={tmp_path / 'g'}", "tasks=[rte]"],
+        "glue": [*CLI_IMPL, f"out_dir={tmp_path / 'g'}", "tasks=[rte]"],
         "finetune": [*CLI_IMPL, f"train_file={train}", f"out_dir={tmp_path / 'ft'}"],
         "predict": CLI_IMPL,
     }[module]

@@ -152,8 +152,8 @@ def test_task_names_and_settings_are_checked():
         glue_data.check_task_names(["sts"])
     with pytest.raises(ValueError, match="seeds"):
         resolve_settings({"seeds": 0})
-    with pytest.raises(ValueError, match="precision"):
-        resolve_settings({"precision": "half"})
+    with pytest.raises(ValueError, match="impl.precision='half' is not one of"):
+        resolve_settings({"impl": {"precision": "half"}})
     settings = resolve_settings({"name": "glue", "epochs": 2})  # conf/eval/glue.yaml keys are accepted
     assert settings["epochs"] == 2 and settings["lr"] == "auto" and settings["batch_size"] == 16
     with pytest.raises(ValueError, match="lr='fast'"):

@@ -14,9 +14,9 @@ import torch
 from _glue_fixtures import make_tiny_export
 
 from cramming import ops
+from cramming.classify import build_finetune_model, load_pretrained
 from cramming.export import load_model
-from cramming.glue import load_encoder, resolve_settings, run_glue, run_glue_from_pretraining
-from cramming.model import build_classifier
+from cramming.glue import resolve_settings, run_glue, run_glue_from_pretraining
 
 
 @pytest.fixture(autouse=True)
@@ -49,9 +49,10 @@ def run_dir(tmp_path_factory, tiny_corpus):
 
 
 def test_classifier_encoder_is_the_export_encoder(run_dir):
-    info = load_encoder(run_dir / "model")
+    """The tied word embedding is stored once (as decoder.weight): a loader slicing only the stored
+    encoder.* names would miss it; the strict load would then fail, or a copy would differ."""
     mlm = load_model(run_dir / "model")
-    clf = build_classifier(info["arch"], info["vocab_size"], 2, info["encoder"])
+    clf = build_finetune_model(load_pretrained(run_dir / "model"), 2)
     torch.testing.assert_close(clf.encoder.embeddings.word.weight, mlm.encoder.embeddings.word.weight)
     torch.testing.assert_close(clf.encoder.blocks[1].ffn.out.weight, mlm.encoder.blocks[1].ffn.out.weight)
 
@@ -92,7 +93,12 @@ def test_pretraining_eval_step_accepts_eval_config(run_dir, tmp_path, caplog):
     ]
     eval_cfg["glue_dir"] = str(tmp_path)  # no task there: the failure is logged, pretraining is not undone
     with caplog.at_level("ERROR", logger="cramming"):
-        assert run_glue_from_pretraining(run_dir / "model", eval_cfg, {"device": "cpu", "threads": 1}) is None
+        assert (
+            run_glue_from_pretraining(
+                run_dir / "model", eval_cfg, {"device": "cpu", "threads": 1, "kernels": "torch"}
+            )
+            is None
+        )
     assert "retry with: python -m cramming.glue model=" in caplog.text
 
 
@@ -100,7 +106,7 @@ def test_several_seeds_report_every_seed_and_the_median(run_dir, glue_dir, tmp_p
     settings = {
         "glue_dir": str(glue_dir), "tasks": ["rte"], "seeds": 3, "seed": 5, "epochs": 1, "lr": 1e-4,
         "max_train_examples": 48, "max_eval_examples": 40, "max_length": 64, "submission": False,
-        "num_threads": 1, "kernels": "torch",
+        "impl": {"threads": 1, "kernels": "torch"},
     }  # fmt: skip
     results = run_glue(run_dir / "model", settings, out_dir=tmp_path / "glue")
     rte = results["tasks"]["rte"]
@@ -121,7 +127,7 @@ def test_cli_runs_sst2_and_stsb_and_leaderboard_shows_it(run_dir, glue_dir):
     cmd = [
         sys.executable, "-m", "cramming.glue", f"model={run_dir / 'model'}", f"glue_dir={glue_dir}",
         "tasks=[sst2,stsb,qnli]", "max_train_examples=160", "max_eval_examples=120", "max_test_examples=50",
-        "epochs=1", "batch_size=16", "lr=1e-4", "num_threads=1", "kernels=torch",
+        "epochs=1", "batch_size=16", "lr=1e-4", "impl.threads=1", "impl.kernels=torch",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -204,7 +210,12 @@ def test_mnli_two_dev_sets_and_ax_from_the_mnli_model(run_dir, tmp_path):
         glue / "diagnostic" / "diagnostic.tsv",
         [["index", "sentence1", "sentence2"], ["0", "a", "b"], ["1", "c", "d"]],
     )
-    settings = {"glue_dir": str(glue), "tasks": ["mnli"], "epochs": 1, "num_threads": 1, "kernels": "torch"}
+    settings = {
+        "glue_dir": str(glue),
+        "tasks": ["mnli"],
+        "epochs": 1,
+        "impl": {"threads": 1, "kernels": "torch"},
+    }
     results = run_glue(run_dir / "model", settings, out_dir=tmp_path / "out")
     mnli = results["tasks"]["mnli"]
     assert set(mnli["median"]) == {"accuracy_matched", "accuracy_mismatched"}
@@ -229,7 +240,7 @@ def test_rerunning_some_tasks_merges_into_the_earlier_results(run_dir, glue_dir,
     out = tmp_path / "glue"
     settings = {
         "glue_dir": str(glue_dir), "epochs": 1, "lr": 1e-4, "max_train_examples": 16, "max_eval_examples": 16,
-        "max_test_examples": 8, "max_length": 32, "num_threads": 1, "kernels": "torch", "log_every": 0,
+        "max_test_examples": 8, "max_length": 32, "impl": {"threads": 1, "kernels": "torch"}, "log_every": 0,
     }  # fmt: skip
     first = run_glue(run_dir / "model", {**settings, "tasks": ["sst2", "rte"]}, out_dir=out)
     assert set(first["tasks"]) == {"sst2", "rte"} and first["average"]["count"] == 2
@@ -244,7 +255,11 @@ def test_rerunning_some_tasks_merges_into_the_earlier_results(run_dir, glue_dir,
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "log.txt"} == before
 
     with caplog.at_level("INFO", logger="cramming"):
-        merged = run_glue(run_dir / "model", {**settings, "tasks": ["rte"], "num_threads": 2}, out_dir=out)
+        merged = run_glue(
+            run_dir / "model",
+            {**settings, "tasks": ["rte"], "impl": {"threads": 2, "kernels": "torch"}},
+            out_dir=out,
+        )
     assert "keeping the earlier results of ['sst2']" in caplog.text
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["tasks"]) == {"sst2", "rte"} and saved["merged"] == ["sst2"]

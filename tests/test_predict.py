@@ -49,7 +49,7 @@ def predict_cfg(model: Path, **overrides) -> dict:
 
 
 def test_batched_length_sorted_predictions_match_one_at_a_time(exports, sentences):
-    predictor = Predictor(exports["classifier"], device="cpu")
+    predictor = Predictor(exports["classifier"], {"device": "cpu", "kernels": "torch", "threads": 2})
     result = predictor(sentences, batch_size=8)
     assert result["probs"].shape == (len(sentences), 3)
     np.testing.assert_allclose(result["probs"].sum(axis=1), 1.0, atol=1e-5)
@@ -71,7 +71,9 @@ def test_file_in_file_out_keeps_columns_and_rows(tmp_path, exports, sentences):
     for r in out:
         probs = [r[f"prob_{name}"] for name in LABELS]
         assert abs(sum(probs) - 1) < 1e-4 and r["predicted_prediction"] == LABELS[int(np.argmax(probs))]
-    expected = Predictor(exports["classifier"], device="cpu")([r["text"] for r in rows])["prediction"]
+    expected = Predictor(exports["classifier"], {"device": "cpu", "kernels": "torch", "threads": 2})(
+        [r["text"] for r in rows]
+    )["prediction"]
     assert [r["predicted_prediction"] for r in out] == expected
 
     run_predict(
@@ -106,7 +108,9 @@ def test_batch_size_and_max_length_are_checked_up_front(tmp_path, exports):
         with pytest.raises(ValueError, match=rf"max_length={bad} must be an integer between 8 and 128"):
             run_predict({**cfg, "max_length": bad})
     with pytest.raises(ValueError, match="batch_size=0"):
-        Predictor(exports["classifier"], device="cpu").logits(["fine"], batch_size=0)
+        Predictor(exports["classifier"], {"device": "cpu", "kernels": "torch", "threads": 2}).logits(
+            ["fine"], batch_size=0
+        )
     assert len(run_predict({**cfg, "max_length": 128, "batch_size": 1})["prediction"]) == 1
 
 

@@ -7,12 +7,10 @@ import torch
 from hydra import compose, initialize_config_module
 
 from cramming import ops
-from cramming.classify import collate, encode_examples
+from cramming.classify import build_finetune_model, collate, encode_examples, load_pretrained
 from cramming.cli import pretrain_main
 from cramming.export import load_model, load_tokenizer
 from cramming.export_hf import export_hf
-from cramming.glue import load_encoder
-from cramming.model import build_classifier
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow  # two short pretraining runs: ~1 min on a free CPU, ~3.5 min on a busy one
@@ -96,8 +94,7 @@ def test_transformers_loads_the_export_without_remote_code(runs, recipe, classes
 def test_glue_batches_use_token_types_on_a_bert_recipe_model(runs):
     """Catches: GLUE fine-tuning that drops token types (B looks like A) for a model trained with them."""
     model_dir = runs["bert"]["run"] / "model"
-    info = load_encoder(model_dir)
-    classifier = build_classifier(info["arch"], info["vocab_size"], 2, info["encoder"], dropout=0.0).eval()
+    classifier = build_finetune_model(load_pretrained(model_dir), 2, dropout=0.0).eval()
     examples = encode_examples(load_tokenizer(model_dir), TEXTS, PAIRS, labels=[0, 1])
     batch = collate(examples, torch.arange(2).numpy(), torch.device("cpu"))
     assert batch["token_type_ids"].max() == 1

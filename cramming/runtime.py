@@ -1,0 +1,168 @@
+"""Where and how a job runs: the ``impl`` config group turned into one ``Runtime``.
+
+Every entry point builds its runtime here with ``make_runtime(cfg.impl)``: pretraining
+(``python -m cramming``), GLUE (``cramming.glue``), ``cramming.finetune`` and
+``cramming.predict``. So ``impl.device``, ``impl.precision``, ``impl.threads`` and
+``impl.kernels`` mean the same everywhere, and the GPU kernel self-check (a failing
+Triton kernel falls back to PyTorch) guards every one of them.
+
+    runtime = make_runtime({"device": "auto", "precision": "auto", "threads": None})
+    with runtime.autocast():
+        loss = model(inputs.to(runtime.device), labels.to(runtime.device))["loss"]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+from omegaconf import OmegaConf
+
+from cramming import distributed, ops
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class Runtime:
+    """The resolved ``impl`` group, and who this process is under torchrun."""
+
+    device: torch.device
+    dtype: torch.dtype
+    rank: int = 0
+    world_size: int = 1
+    threads: int = 1  # torch's CPU threads (impl.threads resolved)
+
+    @property
+    def precision(self) -> str:
+        return next(name for name, dtype in DTYPES.items() if dtype == self.dtype)
+
+    def autocast(self):
+        """Mixed precision for the forward pass; fp32 runs without autocast."""
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def memory_gb(self) -> float:
+        """Peak memory: allocated GPU memory, or the process's peak RSS on CPU."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**30
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+    def hardware_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def impl_defaults() -> dict:
+    """conf/impl/default.yaml: the defaults of the impl group (Python callers may pass only a few keys)."""
+    text = resources.files("cramming.conf").joinpath("impl", "default.yaml").read_text()
+    return OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+
+
+def resolve_impl(impl: Mapping | None) -> dict:
+    """``impl`` overlaid on the YAML defaults, checked; an unknown key is a ValueError naming the known ones."""
+    merged = impl_defaults()
+    unknown = sorted(set(impl or {}) - set(merged))
+    if unknown:
+        raise ValueError(f"impl has unknown key(s) {unknown}; known keys: {sorted(merged)}")
+    merged.update(dict(impl or {}))
+    resolve_device(merged["device"])
+    check_precision(merged["precision"])
+    check_threads(merged["threads"])
+    kernels = [merged["kernels"], *(merged.get("ops") or {}).values()]
+    bad = [k for k in kernels if k is not None and k not in ops.CHOICES]
+    if bad:
+        raise ValueError(f"impl.kernels (or impl.ops.*)={bad[0]!r} is not one of {list(ops.CHOICES)}")
+    return merged
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"impl.precision={precision!r} is not one of {list(PRECISIONS)}")
+    return precision
+
+
+def check_threads(threads: object) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(
+            f"impl.threads={threads!r} must be a positive integer, or null (see conf/impl/default.yaml)"
+        )
+    return threads
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; ``cuda`` (or ``cuda:N``) without a GPU is an error."""
+    if isinstance(device, torch.device):
+        return device
+    device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"impl.device={device!r} is not one of auto, cpu, cuda, cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"impl.device={device!r} asks for a GPU, but torch sees no CUDA device (use cpu or auto)"
+        )
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 autocast on GPUs that support it (fp16 on older ones), fp32 on CPU, where bf16
+    matmuls are far slower. Explicit bf16/fp16/fp32 are honoured on any device."""
+    if check_precision(precision) == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return DTYPES[precision]
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads from ``impl.threads``; returns the number set.
+
+    ``null`` means ``OMP_NUM_THREADS`` when the user set it, else every core this process may
+    run on (its CPU affinity, which honours taskset and container CPU sets). Not the load
+    average: it counts this very process (GLUE right after pretraining would get one thread)
+    and changes from run to run. On a machine shared with other jobs pass ``impl.threads=N``;
+    idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY``, see cramming/__init__.py),
+    so oversubscribed cores cost little.
+    """
+    n = check_threads(threads)
+    if n is None:
+        from_env = os.environ.get("OMP_NUM_THREADS", "")
+        if from_env.isdigit() and int(from_env) > 0:
+            n = int(from_env)
+        elif hasattr(os, "sched_getaffinity"):
+            n = len(os.sched_getaffinity(0))
+        else:
+            n = os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def make_runtime(impl: Mapping | None) -> Runtime:
+    """Threads, device (this rank's GPU under torchrun), kernels and precision from ``impl``.
+
+    On a GPU each Triton op is checked once against its PyTorch reference first: a kernel that
+    fails here falls back to PyTorch instead of killing a long run later.
+    """
+    impl = resolve_impl(impl)
+    threads = set_threads(impl["threads"])
+    device = distributed.local_device(resolve_device(impl["device"]))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    ops.configure(impl)
+    dtype = resolve_precision(impl["precision"], device)
+    if device.type == "cuda":
+        ops.self_check(device, dtype)
+    return Runtime(device, dtype, distributed.rank(), distributed.world_size(), threads)
