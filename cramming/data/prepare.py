@@ -36,7 +36,13 @@ from cramming.data.filters import DocumentFilter, FilterStats, HashIndex
 from cramming.data.ordering import reverse_unigram_order, sentence_length_order
 from cramming.data.packing import PackedSequences, Packer, storage_dtype, stream_from_flat
 from cramming.data.pairs import PAIRS_SEED, build_pair_split, row_width
-from cramming.data.tokenizer import attach_post_processor, sample_documents, special_ids, train_tokenizer
+from cramming.data.tokenizer import (
+    attach_post_processor,
+    sample_documents,
+    special_ids,
+    tokenizer_from_vocab,
+    train_tokenizer,
+)
 
 PIPELINE_VERSION = 3  # 3: junk bound scaled for small vocabularies
 PERIOD = "."  # the token whose count orders sequences for ``ordering: sentence-length``
@@ -138,7 +144,8 @@ def get_tokenizer(cfg: dict[str, Any], root: Path, say: Callable[[str], None]) -
     if cfg["readymade"]:
         return readymade.load_tokenizer(cfg, say)
     if cfg["tokenizer"].get("path"):
-        return load_tokenizer_file(Path(cfg["tokenizer"]["path"]).expanduser(), cfg["vocab_size"], say)
+        path = Path(cfg["tokenizer"]["path"]).expanduser()
+        return load_tokenizer_file(path, cfg["vocab_size"], say, cfg["tokenizer"])
     key = tokenizer_key(cfg)
     path = root / "tokenizers" / key / "tokenizer.json"
     with cache.file_lock(root / "tokenizers" / f"{key}.lock"):
@@ -162,14 +169,23 @@ def get_tokenizer(cfg: dict[str, Any], root: Path, say: Callable[[str], None]) -
     return tok, key
 
 
-def load_tokenizer_file(path: Path, vocab_size: int, say: Callable[[str], None]) -> tuple[Tokenizer, str]:
+def load_tokenizer_file(
+    path: Path, vocab_size: int, say: Callable[[str], None], options: dict[str, Any] | None = None
+) -> tuple[Tokenizer, str]:
+    """A tokenizer.json, or a BERT WordPiece vocab.txt (normalised with ``options``, data.tokenizer)."""
     try:
-        tok = Tokenizer.from_file(str(path))
+        if path.suffix == ".txt":
+            tok = tokenizer_from_vocab(str(path), options or {})
+        else:
+            tok = Tokenizer.from_file(str(path))
     except Exception as err:
         raise ValueError(
-            f"data.tokenizer.path={str(path)!r} is not a readable tokenizer.json ({err})."
+            f"data.tokenizer.path={str(path)!r} is not a readable tokenizer.json or WordPiece vocab.txt ({err})."
         ) from err
-    special_ids(tok)
+    try:
+        special_ids(tok)
+    except ValueError as err:
+        raise ValueError(f"data.tokenizer.path={str(path)!r}: {err}") from err
     if tok.get_vocab_size() > vocab_size:
         raise ValueError(
             f"data.tokenizer.path={str(path)!r} has {tok.get_vocab_size()} tokens, more than "

@@ -44,6 +44,17 @@ def untrained_tokenizer(options: dict[str, Any]) -> Tokenizer:
     return tok
 
 
+def tokenizer_from_vocab(path: str, options: dict[str, Any]) -> Tokenizer:
+    """A WordPiece tokenizer from a BERT ``vocab.txt`` (e.g. bert-base-uncased's), with our normalisation."""
+    tok = untrained_tokenizer(options)
+    tok.model = models.WordPiece.from_file(
+        str(path), unk_token=SPECIAL_TOKENS["unk"], max_input_chars_per_word=100
+    )
+    present = [t for t in SPECIAL_TOKENS.values() if tok.token_to_id(t) is not None]
+    tok.add_special_tokens(present)  # never split "[MASK]" and friends into pieces
+    return tok
+
+
 def train_tokenizer(
     documents: Iterable[str], vocab_size: int, options: dict[str, Any], show_progress: bool = False
 ) -> Tokenizer:
