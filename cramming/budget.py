@@ -51,7 +51,9 @@ def parse_budget(value: object) -> Budget:
     if amount is None or not math.isfinite(amount) or amount <= 0:
         raise ValueError(f"budget={value!r} is not a valid budget: expected {ACCEPTED}.")
     if kind == "steps" and amount != int(amount):
-        raise ValueError(f"budget={value!r}: a step budget must be a whole number of steps; accepted: {ACCEPTED}.")
+        raise ValueError(
+            f"budget={value!r}: a step budget must be a whole number of steps; accepted: {ACCEPTED}."
+        )
     return Budget(kind, amount, str(value))
 
 
@@ -103,6 +105,18 @@ class BudgetClock:
 SCHEDULES = ("budget-triangle2", "budget-cosine", "constant")
 
 
+def cosine_with_warmup(p: float, warmup_fraction: float) -> float:
+    """Linear warm-up from 0 to 1 over the first ``warmup_fraction``, then cosine decay to 0 at p=1.
+
+    Pretraining's ``budget-cosine`` (p = budget fraction) and fine-tuning (p = step / total steps).
+    """
+    p = min(max(p, 0.0), 1.0)
+    if p < warmup_fraction:
+        return p / warmup_fraction
+    progress = (p - warmup_fraction) / max(1e-12, 1.0 - warmup_fraction)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def lr_factor(schedule: str, p: float, warmup_fraction: float = 0.1) -> float:
     """Multiplier of the peak learning rate at budget fraction ``p``."""
     p = min(max(p, 0.0), 1.0)
@@ -110,10 +124,7 @@ def lr_factor(schedule: str, p: float, warmup_fraction: float = 0.1) -> float:
         # 0.25·peak at p=0, rising to peak at p=0.75, then falling to 0 at p=1.
         return max(0.0, min(0.25 + p, 4.0 - 4.0 * p))
     if schedule == "budget-cosine":
-        if p < warmup_fraction:
-            return p / warmup_fraction
-        progress = (p - warmup_fraction) / max(1e-12, 1.0 - warmup_fraction)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cosine_with_warmup(p, warmup_fraction)
     if schedule == "constant":
         return 1.0
     raise ValueError(f"train.schedule={schedule!r} is not one of {list(SCHEDULES)}")
