@@ -51,9 +51,7 @@ def parse_budget(value: object) -> Budget:
     if amount is None or not math.isfinite(amount) or amount <= 0:
         raise ValueError(f"budget={value!r} is not a valid budget: expected {ACCEPTED}.")
     if kind == "steps" and amount != int(amount):
-        raise ValueError(
-            f"budget={value!r}: a step budget must be a whole number of steps; accepted: {ACCEPTED}."
-        )
+        raise ValueError(f"budget={value!r}: a step budget must be a whole number of steps; accepted: {ACCEPTED}.")
     return Budget(kind, amount, str(value))
 
 
