@@ -1,13 +1,17 @@
-"""One full pretraining step (forward, backward, clipping, AdamW) in tokens/s and MFU.
+"""The training step of ``python -m cramming``, timed as it runs, in tokens/s and MFU.
 
     python benchmarks/bench_step.py                       # crammed-bert, microbatch 8, seq 128
     python benchmarks/bench_step.py --arch small --steps 20
     python benchmarks/bench_step.py --smoke               # tiny sizes, proves the script runs
 
-The step is the bert-o4 recipe's: AdamW lr 1e-3, betas (0.9, 0.98), eps 1e-12, weight
-decay 0.01 on matrices only (not norms, biases or the position scale), gradient clipping
-0.5; fused AdamW (on CPU too). Inputs are random token ids with 25% of the
-positions labelled, as the MLM collator gives them, so sparse prediction decodes a quarter.
+What is timed is the training loop's own step, ``cramming.train.optimizer_step``: forward,
+backward, gradient clipping at ``cfg.train.grad_clip`` and the AdamW step, with the model from
+``cramming.model.build_mlm``, the optimizer from ``cramming.optim.build_optimizer`` (its
+per-device implementation, recorded in the JSON), the runtime from ``cramming.runtime.make_runtime``
+(threads, kernels, precision) and each microbatch masked by ``cramming.data.MLMCollator``, as the
+loop draws it. ``cfg.arch``, ``cfg.train`` and ``cfg.data`` are composed exactly as
+``python -m cramming arch=ARCH`` composes them. One step is one microbatch (no accumulation). Only
+the corpus is synthetic: random token ids stand in for the loader's memory-mapped sequences.
 
 MFU = tokens/s × model FLOPs per token / peak. FLOPs per token come from
 ``cramming.perf.flops_per_token`` (6·N + 12·L·H·T, the tied decoder counted at the masked
@@ -16,37 +20,37 @@ thread count, on GPU the bf16 table value (or a measured matmul off the table). 
 step timings are interleaved (peak, steps, peak, steps, ..., peak) and the best peak is
 used, because the machine may be shared and noisy.
 
-On CPU the OpenMP threads sleep instead of spinning while they wait (``OMP_WAIT_POLICY=PASSIVE``
-unless the environment sets it): on a shared machine a spinning thread burns its time slice
-while its partner is descheduled, which made steps 2-3x slower here; the large matmul of the
-peak runs under the same policy.
-
 Writes ``<out>/step_<arch>_<device>.json`` (``_smoke`` added in smoke mode).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads libgomp
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from importlib import resources  # noqa: E402
-from pathlib import Path  # noqa: E402
+from cramming import ops, perf
+from cramming.data import MLMCollator
+from cramming.data.tokenizer import SPECIAL_TOKENS
+from cramming.model import build_mlm, count_parameters
+from cramming.optim import build_optimizer, implementation_of
+from cramming.perf import flops_per_token
+from cramming.runtime import Runtime, make_runtime
+from cramming.train import optimizer_step, to_device
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from cramming import ops, perf  # noqa: E402
-from cramming.model import IGNORE_INDEX, build_mlm, count_parameters  # noqa: E402
-from cramming.perf import flops_per_token  # noqa: E402
-
+TIMED = "cramming.train.optimizer_step"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-MLM_PROBABILITY = 0.25
+SEED = 0
 SMOKE = {"arch": "tiny", "microbatch": 2, "seq_len": 32, "steps": 2, "warmup": 1, "rounds": 1}
 
 
@@ -55,7 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arch", default=None, help="name of a conf/arch/*.yaml (default crammed-bert)")
     p.add_argument("--microbatch", type=int, default=None, help="sequences per step (default 8)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 128)")
-    p.add_argument("--precision", choices=perf.PRECISIONS, default=None, help="default bf16 GPU, fp32 CPU")
+    p.add_argument(
+        "--precision",
+        choices=[p for p in perf.PRECISIONS if p != "auto"],
+        default=None,
+        help="default bf16 GPU, fp32 CPU",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default 2)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 30 GPU, 8 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 GPU, 2 CPU)")
@@ -90,53 +99,65 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_arch(name: str) -> dict:
-    """An arch config from the installed ``cramming.conf`` package, as a plain dict."""
+def recipe(name: str) -> dict:
+    """``cfg`` (arch, train, data, impl) as ``python -m cramming arch=NAME`` composes it, as plain dicts."""
     folder = resources.files("cramming.conf") / "arch"
     available = sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml"))
     if name not in available:
         raise ValueError(f"unknown arch {name!r}; available: {available}")
-    text = (folder / f"{name}.yaml").read_text()
-    return OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+    with initialize_config_module("cramming.conf", version_base="1.3"):
+        cfg = compose("pretrain", overrides=[f"arch={name}"])
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("arch", "train", "data", "impl")}
 
 
-def build_optimizer(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """bert-o4 AdamW: no weight decay on vectors and scalars (norms, biases, position scale)."""
-    params = list({id(p): p for p in model.parameters()}.values())  # tied weight once
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.01},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    # Fused on CPU too: one pass over param, grad and both moments instead of ~10 foreach passes
-    # (the foreach ops fall back to per-tensor loops on CPU); 5-10x faster step here.
-    return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.98), eps=1e-12, fused=True)
+def runtime_for(args: argparse.Namespace, impl: dict) -> Runtime:
+    """The loop's runtime (threads, kernels, device, precision) with the flags' overrides."""
+    impl = {**impl, "device": args.device.type, "precision": args.precision, "threads": args.threads}
+    impl.update(kernels=args.kernels, compile=args.compile)
+    return make_runtime(impl)
 
 
-def random_batch(args: argparse.Namespace, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random ids with exactly 25% of the positions labelled (a fixed count keeps shapes static)."""
-    B, T = args.microbatch, args.seq_len
-    input_ids = torch.randint(0, args.vocab_size, (B, T), generator=generator)
-    labels = torch.full((B * T,), IGNORE_INDEX, dtype=torch.long)
-    masked = torch.randperm(B * T, generator=generator)[: max(1, round(MLM_PROBABILITY * B * T))]
-    labels[masked] = torch.randint(0, args.vocab_size, (masked.numel(),), generator=generator)
-    return {"input_ids": input_ids.to(args.device), "labels": labels.view(B, T).to(args.device)}
+def microbatches(args: argparse.Namespace, collator: MLMCollator, runtime: Runtime) -> Callable:
+    """The loop's ``next_microbatch``: random ids (seeded), masked by the real collator per draw."""
+    ids_generator = torch.Generator().manual_seed(SEED)
+    mask_generator = torch.Generator().manual_seed(SEED + 1)
+    first = len(SPECIAL_TOKENS)  # ordinary tokens only: the collator never masks specials
+
+    def next_microbatch() -> dict[str, torch.Tensor]:
+        ids = torch.randint(first, args.vocab_size, (args.microbatch, args.seq_len), generator=ids_generator)
+        return to_device(collator(ids, generator=mask_generator), runtime.device)  # as the loop does
+
+    return next_microbatch
 
 
-def make_step(model, optimizer, batch, args: argparse.Namespace):
-    amp = args.precision != "fp32"
-    dtype = perf.precision_dtype(args.precision)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+def make_step(args: argparse.Namespace, cfg: dict, runtime: Runtime) -> tuple[Callable, dict]:
+    """``step() -> loss``: one ``optimizer_step`` of the loop, and facts about what it runs."""
+    torch.manual_seed(SEED)
+    model = build_mlm(cfg["arch"], args.vocab_size).to(runtime.device).train()
+    optimizer = build_optimizer(model, cfg["train"], runtime.device)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
+    step_model = torch.compile(model) if args.compile else model
+    # The tokenizer trained by cramming.data.tokenizer numbers its special tokens first, in this order.
+    special_ids = {name: index for index, name in enumerate(SPECIAL_TOKENS)}
+    collator = MLMCollator(args.vocab_size, special_ids, float(cfg["data"]["mlm_probability"]))
+    next_microbatch = microbatches(args, collator, runtime)
+    lr, grad_clip = float(cfg["train"]["lr"]), float(cfg["train"]["grad_clip"])
 
-    def step() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(args.device.type, dtype=dtype, enabled=amp):
-            loss = model(batch["input_ids"], labels=batch["labels"])["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 0.5, foreach=True)
-        optimizer.step()
-        return loss
+    def step() -> float:
+        loss, _, _ = optimizer_step(
+            step_model, optimizer, next_microbatch, 1, lr, grad_clip, runtime, scaler=scaler
+        )
+        return float(loss)  # the loop reads the loss back after every step, so the timing does too
 
-    return step
+    facts = {
+        "timed": TIMED,
+        "optimizer": f"AdamW ({implementation_of(optimizer)})",
+        "optimizer_implementation": implementation_of(optimizer),
+        "masking": "cramming.data.MLMCollator",
+        "train": {k: cfg["train"][k] for k in ("lr", "betas", "eps", "weight_decay", "grad_clip")},
+        "parameters": count_parameters(model),
+    }
+    return step, facts
 
 
 def sync(device: torch.device) -> None:
@@ -144,17 +165,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step, n: int, device: torch.device) -> tuple[list[float], list[float]]:
-    """Wall-clock seconds per step, and the process's CPU seconds (all threads) per step."""
-    times, cpu_times = [], []
+def time_steps(step, n: int, device: torch.device) -> tuple[list[float], list[float], list[float]]:
+    """Wall-clock seconds per step, the process's CPU seconds (all threads) per step, and the losses."""
+    times, cpu_times, losses = [], [], []
     for _ in range(n):
         sync(device)
         start, cpu_start = time.perf_counter(), time.process_time()
-        step()
+        losses.append(step())
         sync(device)
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
-    return times, cpu_times
+    return times, cpu_times, losses
 
 
 def measure_peak(args: argparse.Namespace) -> dict[str, float | None]:
@@ -166,30 +187,22 @@ def measure_peak(args: argparse.Namespace) -> dict[str, float | None]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    ops.configure({"kernels": args.kernels})
-    arch = load_arch(args.arch)
-    torch.manual_seed(0)
-    model = build_mlm(arch, args.vocab_size).to(args.device).train()
-    n_params = count_parameters(model)
-    fpt = flops_per_token(arch, n_params, args.seq_len, MLM_PROBABILITY, args.vocab_size)
-    optimizer = build_optimizer(model, args.device)
-    if args.compile:
-        model = torch.compile(model)
-    batch = random_batch(args, torch.Generator().manual_seed(0))
-    step = make_step(model, optimizer, batch, args)
+    cfg = recipe(args.arch)
+    runtime = runtime_for(args, cfg["impl"])
+    step, facts = make_step(args, cfg, runtime)
+    mlm_probability = float(cfg["data"]["mlm_probability"])
+    fpt = flops_per_token(cfg["arch"], facts["parameters"], args.seq_len, mlm_probability, args.vocab_size)
 
     start = time.perf_counter()
-    time_steps(step, args.warmup, args.device)
+    _, _, losses = time_steps(step, args.warmup, args.device)
     warmup_s = time.perf_counter() - start
     # Interleave peak and step measurements so both see the same machine load.
     peaks, times, cpu_times = [measure_peak(args)], [], []
     chunks = [args.steps // args.rounds + (i < args.steps % args.rounds) for i in range(args.rounds)]
     for n in chunks:
-        wall, cpu = time_steps(step, n, args.device)
-        times, cpu_times = times + wall, cpu_times + cpu
+        wall, cpu, chunk_losses = time_steps(step, n, args.device)
+        times, cpu_times, losses = times + wall, cpu_times + cpu, losses + chunk_losses
         peaks.append(measure_peak(args))
-    loss = float(step().detach())
 
     tokens = args.microbatch * args.seq_len
     median_s = statistics.median(times)
@@ -209,8 +222,9 @@ def run(args: argparse.Namespace) -> dict:
         "seq_len": args.seq_len,
         "vocab_size": args.vocab_size,
         "compile": args.compile,
-        "kernels": ops.configure({"kernels": args.kernels}),
-        "parameters": n_params,
+        "kernels": ops.describe(args.device),  # what runs per op, after the auto choice
+        **facts,
+        "mlm_probability": mlm_probability,
         "model_flops_per_token": fpt,
         "tokens_per_step": tokens,
         "steps": len(times),
@@ -240,7 +254,8 @@ def run(args: argparse.Namespace) -> dict:
             if cpu_peaks
             else None
         ),
-        "final_loss": loss,
+        "losses": losses,  # every step's, warm-up included, in order
+        "final_loss": losses[-1],
         "torch": torch.__version__,
         "argv": sys.argv,
     }

@@ -117,6 +117,18 @@ class BudgetClock:
 SCHEDULES = ("budget-triangle2", "budget-cosine", "budget-linear", "constant")
 
 
+def cosine_with_warmup(p: float, warmup_fraction: float) -> float:
+    """Linear warm-up from 0 to 1 over the first ``warmup_fraction``, then cosine decay to 0 at p=1.
+
+    Pretraining's ``budget-cosine`` (p = budget fraction) and fine-tuning (p = step / total steps).
+    """
+    p = min(max(p, 0.0), 1.0)
+    if p < warmup_fraction:
+        return p / warmup_fraction
+    progress = (p - warmup_fraction) / max(1e-12, 1.0 - warmup_fraction)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def lr_factor(schedule: str, p: float, warmup_fraction: float = 0.1) -> float:
     """Multiplier of the peak learning rate at budget fraction ``p``."""
     p = min(max(p, 0.0), 1.0)
@@ -124,10 +136,7 @@ def lr_factor(schedule: str, p: float, warmup_fraction: float = 0.1) -> float:
         # 0.25·peak at p=0, rising to peak at p=0.75, then falling to 0 at p=1.
         return max(0.0, min(0.25 + p, 4.0 - 4.0 * p))
     if schedule == "budget-cosine":
-        if p < warmup_fraction:
-            return p / warmup_fraction
-        progress = (p - warmup_fraction) / max(1e-12, 1.0 - warmup_fraction)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cosine_with_warmup(p, warmup_fraction)
     if schedule == "budget-linear":
         # BERT / RoBERTa: linear warm-up to peak over warmup_fraction, then linear decay to 0 at p=1.
         if p < warmup_fraction:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ import torch
 from tokenizers import Tokenizer
 from tokenizers.processors import TemplateProcessing
 
+from cramming.budget import cosine_with_warmup
+from cramming.optim import build_adamw
 from cramming.runtime import check_precision, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -206,26 +207,6 @@ def collate(data: EncodedExamples, indices: np.ndarray, device: torch.device) ->
     return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
 
 
-def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
-    """LR factor: linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW without weight decay on norms, biases and scalars (parameters with ndim <= 1)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-    ]
-    # fused on GPU; on CPU the multi-tensor (foreach) update beats the per-parameter loop
-    kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kind)
-
-
 def finetune(
     model: torch.nn.Module,
     train_set: EncodedExamples,
@@ -245,12 +226,16 @@ def finetune(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.to(device).train()
-    optimizer = build_optimizer(model, cfg, device)
+    optimizer = build_adamw(
+        model, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay, device=device
+    )
     lengths = train_set.lengths
     steps_per_epoch = len(length_batches(lengths, cfg.batch_size, True, np.random.default_rng(0)))
     total = max(1, round(cfg.epochs * steps_per_epoch))
-    warmup = int(cfg.warmup_fraction * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total, warmup))
+    # Step s (0-based) runs at the pretraining budget-cosine schedule's value at p = s / total.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_with_warmup(s / total, cfg.warmup_fraction)
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     weights = class_weights.to(device) if class_weights is not None else None
     step, started, running = 0, time.perf_counter(), []

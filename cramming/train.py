@@ -66,6 +66,10 @@ def model_vocab_size(tokenizer_size: int, multiple: int = 64) -> int:
     return -(-tokenizer_size // multiple) * multiple
 
 
+def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A collated microbatch on ``device``; pinned host memory first on CUDA, so the copy is asynchronous."""
+    pin = device.type == "cuda"
+    return {name: (t.pin_memory() if pin else t).to(device, non_blocking=True) for name, t in batch.items()}
 
 
 def optimizer_step(
@@ -293,12 +297,7 @@ class Pretrainer:
     # -- the loop ------------------------------------------------------------------------------
     def next_microbatch(self) -> dict[str, torch.Tensor]:
         """input_ids (B, T), masked_positions and labels (B, k): fixed shapes, as the compiled model wants."""
-        batch = self.collator(next(self.loader), generator=self.mask_generator)
-        device = self.runtime.device
-        pin = device.type == "cuda"  # pinned host memory makes the copy asynchronous
-        return {
-            name: (t.pin_memory() if pin else t).to(device, non_blocking=True) for name, t in batch.items()
-        }
+        return to_device(self.collator(next(self.loader), generator=self.mask_generator), self.runtime.device)
 
     def control(self) -> tuple[float, bool, bool]:
         """(budget fraction, budget spent, timed checkpoint due): rank 0's view, shared with all ranks."""

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from cramming import ops
 from cramming.model import build_mlm
 from cramming.optim import build_optimizer
-from cramming.train import Runtime, optimizer_step
+from cramming.runtime import Runtime
+from cramming.train import optimizer_step
 
 VOCAB, STEPS, ACCUM, WORLD = 64, 2, 2, 2
 TRAIN = {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-12, "weight_decay": 0.01}

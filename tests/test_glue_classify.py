@@ -9,7 +9,6 @@ from cramming import ops
 from cramming.classify import (
     FinetuneConfig,
     collate,
-    cosine_with_warmup,
     encode_examples,
     finetune,
     length_batches,
@@ -79,13 +78,6 @@ def test_collate_pads_per_batch_with_mask(tokenizer):
     assert batch["attention_mask"][1].sum().item() == len(data.input_ids[1])
     assert batch["input_ids"][1, -1].item() == data.pad_id
     assert batch["labels"].tolist() == [1, 0]
-
-
-def test_cosine_warmup_schedule():
-    assert cosine_with_warmup(0, 100, 10) == pytest.approx(0.1)
-    assert cosine_with_warmup(9, 100, 10) == pytest.approx(1.0)
-    assert cosine_with_warmup(55, 100, 10) == pytest.approx(0.5)
-    assert cosine_with_warmup(100, 100, 10) == pytest.approx(0.0, abs=1e-9)
 
 
 def _synthetic(n: int, rng: np.random.Generator):

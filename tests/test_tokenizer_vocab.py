@@ -17,7 +17,11 @@ def test_vocab_txt_gives_bert_base_uncased_ids(tmp_path, tiny_corpus, bert_vocab
     """Catches: the vocab file read as a tokenizer.json (error), ids shifted, or [MASK] split into pieces;
     the expected ids are bert-base-uncased's own ([CLS]=101, [SEP]=102, [MASK]=103, hello=7592, world=2088)."""
     corpus = prepare_corpus(
-        {"files": [str(tiny_corpus["train"])], "cache_dir": str(tmp_path), "tokenizer": {"path": str(bert_vocab)}},
+        {
+            "files": [str(tiny_corpus["train"])],
+            "cache_dir": str(tmp_path),
+            "tokenizer": {"path": str(bert_vocab)},
+        },
         log=None,
     )
     tok = corpus.tokenizer
@@ -33,6 +37,10 @@ def test_unreadable_vocab_is_named(tmp_path, tiny_corpus):
     bad.write_bytes(b"")
     with pytest.raises(ValueError, match="vocab.txt"):
         prepare_corpus(
-            {"files": [str(tiny_corpus["train"])], "cache_dir": str(tmp_path), "tokenizer": {"path": str(bad)}},
+            {
+                "files": [str(tiny_corpus["train"])],
+                "cache_dir": str(tmp_path),
+                "tokenizer": {"path": str(bad)},
+            },
             log=None,
         )
