@@ -26,6 +26,9 @@ Every figure is reported as the mean over pretraining seeds with its spread (min
 overrides are checked (composed and validated) before any training starts; a variant that fails later
 is reported as failed and the others still run.
 
+``--reuse`` keeps a finished run made by exactly the same pretraining command (e.g. to add fine-tuning
+variants or GLUE-lite later); any other earlier run folder of the same name is replaced.
+
 Writes ``<out>/quality_<name>.json``, ``.md`` and ``.png`` (loss against wall-clock time for every run on
 one axis, GLUE-lite bars with the seed spread). ``--smoke`` is a seconds-long profile for tests.
 """
@@ -37,6 +40,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--runs-dir", type=Path, default=Path("outputs/quality"), help="where the runs go")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON/MD/PNG results")
     p.add_argument("--smoke", action="store_true", help="tiny model, 3 steps, 2 small GLUE tasks")
+    p.add_argument("--reuse", action="store_true", help="keep finished runs made by the same command")
     p.add_argument("--timeout", type=float, default=None, help="seconds before a run counts as failed")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE shared overrides and variants.NAME='...'")
     args = p.parse_args(argv)
@@ -193,8 +198,19 @@ def pretrain_run(args, shared: list[str], name: str, extra: list[str], seed: int
     run_dir = args.runs_dir / run_name
     cmd = [sys.executable, "-m", "cramming", *shared, *extra, f"seed={seed}", f"name={run_name}",
            f"base_dir={args.runs_dir}"]  # fmt: skip
-    print(f"== {name} seed {seed}: pretraining ({' '.join(extra) or 'shared settings'})", flush=True)
-    ok, error = run_logged(cmd, run_dir.parent / f"{run_name}.pretrain.log", args.timeout, f"{name}/{seed}")
+    stamp = run_dir / "bench_quality.json"  # the exact pretraining command, for --reuse
+    if args.reuse and finished_with(run_dir, stamp, cmd[1:]):
+        print(f"== {name} seed {seed}: reusing the finished run {run_dir}", flush=True)
+        ok, error = True, ""
+    else:
+        print(f"== {name} seed {seed}: pretraining ({' '.join(extra) or 'shared settings'})", flush=True)
+        if args.reuse and run_dir.exists():  # an unfinished or different earlier run: start afresh
+            shutil.rmtree(run_dir)
+        ok, error = run_logged(
+            cmd, run_dir.parent / f"{run_name}.pretrain.log", args.timeout, f"{name}/{seed}"
+        )
+        if ok and run_dir.is_dir():
+            stamp.write_text(json.dumps({"command": cmd[1:]}) + "\n")
     record = {"variant": name, "seed": seed, "run_dir": str(run_dir), "overrides": extra, "ok": ok}
     if not ok:
         record["error"] = error or "pretraining failed (see its log)"
@@ -208,6 +224,15 @@ def pretrain_run(args, shared: list[str], name: str, extra: list[str], seed: int
     record["tokenizer"] = file_hash(run_dir / "model" / "tokenizer.json")
     record["curve"] = loss_curve(run_dir / "metrics.jsonl")
     return record
+
+
+def finished_with(run_dir: Path, stamp: Path, command: list[str]) -> bool:
+    """A finished earlier run made by exactly this pretraining command (--reuse)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return bool(summary.get("finished")) and json.loads(stamp.read_text())["command"] == command
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def loss_curve(path: Path) -> dict[str, list]:
@@ -236,6 +261,7 @@ def glue_lite(args, record: dict, glue: dict, overrides: list[str]) -> None:
         cmd.append(f"epochs={glue['epochs']}")
     if glue["eval_examples"]:
         cmd.append(f"max_eval_examples={glue['eval_examples']}")
+    cmd += [o for o in args.shared if o.startswith("impl.")]  # the same device, threads and kernels
     cmd += overrides
     label = f"{record['variant']}/{record['seed']} glue"
     ok, error = run_logged(cmd, out_dir.with_suffix(".log"), args.timeout, label)
@@ -349,6 +375,7 @@ def plot(report: dict, records: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args, shared, variants = parse_args(argv)
+    args.shared = shared
     check_variants(shared, variants)
     glue = {"examples": args.glue_examples, "eval_examples": args.glue_eval_examples,
             "seeds": args.glue_seeds, "epochs": args.glue_epochs,

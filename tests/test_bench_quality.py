@@ -1,6 +1,7 @@
 """benchmarks/bench_quality.py: variants trained and scored through the product's own CLI paths."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,11 @@ SCRIPT = REPO_ROOT / "benchmarks" / "bench_quality.py"
 def run_bench(tmp_path, *args, check=True):
     cmd = [sys.executable, str(SCRIPT), "--smoke", "--name", "t", "--out", str(tmp_path / "res"),
            "--runs-dir", str(tmp_path / "runs"), *args]  # fmt: skip
-    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, check=check, timeout=900)
+    # The product as users run it: conftest's TRITON_INTERPRET=1 would make every kernel crawl
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, check=check, timeout=900, env=env
+    )
 
 
 def data_args(tiny_corpus):
@@ -50,6 +55,7 @@ def test_smoke_two_variants_and_a_failing_one(tmp_path, tiny_corpus, glue_dir):
     assert wd["run_dir"] == next(r["run_dir"] for r in report["runs"] if r["variant"] == "base")
     settings = json.loads((tmp_path / "runs" / "t_base_s0" / "glue_lite_wd" / "results.json").read_text())
     assert settings["settings"]["weight_decay"] == 0.05  # the glue.* override reached fine-tuning
+    assert settings["threads"] == 1  # the shared impl.threads=1 reached fine-tuning too
     assert len(list((tmp_path / "runs").glob("*.pretrain.log"))) == 3  # base, const, broken
     md = (tmp_path / "res" / "quality_t.md").read_text()
     assert "| base |" in md and "| const |" in md and "FAILED" in md
