@@ -338,6 +338,7 @@ class Pretrainer:
         self.mfu = MFUMeter(self.flops_per_token, self.runtime.device, self.runtime.dtype)  # before the clock
         self.model.train()
         self.clock.start()
+        self.loop_start = time.monotonic()  # the data-wait fraction's denominator starts with the clock
         self.new_window()
         self.last_ckpt_time = self.last_valid = time.monotonic()
         self.last_lr = self.last_grad_norm = p = float("nan")
