@@ -211,7 +211,7 @@ def config_drift(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
         a, b = old.get(key), new.get(key)
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             drift += config_drift(a, b, f"{prefix}{key}.")
-        elif a != b and key not in ("stop_after_steps", "debug_nan_steps"):
+        elif a != b and key not in ("stop_after_steps", "debug_nan_steps", "debug_data_delay_s"):
             drift.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return drift
 
@@ -247,11 +247,15 @@ def find_resume_point(run_dir: Path, expect: Mapping, config: Mapping, rank: int
     return found
 
 
-def rank_state(loader, mask_generator: torch.Generator, device: torch.device) -> dict:
-    """What differs between ranks: the data cursor and the random streams (all tensors or plain values)."""
+def rank_state(loader_state: dict, mask_rng: torch.Tensor, device: torch.device) -> dict:
+    """What differs between ranks: the data cursor and the random streams (all tensors or plain values).
+
+    ``loader_state`` and ``mask_rng`` are those as of the last batch the loop used (batches made ahead
+    by the prefetch thread are made again after a resume).
+    """
     return {
-        "loader": loader.state_dict(),
-        "mask_rng": mask_generator.get_state(),
+        "loader": loader_state,
+        "mask_rng": mask_rng,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }

@@ -95,6 +95,11 @@ def validate_train(train: Mapping) -> None:
         0.0 <= float(train["batch_ramp_fraction"]) <= 1.0,
         f"train.batch_ramp_fraction={train['batch_ramp_fraction']!r} must lie in [0, 1]",
     )
+    delay = train["debug_data_delay_s"]
+    _require(
+        _num("train.debug_data_delay_s", delay) >= 0,
+        f"train.debug_data_delay_s={delay!r} must be >= 0 seconds (0 = off)",
+    )
     validate_train_resilience(train)
 
 
@@ -127,11 +132,12 @@ def validate_train_resilience(train: Mapping) -> None:
 
 
 def validate_impl(impl: Mapping) -> None:
-    """The impl group's values (device, precision, threads, kernels), by the rules of ``cramming.runtime``."""
+    """The impl group's values (device, precision, threads, kernels, dataloader workers)."""
     from cramming import ops, runtime
+    from cramming.data.prefetch import check_workers
 
     try:
-        runtime.resolve_impl(impl)
+        check_workers(runtime.resolve_impl(impl)["dataloader_workers"])
         choices = ops.configure(impl)
     except ValueError as err:
         raise ConfigError(str(err)) from None

@@ -86,7 +86,7 @@ def _fmt_seconds(seconds: float) -> str:
 
 
 def format_line(m: Mapping) -> str:
-    """`step | loss | lr | grad_norm | tok/s | mfu | mem | budget used | eta` (+ NSP accuracy for recipe=bert)"""
+    """`step | loss | lr | grad_norm | tok/s | mfu | data wait | mem | budget used | eta` (+ NSP accuracy for recipe=bert)"""
     nsp = (
         f" (mlm {m['mlm_loss']:.4f} + nsp {m['nsp_loss']:.4f}, nsp acc {m['nsp_accuracy']:.3f})"
         if "nsp_loss" in m
@@ -95,6 +95,7 @@ def format_line(m: Mapping) -> str:
     return (
         f"step {m['step']:>6} | loss {m['loss']:.4f}{nsp} | lr {m['lr']:.2e} | grad {m['grad_norm']:.3f} "
         f"| batch {m['batch_size']} | {m['tokens_per_s']:,.0f} tok/s | mfu {100 * m['mfu']:.1f}% "
+        f"| data wait {100 * m['data_wait']:.1f}% "
         f"| mem {m['mem_gb']:.2f} GB | budget {100 * m['budget_used']:.1f}% | eta {_fmt_seconds(m['eta_s'])}"
     )
 

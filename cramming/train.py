@@ -32,6 +32,7 @@ from cramming.checkpoint import (
     trim_metrics,
 )
 from cramming.data.bert_masking import build_collator as build_recipe_collator
+from cramming.data.prefetch import BatchStream
 from cramming.export import save_export
 from cramming.model import build_mlm, count_parameters
 from cramming.optim import build_optimizer
@@ -67,9 +68,13 @@ def model_vocab_size(tokenizer_size: int, multiple: int = 64) -> int:
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """A collated microbatch on ``device``; pinned host memory first on CUDA, so the copy is asynchronous."""
+    """A collated microbatch on ``device``; pinned host memory first on CUDA (the prefetch thread
+    already pins), so the copy is asynchronous."""
     pin = device.type == "cuda"
-    return {name: (t.pin_memory() if pin else t).to(device, non_blocking=True) for name, t in batch.items()}
+    return {
+        name: (t.pin_memory() if pin and not t.is_pinned() else t).to(device, non_blocking=True)
+        for name, t in batch.items()
+    }
 
 
 def optimizer_step(
@@ -195,6 +200,15 @@ class Pretrainer:
             )
         self.side_metrics: dict[str, float] = {}  # NSP accuracy etc. summed over the steps since the last log
         self.mask_generator = torch.Generator().manual_seed(int(cfg["seed"]) + runtime.rank)
+        # Batches made ahead in a background thread (impl.dataloader_workers of them), pinned for the GPU.
+        self.batches = BatchStream(
+            self.loader,
+            self.collator,
+            self.mask_generator,
+            depth=int(cfg["impl"]["dataloader_workers"]),
+            pin=runtime.device.type == "cuda",
+            delay_s=float(self.train_cfg["debug_data_delay_s"]),  # testing aid: a slow disk
+        )
         self.clock = BudgetClock(budget)
         self.progress = Progress()
         self.identity = identity(cfg["arch"], self.vocab_size, corpus.tokenizer.to_str())
@@ -218,7 +232,8 @@ class Pretrainer:
         Tensors and plain Python values only, so ``torch.load(weights_only=True)`` reads it back.
         """
         progress = dict(vars(self.progress), losses=list(self.progress.losses))
-        rank = rank_state(self.loader, self.mask_generator, self.runtime.device)
+        loader_state, mask_rng = self.batches.state()  # as of the last batch used, not the producer's
+        rank = rank_state(loader_state, mask_rng, self.runtime.device)
         return {
             "step": self.progress.step,
             "progress": progress,
@@ -245,6 +260,7 @@ class Pretrainer:
         else:
             self.clock.load_state_dict(state["clock"])
         rt = self.runtime
+        self.batches.stop()  # batches made ahead belong to the old position
         load_rank_state(state["ranks"], rt.rank, rt.world_size, self.loader, self.mask_generator, rt.device)
         self.progress = Progress(**state["progress"])
 
@@ -297,7 +313,7 @@ class Pretrainer:
     # -- the loop ------------------------------------------------------------------------------
     def next_microbatch(self) -> dict[str, torch.Tensor]:
         """input_ids (B, T), masked_positions and labels (B, k): fixed shapes, as the compiled model wants."""
-        return to_device(self.collator(next(self.loader), generator=self.mask_generator), self.runtime.device)
+        return to_device(next(self.batches), self.runtime.device)  # read and masked ahead by a thread
 
     def control(self) -> tuple[float, bool, bool]:
         """(budget fraction, budget spent, timed checkpoint due): rank 0's view, shared with all ranks."""
@@ -315,11 +331,23 @@ class Pretrainer:
         return bool(distributed.broadcast_floats([float(self.clock.exhausted())])[0])
 
     def run(self) -> dict:
+        """Train until the budget is spent (or ``train.stop_after_steps``), then finish."""
+        self.loop_start = time.monotonic()
+        try:
+            stopped_early = self.train_loop()
+        finally:
+            self.batches.stop()  # on exceptions too: no producer thread outlives the loop
+            self.loop_seconds = time.monotonic() - self.loop_start
+        return self.stop_early() if stopped_early else self.finish()
+
+    def train_loop(self) -> bool:
+        """Steps until the budget is spent; True when ``train.stop_after_steps`` ended it early."""
         t = self.train_cfg
         self.mfu = MFUMeter(self.flops_per_token, self.runtime.device, self.runtime.dtype)  # before the clock
         self.model.train()
         self.clock.start()
-        self.window = {"time": time.monotonic(), "tokens": 0, "steps": 0}
+        self.loop_start = time.monotonic()  # the data-wait fraction's denominator starts with the clock
+        self.new_window()
         self.last_ckpt_time = self.last_valid = time.monotonic()
         self.last_lr = self.last_grad_norm = p = float("nan")
         every, stop_after = int(t["checkpoint_every_steps"]), int(t["stop_after_steps"])
@@ -338,12 +366,12 @@ class Pretrainer:
             if every and self.progress.step % every == 0 and self.saved_step != self.progress.step:
                 self.save_checkpoint()
             if self.progress.step == stop_after:  # ==: a resumed run passing the same override goes on
-                return self.stop_early()
+                return True
             self.maybe_validate()
         if self.progress.losses:
             p = self.clock.progress()
             self.log_train(self.last_lr, self.last_grad_norm, getattr(self, "last_batch", 0), p)
-        return self.finish()
+        return False
 
     def ramp(self) -> tuple[int, int, float]:
         t = self.train_cfg
@@ -455,6 +483,8 @@ class Pretrainer:
             "elapsed_s": self.clock.elapsed(),
             "eta_s": self.clock.eta_seconds(),
             "skipped_steps": self.progress.skipped_steps,
+            # Share of the window's wall time the loop stood waiting for its next batch.
+            "data_wait": (self.batches.waited - self.window["waited"]) / seconds,
         }
         steps = self.side_metrics.pop("steps", 0)
         metrics.update({k: v / steps for k, v in self.side_metrics.items()} if steps else {})
@@ -465,7 +495,11 @@ class Pretrainer:
         self.last_train_loss = metrics["loss"]
         self.progress.losses = []
         self.mfu.refresh_if_due()
-        self.window = {"time": time.monotonic(), "tokens": 0, "steps": 0}
+        self.new_window()
+
+    def new_window(self) -> None:
+        """Start the span the next log line averages over."""
+        self.window = {"time": time.monotonic(), "tokens": 0, "steps": 0, "waited": self.batches.waited}
 
     def validate(self) -> float | None:
         """Held-out MLM loss, on rank 0 only (no collectives, so the other ranks just wait)."""
@@ -557,6 +591,7 @@ class Pretrainer:
             "elapsed_s": elapsed,
             "overshoot_s": overshoot,
             "tokens_per_s": self.progress.tokens / max(elapsed, 1e-9),
+            "data_wait": self.batches.waited / max(self.loop_seconds, 1e-9),  # this process's loop
             "finished": True,
         }
         if self.saved_step != self.progress.step:
