@@ -210,7 +210,10 @@ class CompiledStep:
 
     def __init__(self, module: torch.nn.Module, runtime: Runtime, what: str = "training step"):
         self.eager, self.what = module, what
-        self.module = torch.compile(module, mode=runtime.compile_mode) if runtime.compile else module
+        # dynamic=False: one specialised graph per shape; pretraining has one, fine-tuning a few buckets
+        self.module = (
+            torch.compile(module, mode=runtime.compile_mode, dynamic=False) if runtime.compile else module
+        )
         self.pending = runtime.compile  # the first compiled step is still to come
         self.compile_seconds: float | None = None
         self.fell_back = False

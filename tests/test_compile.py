@@ -121,7 +121,7 @@ def test_compile_failure_falls_back_to_eager_on_the_same_batches(monkeypatch, ca
     ops.configure({"kernels": "torch"})
     caplog.set_level(logging.WARNING, logger="cramming")
     data = batches(4)
-    monkeypatch.setattr(torch, "compile", lambda module, mode: BrokenCompiled(module))
+    monkeypatch.setattr(torch, "compile", lambda module, **options: BrokenCompiled(module))
     results = [two_steps(data, broken=False), two_steps(data, broken=True)]
     for eager, fallback in zip(*results):
         torch.testing.assert_close(fallback, eager)
@@ -159,3 +159,40 @@ def test_compiled_pretraining_has_no_recompiles_across_the_ramp(tiny_corpus, tmp
     ]
     batch_sizes = {r["batch_size"] for r in records if "batch_size" in r}
     assert len(batch_sizes) > 1, f"the ramp did not change the batch size: {batch_sizes}"
+
+
+def test_compiled_finetuning_sees_only_bucket_lengths(monkeypatch):
+    """Catches per-batch padding under compile (a graph per length, and past Dynamo's limit of 8 an
+    eager run without a word), a recompile in the second epoch, and bucketing that changes the result."""
+    import numpy as np
+    from _glue_fixtures import tiny_arch
+
+    from cramming.classify import EncodedExamples, FinetuneConfig, bucket_lengths, finetune, predict
+    from cramming.model import build_classifier
+
+    ops.configure({"kernels": "torch"})
+    widths, graphs = [], []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        widths.extend(t.shape[1] for t in example_inputs if t.dtype == torch.long and t.ndim == 2)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda m, mode, dynamic: real_compile(m, backend=counting_backend, dynamic=dynamic)
+    )
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(5, 200, size=n) for n in range(2, 46)]  # 44 examples, 44 lengths
+    data = EncodedExamples(ids, [np.zeros_like(x) for x in ids], np.arange(44) % 2, pad_id=0)
+    logits = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        model = build_classifier(tiny_arch(), 300, num_labels=2, dropout=0.0)
+        cfg = FinetuneConfig(lr=1e-3, batch_size=8, epochs=2, compile=compile, log_every=0)
+        logits.append(predict(finetune(model, data, cfg, seed=0, device="cpu"), data, device="cpu"))
+    buckets = bucket_lengths(45)
+    assert buckets == (16, 24, 40, 48)
+    assert widths and set(widths) <= set(buckets), widths
+    assert len(graphs) <= 2 * len(buckets)  # full batches and the one short batch of an epoch
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-4, atol=1e-5)
