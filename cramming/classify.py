@@ -284,6 +284,11 @@ def finetune(
     weights = class_weights.to(device) if class_weights is not None else None
     runtime = Runtime(device, resolve_precision(cfg.precision, device), compile=cfg.compile,
                       compile_mode=cfg.compile_mode)  # fmt: skip
+    if cfg.compile:
+        # GLUE fine-tunes many times in one process (tasks x seeds, each with its own short batch and
+        # head): graphs of earlier runs would count against Dynamo's limit of 8 per function, past
+        # which it silently runs eager. Inductor's cache makes compiling the same graphs again cheap.
+        torch._dynamo.reset()
     compiled = CompiledStep(model, runtime, "fine-tuning step")
     buckets = bucket_lengths(int(lengths.max())) if cfg.compile else None
 
