@@ -57,6 +57,22 @@ def test_pretraining_forward_is_one_graph(kernels):
     assert explanation.graph_count == 1
 
 
+def test_finetuning_forward_with_attention_dropout_is_one_graph():
+    """Catches the one-time 'attention dropout is not fused' warning being logged while Dynamo traces
+    (GLUE fine-tunes with attention dropout 0.1): a graph break, then a recompile once it has fired."""
+    from _glue_fixtures import tiny_arch
+
+    from cramming.model import build_classifier
+
+    ops.configure({"kernels": "auto"})
+    ops._warned.discard("attention-dropout")  # as in a fresh process
+    model = build_classifier({**tiny_arch(), "attention_dropout": 0.1}, VOCAB, 2).train()
+    ids = torch.randint(5, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    explanation = torch._dynamo.explain(model)(ids, torch.ones_like(ids), torch.tensor([0, 1]))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
 def test_compile_auto_is_on_for_cuda_only():
     """Catches impl.compile=auto compiling on CPU (minutes of compile, little gain) or not on a GPU."""
     assert runtime.resolve_compile("auto", torch.device("cpu")) is False
