@@ -48,6 +48,11 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--smoke", action="store_true", help="tiny sizes, interpreter, timings not comparable"
     )
+    parser.add_argument(
+        "--bert-only",
+        action="store_true",
+        help="only the BERT shapes (128 tokens, width 768/3072): no sweeps",
+    )
     return parser
 
 

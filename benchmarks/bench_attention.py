@@ -121,8 +121,10 @@ def _kernel_error(table: dict, q, k, v, mask) -> float:
     return (ours.float() - ref.float()).abs().max().item()
 
 
-def run(smoke: bool, dtype: torch.dtype) -> list[dict]:
+def run(smoke: bool, dtype: torch.dtype, bert_only: bool = False) -> list[dict]:
     shapes = SMOKE_SHAPES if smoke else GPU_SHAPES
+    if bert_only:
+        shapes = {**shapes, "T": shapes["T"][:1]}  # T=128 on GPU: BERT's sequence length
     device = common.bench_device(smoke)
     peak = common.device_info()["peak_tflops"]
     table = providers()
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     smoke = common.setup(args)  # sets TRITON_INTERPRET=1 in smoke mode, before the kernels import
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    rows = run(smoke, dtype)
+    rows = run(smoke, dtype, args.bert_only)
     summarize(rows, smoke)
     tag = "smoke" if smoke else common.device_info()["tag"]
     name = f"attention_{tag}" + ("" if args.dtype == "bf16" else f"_{args.dtype}")

@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     info = common.device_info()
     rows = []
     for group, m, n, dtype, residual in shapes(smoke):
+        if args.bert_only and group != "bert":
+            continue
         rows += bench_case(group, m, n, dtype, residual, smoke, info)
         common.print_case(rows[-6:])
     common.add_speedups(rows, keys=("op", "group", "mode", "rows", "width", "dtype"))

@@ -5,7 +5,9 @@
     logits = predict(model, dev_data, batch_size=64, device="auto")     # (N, num_labels), input order
 
 Batches are padded per batch (never to max_len) and built from examples of similar length,
-which is what makes fine-tuning on a CPU affordable. Labels are class indices (int) for
+which is what makes fine-tuning on a CPU affordable. With ``compile=True`` (``impl.compile``, on
+for GPUs) training batches are padded up to one of four bucket lengths instead, so the compiled
+step sees a few shapes and compiles a few times, not once per length. Labels are class indices (int) for
 classification and floats for regression (``num_labels == 1``); mapping label names to
 indices is the caller's job (see ``cramming.data.glue``).
 """
@@ -26,7 +28,14 @@ from tokenizers.processors import TemplateProcessing
 
 from cramming.budget import cosine_with_warmup
 from cramming.optim import build_adamw
-from cramming.runtime import check_precision, resolve_device, resolve_precision
+from cramming.runtime import (
+    COMPILE_MODES,
+    CompiledStep,
+    Runtime,
+    check_precision,
+    resolve_device,
+    resolve_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +148,8 @@ class FinetuneConfig:
     max_grad_norm: float | None = 1.0
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
     log_every: int = 100  # steps between progress log lines (0 = only per epoch)
+    compile: bool = False  # torch.compile the training step (impl.compile resolved; bucketed lengths)
+    compile_mode: str = "default"  # one of runtime.COMPILE_MODES
 
     def __post_init__(self):
         if self.lr <= 0 or self.batch_size < 1 or self.epochs <= 0:
@@ -149,6 +160,8 @@ class FinetuneConfig:
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction={self.warmup_fraction} must be in [0, 1)")
         check_precision(self.precision)
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode={self.compile_mode!r} is not one of {list(COMPILE_MODES)}")
 
 
 def autocast(device: torch.device, precision: str = "auto"):
@@ -187,9 +200,25 @@ def length_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def collate(data: EncodedExamples, indices: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-    """Pad one batch to its own longest example; attention_mask is 1 for real tokens."""
+def bucket_lengths(longest: int, count: int = 4, multiple: int = 8) -> tuple[int, ...]:
+    """``count`` padded lengths up to ``longest`` (rounded up to ``multiple``): 32, 64, 96, 128 for 128.
+
+    Under torch.compile every batch shape is a compiled graph: with 4 lengths and 2 batch sizes
+    (full batches and an epoch's one short batch) fine-tuning stays within Dynamo's default limit of
+    8 graphs per function, where per-batch padding would recompile for nearly every length.
+    """
+    top = -(-max(1, longest) // multiple) * multiple
+    return tuple(sorted({-(-top * i // count // multiple) * multiple for i in range(1, count + 1)}))
+
+
+def collate(
+    data: EncodedExamples, indices: np.ndarray, device: torch.device, buckets: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """Pad one batch to its own longest example, or to the smallest of ``buckets`` that holds it;
+    attention_mask is 1 for real tokens (padding changes no result: padded keys are masked)."""
     width = max(len(data.input_ids[i]) for i in indices)
+    if buckets:
+        width = min((b for b in buckets if b >= width), default=width)
     ids = np.full((len(indices), width), data.pad_id, dtype=np.int64)  # (B, T)
     types = np.zeros((len(indices), width), dtype=np.int64)
     mask = np.zeros((len(indices), width), dtype=np.int64)
@@ -238,22 +267,34 @@ def finetune(
     )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     weights = class_weights.to(device) if class_weights is not None else None
+    runtime = Runtime(device, resolve_precision(cfg.precision, device), compile=cfg.compile,
+                      compile_mode=cfg.compile_mode)  # fmt: skip
+    if cfg.compile:
+        # GLUE fine-tunes many times in one process (tasks x seeds, each with its own short batch and
+        # head): graphs of earlier runs would count against Dynamo's limit of 8 per function, past
+        # which it silently runs eager. Inductor's cache makes compiling the same graphs again cheap.
+        torch._dynamo.reset()
+    compiled = CompiledStep(model, runtime, "fine-tuning step")
+    buckets = bucket_lengths(int(lengths.max())) if cfg.compile else None
+
+    def train_step(module: torch.nn.Module, next_batch) -> torch.Tensor:
+        with autocast(device, cfg.precision):
+            loss = module(**next_batch(), class_weights=weights)["loss"]
+        scaler.scale(loss).backward()
+        if cfg.max_grad_norm:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
     step, started, running = 0, time.perf_counter(), []
     while step < total:
         for indices in length_batches(lengths, cfg.batch_size, True, rng):
-            batch = collate(train_set, indices, device)
-            with autocast(device, cfg.precision):
-                loss = model(**batch, class_weights=weights)["loss"]
-            scaler.scale(loss).backward()
-            if cfg.max_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            running.append(compiled.run(train_step, lambda: collate(train_set, indices, device, buckets)))  # noqa: B023
             scheduler.step()
             step += 1
-            running.append(loss.detach())
             if step == total or (cfg.log_every and step % cfg.log_every == 0):
                 mean = torch.stack(running).float().mean().item()
                 log.info(

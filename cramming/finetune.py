@@ -343,6 +343,7 @@ def train_and_evaluate(
         lr=classify.resolve_lr(cfg["lr"], model.arch["hidden_size"]),
         batch_size=cfg["batch_size"], epochs=cfg["epochs"], warmup_fraction=cfg["warmup_fraction"],
         weight_decay=cfg["weight_decay"], precision=precision, log_every=cfg["log_every"],
+        compile=runtime.compile, compile_mode=runtime.compile_mode,
     )  # fmt: skip
     started = time.perf_counter()
     classify.finetune(

@@ -203,6 +203,7 @@ def run_seed(
         batch_size=int(settings["batch_size"]), epochs=settings["epochs"],
         warmup_fraction=settings["warmup_fraction"], weight_decay=settings["weight_decay"],
         precision=precision, log_every=settings["log_every"],
+        compile=runtime.compile, compile_mode=runtime.compile_mode,
     )  # fmt: skip
     started = time.perf_counter()
     finetune(model, encoded["train"], cfg, seed=seed, device=device)

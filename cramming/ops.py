@@ -137,7 +137,9 @@ def attention(
 ) -> torch.Tensor:
     """(B, H, T, D) attention; key_padding_mask is (B, T), True for real keys."""
     if dropout_p > 0.0:
-        if _choice["attention"] != "torch" and "attention-dropout" not in _warned:
+        # Not while torch.compile traces: a logging call there splits the graph (and a recompile follows).
+        warn = not torch.compiler.is_compiling() and "attention-dropout" not in _warned
+        if _choice["attention"] != "torch" and warn:
             _warned.add("attention-dropout")
             logging.getLogger("cramming").warning(
                 "attention dropout is not fused in the Triton kernel; using PyTorch attention"

@@ -4,7 +4,9 @@ Every entry point builds its runtime here with ``make_runtime(cfg.impl)``: pretr
 (``python -m cramming``), GLUE (``cramming.glue``), ``cramming.finetune`` and
 ``cramming.predict``. So ``impl.device``, ``impl.precision``, ``impl.threads`` and
 ``impl.kernels`` mean the same everywhere, and the GPU kernel self-check (a failing
-Triton kernel falls back to PyTorch) guards every one of them.
+Triton kernel falls back to PyTorch) guards every one of them. ``impl.compile`` (``auto``: on for
+CUDA, off for CPU) and ``impl.compile_mode`` choose ``torch.compile`` for the training step;
+``CompiledStep`` runs it, falling back to eager once if compiling fails.
 
     runtime = make_runtime({"device": "auto", "precision": "auto", "threads": None})
     with runtime.autocast():
@@ -13,10 +15,12 @@ Triton kernel falls back to PyTorch) guards every one of them.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import resource
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib import resources
@@ -26,8 +30,14 @@ from omegaconf import OmegaConf
 
 from cramming import distributed, ops
 
+log = logging.getLogger("cramming")
+
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# default: Inductor's fused kernels; max-autotune-no-cudagraphs: also benchmarks matmul/Triton templates
+# (longer compile, sometimes faster steps); reduce-overhead: CUDA graphs (less launch overhead; keeps
+# static copies of inputs, so more memory).
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 @dataclass
@@ -39,6 +49,8 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     threads: int = 1  # torch's CPU threads (impl.threads resolved)
+    compile: bool = False  # impl.compile resolved for this device
+    compile_mode: str = "default"
 
     @property
     def precision(self) -> str:
@@ -77,6 +89,7 @@ def resolve_impl(impl: Mapping | None) -> dict:
     merged.update(dict(impl or {}))
     resolve_device(merged["device"])
     check_precision(merged["precision"])
+    check_compile(merged["compile"], merged["compile_mode"])
     check_threads(merged["threads"])
     kernels = [merged["kernels"], *(merged.get("ops") or {}).values()]
     bad = [k for k in kernels if k is not None and k not in ops.CHOICES]
@@ -89,6 +102,21 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"impl.precision={precision!r} is not one of {list(PRECISIONS)}")
     return precision
+
+
+def check_compile(compile: object, mode: object = "default") -> None:
+    if not (isinstance(compile, bool) or compile == "auto"):
+        raise ValueError(f"impl.compile={compile!r} is not one of auto, true, false")
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"impl.compile_mode={mode!r} is not one of {list(COMPILE_MODES)}")
+
+
+def resolve_compile(compile: bool | str, device: torch.device) -> bool:
+    """``auto``: compile where it pays, on CUDA GPUs Triton supports (compute capability 7.0+); on CPU
+    compiling the step costs minutes and gains little. ``true``/``false`` are honoured anywhere."""
+    if compile == "auto":
+        return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
+    return bool(compile)
 
 
 def check_threads(threads: object) -> int | None:
@@ -165,4 +193,61 @@ def make_runtime(impl: Mapping | None) -> Runtime:
     dtype = resolve_precision(impl["precision"], device)
     if device.type == "cuda":
         ops.self_check(device, dtype)
-    return Runtime(device, dtype, distributed.rank(), distributed.world_size(), threads)
+    compile = resolve_compile(impl["compile"], device)
+    rank, world = distributed.rank(), distributed.world_size()
+    return Runtime(device, dtype, rank, world, threads, compile, impl["compile_mode"])
+
+
+class CompiledStep:
+    """The module a training loop calls: ``torch.compile``d when ``runtime.compile``, else as given.
+
+    torch.compile is lazy: the forward compiles at the first call and the backward at the first
+    backward, hours of budget later than a config check could see. So the first step runs under a
+    guard: if it raises, one warning, the eager module from then on, and the step is redone on the
+    same batches (gradients of the failed try dropped). A run never dies of a compiler problem.
+    The first compiled step's time (compilation included, counted against the budget) is logged once.
+    """
+
+    def __init__(self, module: torch.nn.Module, runtime: Runtime, what: str = "training step"):
+        self.eager, self.what = module, what
+        # dynamic=False: one specialised graph per shape; pretraining has one, fine-tuning a few buckets
+        self.module = (
+            torch.compile(module, mode=runtime.compile_mode, dynamic=False) if runtime.compile else module
+        )
+        self.pending = runtime.compile  # the first compiled step is still to come
+        self.compile_seconds: float | None = None
+        self.fell_back = False
+
+    def run(self, step: Callable, next_batch: Callable):
+        """``step(module, next_batch)``: one optimizer step (forward, backward, update) on ``module``."""
+        if not self.pending:
+            return step(self.module, next_batch)
+        self.pending = False
+        seen: list = []
+
+        def recording():
+            seen.append(next_batch())
+            return seen[-1]
+
+        start = time.monotonic()
+        try:
+            result = step(self.module, recording)
+        except Exception as err:  # any compiler failure: Dynamo, Inductor, Triton, a missing C compiler
+            return self._eager_retry(step, next_batch, seen, err)
+        self.compile_seconds = time.monotonic() - start
+        log.info("compiled the %s in %.1f s (first step included; counted against the budget)",
+                 self.what, self.compile_seconds)  # fmt: skip
+        return result
+
+    def _eager_retry(self, step: Callable, next_batch: Callable, seen: list, err: Exception):
+        first_line = (str(err).strip().splitlines() or [""])[0][:300]
+        log.warning("torch.compile failed at the first %s (%s: %s); running eager instead",
+                    self.what, type(err).__name__, first_line)  # fmt: skip
+        self.module, self.fell_back = self.eager, True
+        for p in self.eager.parameters():
+            p.grad = None
+
+        def replaying():  # the batches the failed try drew, then new ones
+            return seen.pop(0) if seen else next_batch()
+
+        return step(self.eager, replaying)

@@ -38,7 +38,7 @@ from cramming.model import build_mlm, count_parameters
 from cramming.optim import build_optimizer
 from cramming.perf import MFUMeter, flops_per_token
 from cramming.plots import plot_run
-from cramming.runtime import Runtime, make_runtime
+from cramming.runtime import CompiledStep, Runtime, make_runtime
 from cramming.tracking import Tracker, format_line
 
 log = logging.getLogger("cramming")
@@ -185,7 +185,7 @@ class Pretrainer:
         self.optimizer = build_optimizer(self.model, self.train_cfg, runtime.device)
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
         wrapped = distributed.wrap_ddp(self.model, runtime.device)
-        self.step_model = torch.compile(wrapped) if cfg["impl"]["compile"] else wrapped
+        self.step = CompiledStep(wrapped, runtime, "pretraining step")  # impl.compile, eager fallback
         micro = int(self.train_cfg["microbatch_size"])
         self.loader = SequenceLoader(
             corpus.train, micro, seed=int(cfg["seed"]), rank=runtime.rank, world_size=runtime.world_size
@@ -388,19 +388,24 @@ class Pretrainer:
         inject = number in self.nan_steps
         step_metrics: dict[str, float] = {}  # NSP accuracy etc. of this step (BERT/RoBERTa recipes)
         self.nan_steps.discard(number)  # fires once, so a reload does not hit it again
-        result = optimizer_step(
-            self.step_model,
-            self.optimizer,
-            self.next_microbatch,
-            accum,
-            lr,
-            float(t["grad_clip"]),
-            self.runtime,
-            stop=self.time_is_up,
-            scaler=self.scaler,
-            inject_nan=inject,
-            extras=step_metrics,
-        )
+
+        def one_step(model, next_microbatch):  # on `model`: compiled, or eager after a compile failure
+            step_metrics.clear()
+            return optimizer_step(
+                model,
+                self.optimizer,
+                next_microbatch,
+                accum,
+                lr,
+                float(t["grad_clip"]),
+                self.runtime,
+                stop=self.time_is_up,
+                scaler=self.scaler,
+                inject_nan=inject,
+                extras=step_metrics,
+            )
+
+        result = self.step.run(one_step, self.next_microbatch)
         if result is None:
             return False
         loss, grad_norm, finite = result
@@ -592,6 +597,8 @@ class Pretrainer:
             "overshoot_s": overshoot,
             "tokens_per_s": self.progress.tokens / max(elapsed, 1e-9),
             "data_wait": self.batches.waited / max(self.loop_seconds, 1e-9),  # this process's loop
+            "compiled": self.step.module is not self.step.eager,
+            "compile_s": self.step.compile_seconds,  # the first step's time, compilation included
             "finished": True,
         }
         if self.saved_step != self.progress.step:
