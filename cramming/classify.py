@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,16 +136,17 @@ def resolve_lr(lr: float | str, hidden_size: int) -> float:
 
 @dataclass
 class FinetuneConfig:
-    """GLUE-sane defaults: AdamW 4e-5, batch 16, 5 epochs, cosine with 10% warm-up."""
+    """GLUE-sane defaults: AdamW 4e-5, betas (0.9, 0.98), eps 1e-6, no weight decay, no gradient
+    clipping (``grad_clip=0``), batch 16, 5 epochs, cosine with 10% warm-up."""
 
     lr: float = 4e-5
     batch_size: int = 16
     epochs: float = 5
     warmup_fraction: float = 0.1
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
-    max_grad_norm: float | None = 1.0
+    grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
     log_every: int = 100  # steps between progress log lines (0 = only per epoch)
     compile: bool = False  # torch.compile the training step (impl.compile resolved; bucketed lengths)
@@ -159,9 +160,38 @@ class FinetuneConfig:
             )
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction={self.warmup_fraction} must be in [0, 1)")
+        self.betas = check_optimizer_settings(self.betas, self.eps, self.weight_decay, self.grad_clip)
         check_precision(self.precision)
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile_mode={self.compile_mode!r} is not one of {list(COMPILE_MODES)}")
+
+
+def check_optimizer_settings(betas, eps, weight_decay, grad_clip) -> tuple[float, float]:
+    """``betas`` as a pair of floats; a ValueError names a bad value and the accepted range."""
+    if isinstance(betas, str) or len(betas) != 2 or not all(_number(b) and 0 <= b < 1 for b in betas):
+        raise ValueError(f"betas={betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.98]")
+    for key, value, low in (("eps", eps, "> 0"), ("weight_decay", weight_decay, ">= 0"),
+                            ("grad_clip", grad_clip, ">= 0 (0 = no clipping)")):  # fmt: skip
+        if not _number(value) or value < 0 or (key == "eps" and value == 0):
+            raise ValueError(f"{key}={value!r} must be a number {low}")
+    return float(betas[0]), float(betas[1])
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def finetune_config(settings: Mapping, hidden_size: int, runtime: Runtime) -> FinetuneConfig:
+    """The ``FinetuneConfig`` of a GLUE or finetune settings mapping (keys of conf/glue.yaml), with the
+    runtime's precision and compile choice."""
+    return FinetuneConfig(
+        lr=resolve_lr(settings["lr"], hidden_size),
+        batch_size=int(settings["batch_size"]), epochs=settings["epochs"],
+        warmup_fraction=settings["warmup_fraction"], weight_decay=settings["weight_decay"],
+        betas=tuple(settings["betas"]), eps=settings["eps"], grad_clip=settings["grad_clip"],
+        precision=runtime.precision, log_every=settings["log_every"],
+        compile=runtime.compile, compile_mode=runtime.compile_mode,
+    )  # fmt: skip
 
 
 def autocast(device: torch.device, precision: str = "auto"):
@@ -281,9 +311,9 @@ def finetune(
         with autocast(device, cfg.precision):
             loss = module(**next_batch(), class_weights=weights)["loss"]
         scaler.scale(loss).backward()
-        if cfg.max_grad_norm:
+        if cfg.grad_clip:  # GLUE-sane: none
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -353,48 +383,91 @@ class Pretrained:
     config: dict
     tokenizer: Tokenizer
     encoder: dict[str, torch.Tensor]  # keys of ``Encoder`` (no ``encoder.`` prefix)
+    pooler: dict[str, torch.Tensor] | None = None  # BERT's pretrained pooler (recipe=bert with NSP)
 
     @property
     def arch(self) -> dict:
         return self.config["arch"]
 
+    @property
+    def recipe(self) -> str:
+        """crammed | bert | roberta; BertForPreTraining exports (task ``pretraining``) are BERT-family."""
+        recipe = (self.config.get("pretraining") or {}).get("recipe")
+        return str(recipe or ("bert" if self.config.get("task") == "pretraining" else "crammed"))
+
 
 def load_pretrained(model_dir: str | Path) -> Pretrained:
     """config.json (checked once), tokenizer and only the ``encoder.*`` weights of an export (MLM or
-    classifier); the decoder or classifier head is never built. A ValueError names a bad file."""
+    classifier), plus a BERT export's pretrained pooler; the decoder or classifier head is never
+    built. A ValueError names a bad file."""
     from safetensors import safe_open
 
     from cramming.export import WEIGHTS, read_config, read_tokenizer
 
     path = Path(model_dir)
     config = read_config(path)
+
+    def tensors(f, names: set, aliases: dict, prefix: str) -> dict[str, torch.Tensor]:
+        wanted = sorted(k for k in names | set(aliases) if k.startswith(prefix))
+        return {k[len(prefix) :]: f.get_tensor(aliases.get(k, k)) for k in wanted}
+
     try:
         with safe_open(str(path / WEIGHTS), "pt") as f:
             names = set(f.keys())
             # save_model stores a tied weight once and records the dropped name -> kept name in metadata
             aliases = {k: v for k, v in (f.metadata() or {}).items() if v in names}
-            prefix = "encoder."
-            wanted = sorted(k for k in names | set(aliases) if k.startswith(prefix))
-            encoder = {k[len(prefix) :]: f.get_tensor(aliases.get(k, k)) for k in wanted}
+            encoder = tensors(f, names, aliases, "encoder.")
+            # BERT fine-tunes its pretrained pooler; a classifier export's pooler is a trained head, not that
+            pooler = tensors(f, names, aliases, "pooler.") if config.get("task") == "pretraining" else {}
     except Exception as err:  # safetensors raises its own error types for truncated or corrupt files
         raise ValueError(f"cannot read weights from {path / WEIGHTS}: {err}") from err
     if not encoder:
         raise ValueError(f"{path / WEIGHTS}: the export has no encoder.* weights to fine-tune")
-    return Pretrained(path, config, read_tokenizer(path), encoder)
+    return Pretrained(path, config, read_tokenizer(path), encoder, pooler or None)
 
 
-def build_finetune_model(pretrained: Pretrained, num_labels: int, dropout: float = 0.1) -> torch.nn.Module:
-    """A fresh classifier (new head) whose encoder is loaded strictly from ``pretrained``."""
+def resolve_head(head: str, pretrained: Pretrained) -> str:
+    """``auto``: BERT's pooler head (``bert``) for recipe=bert/roberta exports, as their own
+    fine-tuning does; the reference's ``crammed`` head otherwise. Other names are kept as given."""
+    from cramming.model import CLASSIFIER_HEADS
+
+    if head == "auto":
+        return "bert" if pretrained.recipe in ("bert", "roberta") else "crammed"
+    if head not in CLASSIFIER_HEADS:
+        raise ValueError(f"head={head!r} is not one of {['auto', *CLASSIFIER_HEADS]}")
+    return head
+
+
+def build_finetune_model(
+    pretrained: Pretrained,
+    num_labels: int,
+    dropout: float = 0.1,
+    head: str = "auto",
+    attention_dropout: float = 0.1,
+) -> torch.nn.Module:
+    """A fresh classifier whose encoder is loaded strictly from ``pretrained``; with the ``bert``
+    head, its pooler starts from the export's pretrained pooler when there is one (BERT's NSP pooler)."""
     from cramming.export import WEIGHTS
     from cramming.model import build_classifier
 
-    config = pretrained.config
+    config, head = pretrained.config, resolve_head(head, pretrained)
     try:
-        return build_classifier(config["arch"], config["vocab_size"], num_labels, pretrained.encoder, dropout)
+        model = build_classifier(
+            config["arch"],
+            config["vocab_size"],
+            num_labels,
+            pretrained.encoder,
+            dropout,
+            head,
+            attention_dropout,
+        )
     except RuntimeError as err:  # strict load: missing, unexpected or mis-shaped keys
         raise ValueError(
             f"{pretrained.path / WEIGHTS}: the encoder weights do not match config.json's arch: {err}"
         ) from err
+    if head == "bert" and pretrained.pooler:
+        model.pooler.load_state_dict(pretrained.pooler, strict=True)
+    return model
 
 
 def score_logits(targets: Sequence, logits: np.ndarray, labels: Sequence[str] | None) -> dict:

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from cramming import __version__
 from cramming.bert_family import BertForPreTraining
 from cramming.data.cache import atomic_write  # noqa: F401  (re-exported for checkpoint, glue, export_hf)
-from cramming.model import BertForMLM, BertForSequenceClassification
+from cramming.model import LEGACY_HEAD, BertForMLM, BertForSequenceClassification
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 
@@ -108,7 +108,9 @@ def check_config_keys(config: Mapping, config_file: Path) -> None:
 
 def build_from_config(config: Mapping) -> torch.nn.Module:
     if config.get("task") == "classification":
-        return BertForSequenceClassification(config["arch"], config["vocab_size"], config["num_labels"])
+        arch = config["arch"]  # exports from before named heads have the old one
+        head = arch.get("classifier_head", LEGACY_HEAD)
+        return BertForSequenceClassification(arch, config["vocab_size"], config["num_labels"], head=head)
     if config.get("task") == "pretraining":
         return BertForPreTraining(config["arch"], config["vocab_size"], nsp=bool(config.get("nsp")))
     return BertForMLM(config["arch"], config["vocab_size"])

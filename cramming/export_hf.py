@@ -81,6 +81,9 @@ def hf_config(config: Mapping, pad_token_id: int) -> dict:
                 out[key] = config[key]
     else:
         out["architectures"] = ["CrammingForMaskedLM"]
+        # AutoModelForSequenceClassification on a pretrained export: a fresh head of the reference's shape
+        # (a classifier export keeps the head it was trained with; an old one without the key, the old head)
+        out["arch"].setdefault("classifier_head", "crammed")
     return out
 
 

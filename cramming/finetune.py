@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from cramming import classify, metrics
 from cramming.export import CONFIG, save_export
+from cramming.model import CLASSIFIER_HEADS
 from cramming.predict import cli_errors
 from cramming.runtime import make_runtime
 from cramming.tabular import Examples, bad_row, check_bad_rows, load_examples, write_table
@@ -36,6 +37,9 @@ from cramming.tracking import log_to_file, setup_logging
 log = logging.getLogger("cramming.finetune")
 
 TASK_TYPES = ("auto", "classification", "regression")
+# The training settings recorded in the fine-tuned export's config.json.
+FINETUNE_RECORD = ("train_file", "epochs", "lr", "batch_size", "seed", "class_weights", "weight_decay", "betas",
+                   "eps", "grad_clip", "warmup_fraction", "dropout", "attention_dropout", "head")  # fmt: skip
 _INTEGER = re.compile(r"[+-]?\d+(\.0*)?")
 
 
@@ -150,6 +154,12 @@ def check_config(cfg: Mapping) -> None:
     for key in ("model", "train_file", "text_column", "label_column"):
         if not cfg.get(key):
             raise ValueError(f"{key}= is required (see conf/finetune.yaml)")
+    classify.check_optimizer_settings(cfg["betas"], cfg["eps"], cfg["weight_decay"], cfg["grad_clip"])
+    for key in ("dropout", "attention_dropout"):
+        if not isinstance(cfg[key], (int, float)) or not 0 <= cfg[key] < 1:
+            raise ValueError(f"{key}={cfg[key]!r} must be a number in [0, 1)")
+    if cfg["head"] != "auto" and cfg["head"] not in CLASSIFIER_HEADS:
+        raise ValueError(f"head={cfg['head']!r} is not one of {['auto', *CLASSIFIER_HEADS]}")
 
 
 def default_out_dir(model_dir: str | Path) -> Path:
@@ -337,14 +347,15 @@ def train_and_evaluate(
         for name, (ex, targets) in prepared.items()
     }
     torch.manual_seed(cfg["seed"])
-    model = classify.build_finetune_model(pretrained, 1 if labels is None else len(labels), cfg["dropout"])
+    model = classify.build_finetune_model(
+        pretrained,
+        1 if labels is None else len(labels),
+        cfg["dropout"],
+        cfg["head"],
+        cfg["attention_dropout"],
+    )
     weights = class_weight_tensor(cfg["class_weights"], prepared["train"][1], labels) if labels else None
-    train_cfg = classify.FinetuneConfig(
-        lr=classify.resolve_lr(cfg["lr"], model.arch["hidden_size"]),
-        batch_size=cfg["batch_size"], epochs=cfg["epochs"], warmup_fraction=cfg["warmup_fraction"],
-        weight_decay=cfg["weight_decay"], precision=precision, log_every=cfg["log_every"],
-        compile=runtime.compile, compile_mode=runtime.compile_mode,
-    )  # fmt: skip
+    train_cfg = classify.finetune_config(cfg, model.arch["hidden_size"], runtime)
     started = time.perf_counter()
     classify.finetune(
         model, encoded["train"], train_cfg, seed=cfg["seed"], device=device, class_weights=weights
@@ -371,9 +382,7 @@ def export_extra(cfg: Mapping, task: str, labels: list[str] | None, summary: Map
         "text_pair_column": cfg.get("text_pair_column"),
         "label_column": cfg["label_column"],
         "max_length": int(cfg["max_length"]),
-        "finetune": {
-            k: cfg[k] for k in ("train_file", "epochs", "lr", "batch_size", "seed", "class_weights")
-        },
+        "finetune": {k: cfg[k] for k in FINETUNE_RECORD},  # the head itself is arch.classifier_head
     }
     if labels is not None:
         extra.update(

@@ -29,13 +29,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from cramming.classify import (
     REFERENCE_WIDTH,
-    FinetuneConfig,
     Pretrained,
     build_finetune_model,
+    check_optimizer_settings,
     encode_examples,
     finetune,
+    finetune_config,
     load_pretrained,
     predict,
+    resolve_head,
     resolve_lr,
     score_logits,
 )
@@ -43,6 +45,7 @@ from cramming.data import glue as glue_data
 from cramming.data.glue import AVERAGE_COLUMNS, AX, TASKS, Split, TaskData, TaskSpec
 from cramming.export import atomic_write
 from cramming.metrics import f1_binary, plot_confusion
+from cramming.model import CLASSIFIER_HEADS
 from cramming.runtime import Runtime, impl_defaults, make_runtime, resolve_impl
 from cramming.submission import write_submission, zip_submission
 from cramming.tracking import log_to_file, setup_logging
@@ -98,11 +101,26 @@ def resolve_settings(settings: Mapping | None) -> dict:
         raise ValueError(f"max_length={merged['max_length']} is too short for [CLS] a [SEP] b [SEP]")
     if merged["lr"] != "auto":
         resolve_lr(merged["lr"], REFERENCE_WIDTH)
-    for key, low, high in (("dropout", 0.0, 0.9), ("warmup_fraction", 0.0, 0.99)):
+    check_protocol(merged)
+    for key, low, high in (
+        ("dropout", 0.0, 0.9),
+        ("attention_dropout", 0.0, 0.9),
+        ("warmup_fraction", 0.0, 0.99),
+    ):
         value = merged[key]
         if not isinstance(value, (int, float)) or not (low <= value <= high) or (key == "lr" and value == 0):
             raise ValueError(f"{key}={value!r} must be a number in ({low}, {high}]")
     return merged
+
+
+def check_protocol(settings: dict) -> None:
+    """The optimizer and head keys (shared with cramming.finetune); betas become a list of floats."""
+    betas = check_optimizer_settings(
+        settings["betas"], settings["eps"], settings["weight_decay"], settings["grad_clip"]
+    )
+    settings["betas"] = list(betas)
+    if settings["head"] != "auto" and settings["head"] not in CLASSIFIER_HEADS:
+        raise ValueError(f"head={settings['head']!r} is not one of {['auto', *CLASSIFIER_HEADS]}")
 
 
 def check_model_dir(model_dir) -> Pretrained:
@@ -196,15 +214,11 @@ def run_seed(
 ) -> dict:
     """Fine-tune once; dev scores, dev reports and test logits of this seed."""
     torch.manual_seed(seed)
-    model = build_finetune_model(pretrained, spec.num_labels, settings["dropout"])
+    model = build_finetune_model(
+        pretrained, spec.num_labels, settings["dropout"], settings["head"], settings["attention_dropout"]
+    )
     precision, device = runtime.precision, runtime.device
-    cfg = FinetuneConfig(
-        lr=resolve_lr(settings["lr"], pretrained.arch["hidden_size"]),
-        batch_size=int(settings["batch_size"]), epochs=settings["epochs"],
-        warmup_fraction=settings["warmup_fraction"], weight_decay=settings["weight_decay"],
-        precision=precision, log_every=settings["log_every"],
-        compile=runtime.compile, compile_mode=runtime.compile_mode,
-    )  # fmt: skip
+    cfg = finetune_config(settings, pretrained.arch["hidden_size"], runtime)
     started = time.perf_counter()
     finetune(model, encoded["train"], cfg, seed=seed, device=device)
     scores, reports = {}, {}
@@ -349,12 +363,13 @@ def _run(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": {**settings, "model": str(model_dir)}, "device": str(device), "threads": threads,
         "lr": resolve_lr(settings["lr"], pretrained.arch["hidden_size"]),
+        "head": resolve_head(settings["head"], pretrained),
         "arch": pretrained.arch.get("name"), "tasks": {}, "skipped": skipped,
     }  # fmt: skip
     results["tasks"] = earlier_tasks(out_dir, results["settings"], names)
     results["merged"] = sorted(set(results["tasks"]) - set(names))
-    log.info("GLUE on %s (%s, %d threads, lr %.3g) -> %s; tasks %s", model_dir, device, threads, results["lr"],
-             out_dir, names)  # fmt: skip
+    log.info("GLUE on %s (%s, %d threads, lr %.3g, head %s) -> %s; tasks %s", model_dir, device, threads,
+             results["lr"], results["head"], out_dir, names)  # fmt: skip
     ran = run_tasks(names, pretrained, settings, out_dir, runtime, results)
     if not ran:
         source = "the hub dataset nyu-mll/glue (needs network access or its HF cache; for local files give glue_dir=PATH)"

@@ -267,21 +267,61 @@ class BertForMLM(nn.Module):
         return self.decoder(hidden)
 
 
-class BertForSequenceClassification(nn.Module):
-    """The encoder plus a head on the first token's vector; regression when num_labels == 1."""
+# Classification heads on the first token's vector, all with the same parameter names (pooler,
+# classifier) so a head is a choice of widths and activation, and old exports keep their keys:
+#   crammed  Linear(H, 1024) -> tanh -> dropout -> Linear(1024, n)   the reference's (GLUE-sane)
+#   bert     Linear(H, H) -> tanh -> dropout -> Linear(H, n)         BERT's own pooler
+#   gelu     dropout -> Linear(H, H) -> GELU -> dropout -> Linear(H, n)   ours before the reference's
+CLASSIFIER_HEADS = ("crammed", "bert", "gelu")
+CRAMMED_HEAD_WIDTH = 1024  # the reference's classification_head.head_dim, whatever the model width
+LEGACY_HEAD = "gelu"  # exports from before heads were named carry no classifier_head
 
-    def __init__(self, arch: Mapping, vocab_size: int, num_labels: int, dropout: float = 0.1):
+
+def check_head(head: str) -> str:
+    if head not in CLASSIFIER_HEADS:
+        raise ValueError(f"head={head!r} is not one of {list(CLASSIFIER_HEADS)}")
+    return head
+
+
+class BertForSequenceClassification(nn.Module):
+    """The encoder plus a ``head`` on the first token's vector; regression when num_labels == 1.
+
+    ``dropout`` is the hidden and head dropout, ``attention_dropout`` the dropout on attention
+    probabilities (None keeps ``arch``'s). Both, and the head, are written into ``self.arch``, so
+    an export's config.json rebuilds the same model.
+    """
+
+    def __init__(
+        self,
+        arch: Mapping,
+        vocab_size: int,
+        num_labels: int,
+        dropout: float = 0.1,
+        head: str = "crammed",
+        attention_dropout: float | None = None,
+    ):
         super().__init__()
-        arch = {**arch, "dropout": dropout}
+        attention_dropout = arch["attention_dropout"] if attention_dropout is None else attention_dropout
+        arch = {**arch, "dropout": dropout, "attention_dropout": attention_dropout}
+        arch["classifier_head"] = check_head(head)
         self.arch = dict(arch)
         self.vocab_size = vocab_size
         self.num_labels = num_labels
+        self.head = head
         self.encoder = Encoder(arch, vocab_size)
         width = arch["hidden_size"]
-        self.pooler = nn.Linear(width, width)
+        inner = CRAMMED_HEAD_WIDTH if head == "crammed" else width
+        self.pooler = nn.Linear(width, inner)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(width, num_labels)
+        self.classifier = nn.Linear(inner, num_labels)
         init_weights(self, arch["init_std"])
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> the head's (B, inner) features of the first token, dropout applied."""
+        first = hidden[:, 0]
+        if self.head == "gelu":
+            return self.dropout(ops.gelu(self.pooler(self.dropout(first))))
+        return self.dropout(torch.tanh(self.pooler(first)))
 
     def forward(
         self,
@@ -292,8 +332,7 @@ class BertForSequenceClassification(nn.Module):
         class_weights: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
-        pooled = ops.gelu(self.pooler(self.dropout(hidden[:, 0])))  # first token's vector
-        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        logits = self.classifier(self.pool(hidden))  # (B, num_labels)
         out = {"logits": logits}
         if labels is not None:
             if self.num_labels == 1:
@@ -314,9 +353,11 @@ def build_classifier(
     num_labels: int,
     encoder_state: Mapping | None = None,
     dropout: float = 0.1,
+    head: str = "crammed",
+    attention_dropout: float | None = None,
 ) -> BertForSequenceClassification:
     """A classifier whose encoder starts from ``encoder_state`` (keys of ``Encoder``), strictly loaded."""
-    model = BertForSequenceClassification(arch, vocab_size, num_labels, dropout)
+    model = BertForSequenceClassification(arch, vocab_size, num_labels, dropout, head, attention_dropout)
     if encoder_state is not None:
         model.encoder.load_state_dict(encoder_state, strict=True)
     return model

@@ -124,9 +124,10 @@ def test_finetune_regression_reduces_error(tokenizer):
     torch.manual_seed(0)
     model = build_classifier(tiny_arch(), tokenizer.get_vocab_size(), num_labels=1)
     mse_before = float(np.mean((predict(model, data, device="cpu")[:, 0] - data.labels) ** 2))
-    finetune(model, data, FinetuneConfig(lr=1e-3, epochs=2, log_every=0), seed=0, device="cpu")
+    finetune(model, data, FinetuneConfig(lr=3e-3, epochs=4, log_every=0), seed=0, device="cpu")
     mse_after = float(np.mean((predict(model, data, device="cpu")[:, 0] - data.labels) ** 2))
-    assert mse_after < 0.5 * mse_before
+    # Predicting the mean (2.5) leaves an MSE of 4.0: below 1.0 the model has read the cue word.
+    assert mse_after < 1.0 < mse_before
 
 
 def test_bad_config_values_are_rejected():

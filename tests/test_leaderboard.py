@@ -99,21 +99,33 @@ def test_tables_keep_references_apart(outputs, tmp_path):
     assert [r["kind"] for r in rows] == ["measured"] * 3 + ["reference"] * len(REFERENCES)
     assert "no summary.json" in next(r for r in rows if r["run"] == "better")["note"]
     good = next(r for r in rows if r["run"] == "good")
-    assert good["protocol"] == "1 ep, lr 4e-05, 1 seed(s), train<=2000"
+    # results from before the protocol keys: shown with the settings fine-tuning used then
+    assert good["protocol"] == (
+        "1 ep, lr 4e-05, head gelu, wd 0.01, clip 1, betas 0.9/0.999, eps 1e-06, dropout 0.1/attn 0, train<=2000"
+    )
+    assert good["seeds"] == "1"
     assert (
         good["tokens_seen"] == "2500000000" and good["final_mlm_loss"] == "2.3456" and good["CoLA"] == "20.0"
     )
-    crammed = next(r for r in rows if r["kind"] == "reference" and "crammedBERT" in r["run"])
-    assert (crammed["MNLI-m"], crammed["MNLI-mm"], crammed["CoLA"], crammed["average"]) == (
+    card = next(r for r in rows if r["kind"] == "reference" and "model card" in r["run"])
+    assert "best of 5" in card["run"] and "best of five" in card["source"] and card["seeds"] == "5"
+    assert (card["MNLI-m"], card["MNLI-mm"], card["CoLA"], card["average"]) == (
         "84.1",
         "84.6",
         "53.3",
         "80.7",
     )
+    paper = next(r for r in rows if r["kind"] == "reference" and "paper" in r["run"])
+    assert "like-for-like" in paper["source"] and "median pretraining run" in paper["source"]
+    assert [paper[c] for c in ("MNLI-m", "MNLI-mm", "QQP", "QNLI", "SST-2", "CoLA", "STS-B", "MRPC", "RTE")] == [
+        "83.9", "84.1", "87.3", "89.5", "92.0", "44.5", "84.6", "87.5", "53.8"
+    ]  # fmt: skip
+    assert paper["average"] == "78.6"
     assert any(r["average"] == "80.9" for r in rows if r["kind"] == "reference")
 
     md = paths["md"].read_text()
     measured, references = md.split("## Published references")
+    measured = measured.split("## Measured runs")[1]  # the intro names the references
     assert (
         "| good | small | crammed | 90m | NVIDIA H200 | 2.5G | 1200 | 2.346 |" in measured
     )  # old runs: crammed
@@ -135,3 +147,27 @@ def test_cli_and_bad_outputs_folder(outputs, tmp_path, capsys):
     empty.mkdir()
     paths = write_leaderboard(empty)
     assert "(no finished runs found)" in paths["md"].read_text()
+
+
+def test_headline_is_the_median_over_seeds_and_the_seed_count_is_shown(tmp_path):
+    """Catches: a headline taken from one seed or the mean instead of the median, or no seed count."""
+    run = tmp_path / "outputs" / "three"
+    (run / "glue").mkdir(parents=True)
+    seeds = [{"seed": i, "scores": {"accuracy": acc}} for i, acc in enumerate([70.0, 95.0, 90.0])]
+    mrpc = [{"seed": i, "scores": {"f1": f1, "accuracy": 50.0}} for i, f1 in enumerate([60.0, 80.0, 81.0])]
+    results = {
+        "tasks": {"sst2": {"seeds": seeds}, "mrpc": {"seeds": mrpc}},
+        "settings": {"epochs": 5, "lr": "auto", "seeds": 3, "head": "auto", "weight_decay": 0.0,
+                     "grad_clip": 0.0, "betas": [0.9, 0.98], "eps": 1e-6, "attention_dropout": 0.1},
+        "lr": 4e-5,
+        "head": "crammed",
+    }  # fmt: skip
+    (run / "glue" / "results.json").write_text(json.dumps(results))
+    (row,) = collect(tmp_path / "outputs")
+    assert row["scores"] == {"SST-2": 90.0, "MRPC": 80.0} and row["seeds"] == "3"
+    assert row["average"] == pytest.approx(85.0) and row["coverage"] == "2/9"
+    assert row["protocol"] == (
+        "5 ep, lr 4e-05, head crammed, wd 0, no clip, betas 0.9/0.98, eps 1e-06, dropout 0.1/attn 0.1"
+    )
+    md = write_leaderboard(tmp_path / "outputs", tmp_path / "lb")["md"].read_text()
+    assert "| 85.0 | 2/9 | 3 | 5 ep," in md

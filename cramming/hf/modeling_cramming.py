@@ -266,16 +266,25 @@ class CrammingForMaskedLM(CrammingPreTrainedModel):
 
 
 class CrammingForSequenceClassification(CrammingPreTrainedModel):
-    """The encoder plus a head on the first token's vector; regression when num_labels == 1."""
+    """The encoder plus a head on the first token's vector; regression when num_labels == 1.
+
+    ``arch["classifier_head"]``: ``crammed`` Linear(H, 1024) -> tanh -> dropout -> Linear (the
+    reference's), ``bert`` the same with width H (BERT's pooler), ``gelu`` dropout -> Linear(H, H) ->
+    GELU -> dropout -> Linear (exports from before the key existed, which lack it).
+    """
 
     def __init__(self, config: CrammingConfig):
         super().__init__(config)
         width = config.arch["hidden_size"]
         self.num_labels = config.num_labels
+        self.head = config.arch.get("classifier_head", "gelu")
+        if self.head not in ("crammed", "bert", "gelu"):
+            raise ValueError(f"classifier_head={self.head!r} is not one of ['crammed', 'bert', 'gelu']")
+        inner = 1024 if self.head == "crammed" else width
         self.encoder = CrammingModel(config)
-        self.pooler = nn.Linear(width, width)
+        self.pooler = nn.Linear(width, inner)
         self.dropout = nn.Dropout(config.arch["dropout"])
-        self.classifier = nn.Linear(width, config.num_labels)
+        self.classifier = nn.Linear(inner, config.num_labels)
         self.post_init()
 
     def forward(
@@ -288,8 +297,12 @@ class CrammingForSequenceClassification(CrammingPreTrainedModel):
         **kwargs,
     ) -> SequenceClassifierOutput | tuple:
         hidden = self.encoder(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, H)
-        pooled = F.gelu(self.pooler(self.dropout(hidden[:, 0])))  # the first token's vector
-        logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
+        first = hidden[:, 0]  # the first token's vector
+        if self.head == "gelu":
+            pooled = self.dropout(F.gelu(self.pooler(self.dropout(first))))
+        else:
+            pooled = self.dropout(torch.tanh(self.pooler(first)))
+        logits = self.classifier(pooled)  # (B, num_labels)
         loss = None
         if labels is not None:
             if self.num_labels == 1:
