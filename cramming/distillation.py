@@ -59,13 +59,18 @@ def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> tuple[
 def check_same_vocabulary(teacher_tok: Tokenizer, corpus_tok: Tokenizer, teacher: str) -> None:
     """The student predicts in the teacher's vocabulary: refuse a corpus tokenized any other way."""
     t, c = json.loads(teacher_tok.to_str()), json.loads(corpus_tok.to_str())
-    for part in ("model", "normalizer", "pre_tokenizer"):
+    for part, what in (
+        ("model", "vocabulary"),
+        ("normalizer", "normalizer"),
+        ("pre_tokenizer", "pre-tokenizer"),
+    ):
         if t.get(part) != c.get(part):
             raise ValueError(
-                f"the prepared corpus was tokenized with another tokenizer than the teacher's ({part} differs: "
-                f"{corpus_tok.get_vocab_size()} vs the teacher's {teacher_tok.get_vocab_size()} tokens); the "
+                f"the prepared corpus was tokenized with another tokenizer than the teacher's (its {what} differs; "
+                f"{corpus_tok.get_vocab_size()} tokens vs the teacher's {teacher_tok.get_vocab_size()}); the "
                 f"student must share the teacher's vocabulary: leave data.tokenizer.path unset (the teacher's "
-                f"{teacher}/tokenizer.json is then used) or point it there, and do not use a readymade corpus"
+                f"{teacher}/tokenizer.json is then used) or point it there, and use no readymade corpus of "
+                f"another tokenizer"
             )
 
 
