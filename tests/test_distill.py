@@ -1,6 +1,9 @@
 """Distillation units: layer choice, the student's initial weights, the loss terms, bad input."""
 
 import copy
+import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +22,7 @@ from cramming.distillation import (
     layer_map,
     student_arch,
 )
-from cramming.export import save_export
+from cramming.export import load_model, save_export
 from cramming.model import BertForMLM
 
 DISTILL = {
@@ -207,3 +210,27 @@ def test_cli_bad_teacher_exits_with_one_clear_error(exports, tmp_path, capsys):
             distill_main(cfg)
         assert "student.num_layers=2" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_bench_inference_writes_teacher_and_student_side_by_side(exports, tmp_path):
+    """Catches the benchmark swapping or dropping a model, or not writing its JSON and Markdown."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_inference
+
+    teacher = load_model(exports["mlm"])
+    student = init_student(teacher, student_arch(teacher.arch, 1, None))
+    save_export(student, exports["tok"], tmp_path / "student")
+    args = ["--teacher", str(exports["mlm"]), "--student", str(tmp_path / "student"), "--devices", "cpu"]
+    args += ["--batch", "2", "--seq-len", "16", "--repeats", "1", "--warmup", "0", "--rounds", "1"]
+    result = bench_inference.main(
+        [*args, "--out", str(tmp_path / "out"), "--name", "t", "--kernels", "torch"]
+    )
+    models = result["models"]
+    assert (models["teacher"]["layers"], models["student"]["layers"]) == (2, 1)
+    assert models["student"]["parameters"] < models["teacher"]["parameters"]
+    assert models["student"]["export_bytes"] < models["teacher"]["export_bytes"]
+    assert set(result["timings"]["cpu"]) == {"teacher", "student"}
+    saved = json.loads((tmp_path / "out" / "inference_t.json").read_text())
+    assert saved["parameter_ratio"] == pytest.approx(result["parameter_ratio"])
+    table = (tmp_path / "out" / "inference_t.md").read_text()
+    assert "| cpu (float32) | student | 1 |" in table and "| cpu (float32) | teacher | 2 |" in table
