@@ -77,6 +77,9 @@ def test_cli_run_stops_on_budget_with_falling_loss_and_exports_a_usable_student(
     train = [r for r in records if r["kind"] == "train"]
     assert train[-1]["loss"] < train[0]["loss"] - 0.1
     assert {"mlm_loss", "kl_loss", "cosine_loss"} <= set(train[-1])
+    # validation reports the student's MLM loss, not the weighted sum (which is at least 2 x MLM)
+    valid = summary["valid_mlm_loss"]
+    assert abs(valid - train[-1]["mlm_loss"]) < 0.5 and train[-1]["loss"] > valid + 0.5
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["task"] == "mlm" and config["arch"]["num_layers"] == 1
     assert config["teacher"]["path"] == str((workdir / "teacher").resolve())
