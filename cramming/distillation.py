@@ -33,6 +33,8 @@ def check_teacher(path: str | Path) -> dict:
         raise ValueError(
             f"teacher={str(path)!r} is not a folder; pass a pretrained export folder such as outputs/RUN/model"
         )
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        raise ValueError(f"teacher={str(path)!r} is a run folder; pass its export: teacher={path / 'model'}")
     config = read_config(path)  # names the missing files of a non-export folder
     task = config.get("task", "mlm")
     if task != "mlm":

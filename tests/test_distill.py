@@ -158,7 +158,7 @@ def exports(tmp_path_factory, tiny_corpus):
     root = tmp_path_factory.mktemp("exports")
     tok = train_tokenizer(tiny_corpus["train"])
     torch.manual_seed(0)
-    mlm = save_export(BertForMLM(tiny_arch(), tok.get_vocab_size()), tok, root / "mlm")
+    mlm = save_export(BertForMLM(tiny_arch(), tok.get_vocab_size()), tok, root / "run" / "model")
     classifier = build_tiny_classifier(mlm, root / "classifier", ["neg", "pos"])
     return {"mlm": mlm, "classifier": classifier, "tok": tok, "root": root}
 
@@ -170,6 +170,8 @@ def test_teacher_must_be_an_mlm_export(exports):
         check_teacher(exports["classifier"])
     with pytest.raises(ValueError, match="missing config.json, model.safetensors, tokenizer.json"):
         check_teacher(exports["root"])
+    with pytest.raises(ValueError, match="is a run folder; pass its export"):
+        check_teacher(exports["mlm"].parent)  # outputs/RUN instead of outputs/RUN/model
     with pytest.raises(ValueError, match="is not a folder"):
         check_teacher(exports["root"] / "nope")
 
