@@ -36,7 +36,8 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
         )
 
 
-def pretrain_main(cfg: DictConfig) -> dict:
+def pretrain_main(cfg: DictConfig, trainer_class: type | None = None) -> dict:
+    """Check, set up the run folder and logging, train (``trainer_class``: distillation's), then GLUE."""
     from cramming.train import pretrain
 
     run_dir, rank = run_dir_of(cfg), distributed.rank()
@@ -54,7 +55,7 @@ def pretrain_main(cfg: DictConfig) -> dict:
     log.info("run %s: budget %s, outputs in %s", cfg.name, budget.describe(), run_dir)
     container = OmegaConf.to_container(cfg, resolve=True)
     try:
-        summary = pretrain(container, run_dir, budget)
+        summary = pretrain(container, run_dir, budget, trainer_class)
     except ValueError as err:
         log.error("%s", err)
         fail(err)
@@ -75,13 +76,17 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    run_app(hydra_main)
+
+
+def run_app(app) -> None:
     """Entry point; under torchrun, joins the process group and makes all ranks use one run name."""
     _, world = distributed.setup()
     try:
         if world > 1 and not any(arg.startswith("name=") for arg in sys.argv[1:]):
             # The default name is ${now:...}, which each rank would resolve on its own.
             sys.argv.append(f"name={distributed.agreed_run_name()}")
-        hydra_main()
+        app()
     except BaseException:
         distributed.teardown(wait_for_others=False)
         raise

@@ -137,7 +137,13 @@ def optimizer_step(
     return mean_loss, grad_norm, finite
 
 
-SIDE_METRICS = ("mlm_loss", "nsp_loss", "nsp_accuracy")
+SIDE_METRICS = (
+    "mlm_loss",
+    "nsp_loss",
+    "nsp_accuracy",
+    "kl_loss",
+    "cosine_loss",
+)  # the last two: distillation
 
 
 def _add_side_metrics(extras: dict | None, out: Mapping, accum: int) -> None:
@@ -161,7 +167,8 @@ def evaluate_mlm(model, sequences, collator, runtime: Runtime, batch_size: int, 
         batch = collator(ids, generator=generator)
         with runtime.autocast():
             out = model(**{name: t.to(runtime.device) for name, t in batch.items()})
-            loss = out.get("mlm_loss", out["loss"])  # BERT: the MLM part, comparable with crammed runs
+            # BERT: the MLM part; distillation: the student's MLM loss, not the weighted KL/cosine sum
+            loss = out.get("mlm_loss", out["loss"])
         losses.append(float(loss))
     model.train(was_training)
     return sum(losses) / max(1, len(losses))
@@ -178,10 +185,7 @@ class Pretrainer:
         torch.manual_seed(int(cfg["seed"]))
         self.vocab_size = model_vocab_size(corpus.tokenizer.get_vocab_size())
         self.bert_family = uses_bert_family(cfg["data"])  # recipe=bert / roberta: own model and batches
-        if self.bert_family:
-            self.model = build_pretraining(cfg["arch"], self.vocab_size, cfg["data"]).to(runtime.device)
-        else:
-            self.model = build_mlm(cfg["arch"], self.vocab_size).to(runtime.device)
+        self.model = self.build_model().to(runtime.device)
         self.optimizer = build_optimizer(self.model, self.train_cfg, runtime.device)
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
         wrapped = distributed.wrap_ddp(self.model, runtime.device)
@@ -224,6 +228,16 @@ class Pretrainer:
             self.vocab_size,
         )
         self.tracker = Tracker(self.run_dir, cfg["wandb"], cfg, rank=runtime.rank, resume=bool(cfg["resume"]))
+
+    def build_model(self) -> torch.nn.Module:
+        """The module the loop trains (a hook: distillation trains a student against a teacher)."""
+        if self.bert_family:
+            return build_pretraining(self.cfg["arch"], self.vocab_size, self.cfg["data"])
+        return build_mlm(self.cfg["arch"], self.vocab_size)
+
+    def export(self, summary: dict) -> None:
+        """Write ``RUN/model`` (a hook: distillation exports the student alone, naming its teacher)."""
+        save_export(self.model, self.corpus.tokenizer, self.run_dir / "model", extra={"pretraining": summary})
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -604,9 +618,7 @@ class Pretrainer:
         if self.saved_step != self.progress.step:
             self.save_checkpoint()
         if self.runtime.rank == 0:
-            save_export(
-                self.model, self.corpus.tokenizer, self.run_dir / "model", extra={"pretraining": summary}
-            )
+            self.export(summary)
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             plot_run(self.run_dir)
             log.info("exported model to %s", self.run_dir / "model")
@@ -626,8 +638,11 @@ def prepare_corpus_once(data_cfg: Mapping):
     return corpus
 
 
-def pretrain(cfg: Mapping, run_dir: Path, budget: Budget) -> dict:
-    """Prepare the data (the clock is not running yet), then train until the budget is spent."""
+def pretrain(cfg: Mapping, run_dir: Path, budget: Budget, trainer_class: type | None = None) -> dict:
+    """Prepare the data (the clock is not running yet), then train until the budget is spent.
+
+    ``trainer_class``: a Pretrainer subclass (distillation's); the loop is the same.
+    """
     runtime = make_runtime(cfg["impl"])
     log.info(
         "device %s, precision %s, kernels %s, %d process(es)",
@@ -647,7 +662,7 @@ def pretrain(cfg: Mapping, run_dir: Path, budget: Budget) -> dict:
     if cfg["prepare_only"]:
         log.info("prepare_only=true: corpus and tokenizer cached at %s; not training", corpus.cache_dir)
         return {"prepared": str(corpus.cache_dir), "stats": corpus.stats}
-    trainer = Pretrainer(cfg, run_dir, budget, corpus, runtime)
+    trainer = (trainer_class or Pretrainer)(cfg, run_dir, budget, corpus, runtime)
     log.info("model %s: %s parameters", cfg["arch"]["name"], f"{trainer.num_params:,}")
     resumed = trainer.resume() if cfg["resume"] else False
     if not resumed and not cfg["train"]["start_clock_after_data"]:

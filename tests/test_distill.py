@@ -1,0 +1,238 @@
+"""Distillation units: layer choice, the student's initial weights, the loss terms, bad input."""
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from tiny_export import build_tiny_classifier, tiny_arch, train_tokenizer
+from tokenizers import Tokenizer, normalizers
+
+from cramming.data.tokenizer import attach_post_processor
+from cramming.distill import distill_main
+from cramming.distillation import (
+    Distiller,
+    check_distill_config,
+    check_same_vocabulary,
+    check_teacher,
+    init_student,
+    layer_map,
+    student_arch,
+)
+from cramming.export import load_model, save_export
+from cramming.model import BertForMLM
+
+DISTILL = {
+    "alpha_ce": 5.0,
+    "alpha_mlm": 2.0,
+    "alpha_cos": 1.0,
+    "temperature": 2.0,
+    "soft_targets": "masked",
+    "cosine_layers": "last",
+}
+VOCAB = 96
+
+
+def teacher_of(layers: int, seed: int = 0, **arch) -> BertForMLM:
+    torch.manual_seed(seed)
+    return BertForMLM({**tiny_arch(), "num_layers": layers, **arch}, VOCAB).eval()
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (3, 24), generator=g)
+    labels = torch.full_like(ids, -100)
+    picked = torch.rand(ids.shape, generator=g) < 0.3
+    labels[picked] = ids[picked]
+    return ids, labels
+
+
+def test_layer_map_matches_distilbert_and_covers_odd_depths():
+    """Catches a layer choice that drifts from the released DistilBERT's [0, 2, 4, 7, 9, 11]."""
+    assert layer_map(12, 6) == [0, 2, 4, 7, 9, 11]
+    assert layer_map(2, 1) == [0]
+    assert layer_map(5, 2) == [0, 4]
+    assert layer_map(3, 2) == [0, 2]
+    assert layer_map(4, 3) == [0, 2, 3]  # 1.5 rounds up
+
+
+@pytest.mark.parametrize("untied", [False, True])
+def test_student_starts_as_exactly_the_chosen_teacher_layers(untied):
+    """Catches copying the wrong blocks (or in the wrong order), or leaving embeddings/norm/decoder random."""
+    extra = {"tie_embeddings": False, "prediction_head": True} if untied else {}
+    teacher = teacher_of(4, **extra)
+    arch = student_arch(teacher.arch, 2, None)
+    student = init_student(teacher, arch)
+    assert len(student.encoder.blocks) == 2
+    teacher_state = teacher.state_dict()
+    chosen = {0: 0, 1: 3}
+    for key, value in student.state_dict().items():
+        if key.startswith("encoder.blocks."):
+            _, _, index, rest = key.split(".", 3)
+            source = f"encoder.blocks.{chosen[int(index)]}.{rest}"
+        else:
+            source = key
+        assert torch.equal(value, teacher_state[source]), key
+    # block 1 must not be the teacher's block 1 (the layers differ at random init)
+    assert not torch.equal(
+        student.encoder.blocks[1].attn.qkv.weight, teacher.encoder.blocks[1].attn.qkv.weight
+    )
+
+
+@pytest.mark.parametrize("soft_targets", ["masked", "all"])
+@pytest.mark.parametrize("cosine_layers", ["last", "aligned"])
+def test_kl_and_cosine_vanish_for_a_copy_and_are_positive_otherwise(soft_targets, cosine_layers):
+    """Catches a KL with swapped/unsoftened terms or a cosine term that is not 1 - cos (neither is 0 at equality)."""
+    cfg = {**DISTILL, "soft_targets": soft_targets, "cosine_layers": cosine_layers}
+    teacher = teacher_of(
+        2, init_std=0.2
+    )  # sharper logits than init_std 0.02, so the terms are well above noise
+    ids, labels = batch()
+    same = Distiller(copy.deepcopy(teacher), teacher, cfg, pad_id=0)(ids, labels)
+    assert float(same["kl_loss"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(same["cosine_loss"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(same["mlm_loss"]) > 1.0  # a random model: about ln(VOCAB)
+    assert float(same["loss"].detach()) == pytest.approx(2.0 * float(same["mlm_loss"]), rel=1e-5)
+    student = init_student(teacher, student_arch(teacher.arch, 1, None))
+    other = Distiller(student, teacher, cfg, pad_id=0)(ids, labels)
+    assert float(other["kl_loss"]) > 1e-3 and float(other["cosine_loss"]) > 1e-3
+
+
+def test_teacher_gets_no_gradient_and_stays_out_of_state_and_parameters():
+    """Catches a teacher registered as a submodule: it would be optimized, checkpointed and exported."""
+    teacher = teacher_of(2)
+    distiller = Distiller(init_student(teacher, student_arch(teacher.arch, 1, None)), teacher, DISTILL)
+    distiller.train()
+    distiller(*batch())["loss"].backward()
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert not teacher.training
+    assert all(key.startswith("student.") for key in distiller.state_dict())
+    assert {id(p) for p in distiller.parameters()} == {id(p) for p in distiller.student.parameters()}
+
+
+def test_soft_targets_all_also_learns_from_unmasked_positions():
+    """Catches soft_targets=all silently acting like masked (the KL must change when unmasked logits do)."""
+    teacher = teacher_of(2)
+    student = init_student(teacher, student_arch(teacher.arch, 1, None))
+    ids, labels = batch()
+    none_masked_but_one = torch.full_like(labels, -100)
+    none_masked_but_one[0, 0] = ids[0, 0]
+    masked = Distiller(student, teacher, DISTILL)(ids, none_masked_but_one)["kl_loss"]
+    everywhere = Distiller(student, teacher, {**DISTILL, "soft_targets": "all"})(ids, none_masked_but_one)
+    assert float(everywhere["kl_loss"]) != pytest.approx(float(masked))
+
+
+@pytest.mark.parametrize(
+    "layers, hidden, message",
+    [
+        (0, None, "student.num_layers=0"),
+        (4, None, "student.num_layers=4"),
+        (5, None, "fewer than the teacher's 4"),
+        (2, 64, "student.hidden_size=64 differs from the teacher's hidden_size=128"),
+    ],
+)
+def test_bad_student_shapes_are_refused(layers, hidden, message):
+    with pytest.raises(ValueError, match=message):
+        student_arch(teacher_of(4).arch, layers, hidden)
+
+
+def test_default_student_is_half_the_teacher():
+    assert student_arch(teacher_of(4).arch, None, None)["num_layers"] == 2
+    assert student_arch(teacher_of(3).arch, None, 128)["num_layers"] == 1
+
+
+@pytest.mark.parametrize(
+    "key, value", [("alpha_ce", -1.0), ("temperature", 0.0), ("soft_targets", "some"), ("cosine_layers", "x")]
+)
+def test_bad_distill_settings_are_refused(key, value):
+    with pytest.raises(ValueError, match=f"distill.{key}="):
+        check_distill_config({**DISTILL, key: value})
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tiny_corpus):
+    """A tiny MLM export, a classifier fine-tuned from it, and a tokenizer of another vocabulary."""
+    root = tmp_path_factory.mktemp("exports")
+    tok = train_tokenizer(tiny_corpus["train"])
+    torch.manual_seed(0)
+    mlm = save_export(BertForMLM(tiny_arch(), tok.get_vocab_size()), tok, root / "run" / "model")
+    classifier = build_tiny_classifier(mlm, root / "classifier", ["neg", "pos"])
+    return {"mlm": mlm, "classifier": classifier, "tok": tok, "root": root}
+
+
+def test_teacher_must_be_an_mlm_export(exports):
+    """Catches a classifier or a random folder reaching the loader (a key error deep in init_student)."""
+    assert check_teacher(exports["mlm"])["task"] == "mlm"
+    with pytest.raises(ValueError, match="fine-tuned classifier .2 labels.*not a masked-language-model"):
+        check_teacher(exports["classifier"])
+    with pytest.raises(ValueError, match="missing config.json, model.safetensors, tokenizer.json"):
+        check_teacher(exports["root"])
+    with pytest.raises(ValueError, match="is a run folder; pass its export"):
+        check_teacher(exports["mlm"].parent)  # outputs/RUN instead of outputs/RUN/model
+    with pytest.raises(ValueError, match="is not a folder"):
+        check_teacher(exports["root"] / "nope")
+
+
+def test_corpus_with_another_vocabulary_is_refused(exports, tiny_corpus):
+    """Catches a student trained on ids of another tokenizer (its soft targets would be meaningless)."""
+    # the data pipeline loads data.tokenizer.path and attaches its own post-processor: still the same
+    reloaded = Tokenizer.from_str(exports["tok"].to_str())
+    attach_post_processor(reloaded)
+    check_same_vocabulary(exports["tok"], reloaded, "T")
+    other = train_tokenizer(tiny_corpus["train"], vocab_size=1500)
+    with pytest.raises(ValueError, match="another tokenizer than the teacher's .its vocabulary differs"):
+        check_same_vocabulary(exports["tok"], other, "T")
+    lower = Tokenizer.from_str(exports["tok"].to_str())
+    lower.normalizer = normalizers.BertNormalizer(lowercase=False)
+    with pytest.raises(ValueError, match="its normalizer differs"):
+        check_same_vocabulary(exports["tok"], lower, "T")
+
+
+def test_cli_bad_teacher_exits_with_one_clear_error(exports, tmp_path, capsys):
+    """Catches a traceback (or a started run) instead of exit 2 naming what the teacher folder holds."""
+    with initialize_config_module("cramming.conf", version_base="1.3"):
+        for teacher, message in [
+            (exports["classifier"], "fine-tuned classifier"),
+            (exports["root"], "not an exported cramming model"),
+        ]:
+            cfg = compose("distill", overrides=[f"teacher={teacher}", f"base_dir={tmp_path}", "name=bad"])
+            with pytest.raises(SystemExit) as exit_info:
+                distill_main(cfg)
+            assert exit_info.value.code == 2
+            assert message in capsys.readouterr().err
+        cfg = compose("distill", overrides=[f"base_dir={tmp_path}", "name=bad"])
+        with pytest.raises(SystemExit):
+            distill_main(cfg)
+        assert "teacher= is required" in capsys.readouterr().err
+        cfg = compose("distill", overrides=[f"teacher={exports['mlm']}", "student.num_layers=2", "name=bad"])
+        with pytest.raises(SystemExit):
+            distill_main(cfg)
+        assert "student.num_layers=2" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_bench_inference_writes_teacher_and_student_side_by_side(exports, tmp_path):
+    """Catches the benchmark swapping or dropping a model, or not writing its JSON and Markdown."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_inference
+
+    teacher = load_model(exports["mlm"])
+    student = init_student(teacher, student_arch(teacher.arch, 1, None))
+    save_export(student, exports["tok"], tmp_path / "student")
+    args = ["--teacher", str(exports["mlm"]), "--student", str(tmp_path / "student"), "--devices", "cpu"]
+    args += ["--batch", "2", "--seq-len", "16", "--repeats", "1", "--warmup", "0", "--rounds", "1"]
+    result = bench_inference.main(
+        [*args, "--out", str(tmp_path / "out"), "--name", "t", "--kernels", "torch"]
+    )
+    models = result["models"]
+    assert (models["teacher"]["layers"], models["student"]["layers"]) == (2, 1)
+    assert models["student"]["parameters"] < models["teacher"]["parameters"]
+    assert models["student"]["export_bytes"] < models["teacher"]["export_bytes"]
+    assert set(result["timings"]["cpu"]) == {"teacher", "student"}
+    saved = json.loads((tmp_path / "out" / "inference_t.json").read_text())
+    assert saved["parameter_ratio"] == pytest.approx(result["parameter_ratio"])
+    table = (tmp_path / "out" / "inference_t.md").read_text()
+    assert "| cpu (float32) | student | 1 |" in table and "| cpu (float32) | teacher | 2 |" in table
