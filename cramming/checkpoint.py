@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from cramming import distributed
-from cramming.export import _unwrap, atomic_write
+from cramming.export import _unwrap
+from cramming.files import atomic_write, file_sha256
 
 log = logging.getLogger("cramming")
 
@@ -37,14 +38,6 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def sidecar(path: Path) -> Path:
     return Path(path).with_suffix(".json")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def text_sha256(text: str) -> str:

@@ -9,7 +9,7 @@ which is what makes fine-tuning on a CPU affordable. With ``compile=True`` (``im
 for GPUs) training batches are padded up to one of four bucket lengths instead, so the compiled
 step sees a few shapes and compiles a few times, not once per length. Labels are class indices (int) for
 classification and floats for regression (``num_labels == 1``); mapping label names to
-indices is the caller's job (see ``cramming.data.glue``).
+indices is the caller's job (see ``cramming.glue.tasks``).
 """
 
 from __future__ import annotations

@@ -26,6 +26,22 @@ def fail(err: Exception) -> None:
     sys.exit(2)
 
 
+def cli_errors(fn):
+    """Run ``fn`` on a Hydra config; a ValueError (bad input or option) becomes one ``error:`` line, exit 2."""
+
+    def wrapper(cfg: DictConfig):
+        try:
+            missing = sorted(OmegaConf.missing_keys(cfg))
+            if missing:
+                raise ValueError(f"missing required option(s): {', '.join(k + '=...' for k in missing)}")
+            return fn(OmegaConf.to_container(cfg, resolve=True))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
 def check_run_folder(run_dir: Path, resume: bool) -> None:
     """A new run must not reuse the folder of an earlier one: its checkpoints would be mixed with ours."""
     earlier = sorted((run_dir / "checkpoints").glob("step_*.pt"))

@@ -15,7 +15,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cramming.bert_family import uses_bert_family
-from cramming.checkpoint import file_sha256
 from cramming.cli import fail, pretrain_main, run_app
 from cramming.distillation import (
     Distiller,
@@ -28,6 +27,7 @@ from cramming.distillation import (
     student_arch,
 )
 from cramming.export import WEIGHTS, save_export
+from cramming.files import file_sha256
 from cramming.model import count_parameters
 from cramming.perf import flops_per_token
 from cramming.train import Pretrainer

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from cramming import __version__
 from cramming.bert_family import BertForPreTraining
-from cramming.data.cache import atomic_write  # noqa: F401  (re-exported for checkpoint, glue, export_hf)
+from cramming.files import atomic_write
 from cramming.model import LEGACY_HEAD, BertForMLM, BertForSequenceClassification
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"

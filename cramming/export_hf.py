@@ -31,7 +31,8 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from cramming.data.tokenizer import is_bpe
-from cramming.export import CONFIG, TOKENIZER, WEIGHTS, atomic_write, load_model, read_config, read_tokenizer
+from cramming.export import CONFIG, TOKENIZER, WEIGHTS, load_model, read_config, read_tokenizer
+from cramming.files import atomic_write
 from cramming.hf_native import export_native, native_family
 
 log = logging.getLogger(__name__)

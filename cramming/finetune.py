@@ -27,9 +27,9 @@ import torch
 from omegaconf import DictConfig
 
 from cramming import classify, metrics
+from cramming.cli import cli_errors
 from cramming.export import CONFIG, save_export
 from cramming.model import CLASSIFIER_HEADS
-from cramming.predict import cli_errors
 from cramming.runtime import make_runtime
 from cramming.tabular import Examples, bad_row, check_bad_rows, load_examples, write_table
 from cramming.tracking import log_to_file, setup_logging

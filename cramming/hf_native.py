@@ -160,8 +160,8 @@ def export_native(model, config: Mapping, tokenizer, out_dir, family: str):
 
     from safetensors.torch import save_file
 
-    from cramming.data.cache import atomic_write
     from cramming.data.tokenizer import special_ids, special_tokens_of
+    from cramming.files import atomic_write
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,14 +24,14 @@ import statistics
 import sys
 from pathlib import Path
 
-from cramming.data.glue import AVERAGE_COLUMNS, TASKS
+from cramming.glue.tasks import AVERAGE_COLUMNS, TASKS
 
 log = logging.getLogger(__name__)
 
 TASK_COLUMNS = (*AVERAGE_COLUMNS, "WNLI")
 INFO_COLUMNS = ("run", "arch", "recipe", "budget", "hardware", "tokens_seen", "steps", "final_mlm_loss")
 
-# Published GLUE dev scores (design §4; shared/recipes.md; shared/data/glue/README.md). Not measured here.
+# Published GLUE dev scores (the crammedBERT paper and model card, BERT-base on the same protocol). Not measured here.
 # The paper's row is the like-for-like target (its median pretraining run); the model card's 80.7 is the
 # best of five pretraining runs with the newer code. ``seeds``: fine-tuning runs per task behind the
 # median (None where the source does not say).

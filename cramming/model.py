@@ -14,8 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cramming import ops
-
-IGNORE_INDEX = -100
+from cramming.data.collator import IGNORE_INDEX
 
 
 class LayerNorm(nn.Module):

@@ -22,9 +22,10 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cramming import classify
+from cramming.cli import cli_errors
 from cramming.export import load_model, read_config, read_tokenizer
 from cramming.runtime import make_runtime
 from cramming.tabular import (
@@ -59,22 +60,6 @@ def stdin_examples(lines: Sequence[str], pair: bool) -> Examples:
         else:
             texts.append(line)
     return Examples("<stdin>", texts, pairs, None, [i for i, _ in rows])
-
-
-def cli_errors(fn):
-    """Run ``fn`` on a Hydra config; a ValueError (bad input or option) becomes one ``error:`` line, exit 2."""
-
-    def wrapper(cfg: DictConfig):
-        try:
-            missing = sorted(OmegaConf.missing_keys(cfg))
-            if missing:
-                raise ValueError(f"missing required option(s): {', '.join(k + '=...' for k in missing)}")
-            return fn(OmegaConf.to_container(cfg, resolve=True))
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-
-    return wrapper
 
 
 def check_batch_size(batch_size: object) -> int:

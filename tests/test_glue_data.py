@@ -7,10 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from cramming.data import glue as glue_data
-from cramming.data.glue import AX, TASKS, hub_records_to_split, load_local, read_local_split
 from cramming.glue import glue_average, plan_tasks, resolve_settings, score_split
-from cramming.submission import format_predictions, write_submission, zip_submission
+from cramming.glue import tasks as glue_data
+from cramming.glue.submission import format_predictions, write_submission, zip_submission
+from cramming.glue.tasks import AX, TASKS, hub_records_to_split, load_local, read_local_split
 
 MNLI_HEADER = [
     "index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",

@@ -12,8 +12,9 @@ import pytest
 import torch
 from tiny_export import build_tiny_classifier, build_tiny_export, finetune_cfg, write_csv
 
-from cramming import glue, ops, runtime
+from cramming import ops, runtime
 from cramming.finetune import run_finetune
+from cramming.glue import run as glue
 from cramming.predict import run_predict
 from cramming.train import pretrain
 

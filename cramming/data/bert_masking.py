@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from cramming.data.collator import IGNORE_INDEX
 from cramming.data.pairs import EXTRA_COLUMNS
-
-IGNORE_INDEX = -100
 
 
 class BertMasking:

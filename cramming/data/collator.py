@@ -1,4 +1,4 @@
-"""Dynamic MLM masking per batch (design §4): a fixed count of positions per sequence, 80/10/10."""
+"""Dynamic MLM masking per batch, as crammedBERT masks: a fixed count of positions per sequence, 80/10/10."""
 
 from __future__ import annotations
 

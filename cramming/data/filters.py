@@ -1,4 +1,4 @@
-"""Document filters (design §4): too short, exact duplicates, and junk by tokens-per-character.
+"""Document filters, as the reference recipe cleans its corpus: too short, exact duplicates, and junk by tokens-per-character.
 
 Each filter counts the documents, characters and tokens it removed. Duplicates are found by a 64-bit
 hash of a document's token ids: the ids are a function of the tokenizer-normalised text, so texts that

@@ -1,6 +1,6 @@
 """``prepare_corpus``: tokenizer + packed train/validation sequences, cached on disk by a config hash.
 
-Flow (design §3): documents stream from the source (read in a background thread) → encoded in batches
+Flow: documents stream from the source (read in a background thread) → encoded in batches
 by worker processes (``encode.Encoder``: exact fast path + word cache around the WordPiece model) →
 filters (too short, tokens per character, duplicate token ids) → packing into ``seq_len`` sequences
 across document boundaries (``packing``; ``data.cls_per_sequence``) → shard files → an optional
@@ -43,6 +43,7 @@ from cramming.data.tokenizer import (
     tokenizer_from_vocab,
     train_tokenizer,
 )
+from cramming.files import atomic_write, file_sha256, write_json
 
 PIPELINE_VERSION = 3  # 3: junk bound scaled for small vocabularies
 PERIOD = "."  # the token whose count orders sequences for ``ordering: sentence-length``
@@ -102,7 +103,7 @@ def tokenizer_key(cfg: dict[str, Any]) -> str:
     if cfg["readymade"]:
         return readymade.tokenizer_key(cfg)
     if cfg["tokenizer"].get("path"):
-        return cache.file_sha256(Path(cfg["tokenizer"]["path"]).expanduser())[:16]
+        return file_sha256(Path(cfg["tokenizer"]["path"]).expanduser())[:16]
     return cache.config_key(tokenizer_identity(cfg))
 
 
@@ -161,7 +162,7 @@ def get_tokenizer(cfg: dict[str, Any], root: Path, say: Callable[[str], None]) -
         sample = _sample_for_tokenizer(cfg)
         show = say is not _quiet and sys.stderr.isatty()
         tok = train_tokenizer(sample, cfg["vocab_size"], cfg["tokenizer"], show_progress=show)
-        cache.atomic_write(path, lambda tmp: tok.save(str(tmp)))
+        atomic_write(path, lambda tmp: tok.save(str(tmp)))
         say(
             f"data: trained {cfg['tokenizer'].get('kind', 'wordpiece')} tokenizer ({tok.get_vocab_size()} tokens) on ≤{cfg['tokenizer']['sample_mb']} MB "
             f"in {time.perf_counter() - start:.1f}s; cached as {key}"
@@ -192,7 +193,7 @@ def load_tokenizer_file(
             f"data.vocab_size={vocab_size}; give a vocab_size of at least that."
         )
     attach_post_processor(tok)
-    key = cache.file_sha256(path)[:16]  # as tokenizer_key
+    key = file_sha256(path)[:16]  # as tokenizer_key
     say(f"data: using tokenizer {path} ({tok.get_vocab_size()} tokens, key {key})")
     return tok, key
 
@@ -256,10 +257,10 @@ def build_corpus(cfg: dict[str, Any], tok: Tokenizer, key: str, entry: Path, log
         splits, stats = _build_text_splits(cfg, tok, entry, log)
     if not splits["train"]["sequences"]:
         raise ValueError(f"no training text survived the filters: {stats['train']['filters']}")
-    cache.atomic_write(entry / "tokenizer.json", lambda tmp: tok.save(str(tmp)))
+    atomic_write(entry / "tokenizer.json", lambda tmp: tok.save(str(tmp)))
     order = None if cfg["ordering"] == "none" else _write_order(entry, splits["train"], cfg, tok)
     summary = _summary(cfg, stats, start)
-    cache.write_json(entry / "stats.json", summary)
+    write_json(entry / "stats.json", summary)
     manifest = {
         "key": key,
         "seq_len": cfg["seq_len"],
@@ -309,7 +310,7 @@ def _write_order(entry: Path, split: dict[str, Any], cfg: dict[str, Any], tok: T
         order = sentence_length_order(seqs, period)
     else:
         order = reverse_unigram_order(seqs, cfg["vocab_size"], list(special_ids(tok).values()))
-    cache.atomic_write(entry / "order.npy", lambda tmp: np.save(open(tmp, "wb"), order))
+    atomic_write(entry / "order.npy", lambda tmp: np.save(open(tmp, "wb"), order))
     return cache.file_record(entry, "order.npy")
 
 
@@ -398,7 +399,7 @@ def build_split(
     sequences = sum(s["sequences"] for s in writer.shards)
     record = {"sequences": sequences, "shards": writer.shards}
     stats = {**progress, "sequences": sequences, "filters": filt.stats.to_dict()}
-    cache.write_json(entry / "progress" / f"{name}.json", {"done": True, "record": record, "stats": stats})
+    write_json(entry / "progress" / f"{name}.json", {"done": True, "record": record, "stats": stats})
     return record, stats
 
 
@@ -500,7 +501,7 @@ def save_progress(entry: Path, name: str, shards, carry: np.ndarray, filt: Docum
     arrays = entry / "progress" / f"{name}-{n:05d}.npz"
     cache.save_arrays(arrays, carry=carry.astype(np.int32), index_keys=keys, index_values=values)
     state = {"shards": shards, "filters": filt.stats.to_dict(), "arrays": arrays.name, **progress}
-    cache.write_json(entry / "progress" / f"{name}.json", state)
+    write_json(entry / "progress" / f"{name}.json", state)
     for old in (entry / "progress").glob(f"{name}-*.npz"):
         if old != arrays:
             old.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ from cramming.data import cache, sources
 from cramming.data.filters import FilterStats
 from cramming.data.packing import storage_dtype
 from cramming.data.tokenizer import SPECIAL_TOKENS, attach_post_processor, special_ids
+from cramming.files import file_sha256, write_json
 
 
 def tokenizer_file(cfg: dict[str, Any]) -> Path:
@@ -58,7 +59,7 @@ def tokenizer_file(cfg: dict[str, Any]) -> Path:
 
 
 def tokenizer_key(cfg: dict[str, Any]) -> str:
-    sha = cache.file_sha256(tokenizer_file(cfg))[:16]
+    sha = file_sha256(tokenizer_file(cfg))[:16]
     return cache.config_key({"file": sha, "special_tokens": cfg["readymade"].get("special_tokens")})
 
 
@@ -163,7 +164,7 @@ def build_split(
         "sequences": rows_done,
         "filters": filters.to_dict(),
     }
-    cache.write_json(progress, {"done": True, "record": record, "stats": stats})
+    write_json(progress, {"done": True, "record": record, "stats": stats})
     return record, stats
 
 
@@ -176,7 +177,7 @@ def _write(batch: np.ndarray, writer: cache.ShardWriter, progress: Path) -> int:
         i += take
         if writer.room() == 0:
             writer.finish_shard()
-            cache.write_json(progress, {"shards": writer.shards})
+            write_json(progress, {"shards": writer.shards})
     return len(batch)
 
 

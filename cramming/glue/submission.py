@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cramming.data.glue import TaskSpec
+from cramming.glue.tasks import TaskSpec
 
 # The names GLUE expects, in its own order.
 SUBMISSION_FILES = (

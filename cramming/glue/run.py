@@ -41,13 +41,13 @@ from cramming.classify import (
     resolve_lr,
     score_logits,
 )
-from cramming.data import glue as glue_data
-from cramming.data.glue import AVERAGE_COLUMNS, AX, TASKS, Split, TaskData, TaskSpec
-from cramming.export import atomic_write
+from cramming.files import atomic_write
+from cramming.glue import tasks as glue_data
+from cramming.glue.submission import write_submission, zip_submission
+from cramming.glue.tasks import AVERAGE_COLUMNS, AX, TASKS, Split, TaskData, TaskSpec
 from cramming.metrics import f1_binary, plot_confusion
 from cramming.model import CLASSIFIER_HEADS
 from cramming.runtime import Runtime, impl_defaults, make_runtime, resolve_impl
-from cramming.submission import write_submission, zip_submission
 from cramming.tracking import log_to_file, setup_logging
 
 log = logging.getLogger(__name__)
@@ -528,7 +528,3 @@ def main() -> None:
     except ValueError as err:
         _fail(err)
     hydra_main()
-
-
-if __name__ == "__main__":
-    main()

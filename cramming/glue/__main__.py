@@ -1,0 +1,3 @@
+from cramming.glue.run import main
+
+main()
