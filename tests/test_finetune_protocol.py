@@ -16,6 +16,9 @@ from cramming.export import load_model, save_export
 from cramming.glue import resolve_settings
 from cramming.model import build_classifier
 from cramming.optim import build_adamw
+from cramming.runtime import Runtime
+
+CPU_FP32 = Runtime(torch.device("cpu"), torch.float32)  # eager fp32, as fine-tuning runs on CPU
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 64
@@ -57,7 +60,9 @@ def run_and_watch(monkeypatch, settings: dict, data: EncodedExamples) -> tuple[l
         return optimizer
 
     monkeypatch.setattr(classify, "build_adamw", watched)
-    cfg = finetune_config({**settings, "lr": 1e-3, "epochs": 1, "batch_size": 4, "log_every": 0}, 64, "fp32")
+    cfg = finetune_config(
+        {**settings, "lr": 1e-3, "epochs": 1, "batch_size": 4, "log_every": 0}, 64, CPU_FP32
+    )
     torch.manual_seed(0)
     model = build_classifier(arch(), VOCAB, num_labels=1)
     finetune(model, data, cfg, seed=0, device="cpu")
