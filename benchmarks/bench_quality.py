@@ -27,7 +27,8 @@ overrides are checked (composed and validated) before any training starts; a var
 is reported as failed and the others still run.
 
 ``--reuse`` keeps a finished run made by exactly the same pretraining command (e.g. to add fine-tuning
-variants or GLUE-lite later); any other earlier run folder of the same name is replaced.
+variants or GLUE-lite later), and GLUE-lite results whose recorded settings match; any other earlier run
+folder of the same name is replaced.
 
 Writes ``<out>/quality_<name>.json``, ``.md`` and ``.png`` (loss against wall-clock time for every run on
 one axis, GLUE-lite bars with the seed spread). ``--smoke`` is a seconds-long profile for tests.
@@ -264,13 +265,36 @@ def glue_lite(args, record: dict, glue: dict, overrides: list[str]) -> None:
     cmd += [o for o in args.shared if o.startswith("impl.")]  # the same device, threads and kernels
     cmd += overrides
     label = f"{record['variant']}/{record['seed']} glue"
-    ok, error = run_logged(cmd, out_dir.with_suffix(".log"), args.timeout, label)
+    if args.reuse and glue_done_with(out_dir / "results.json", cmd[3:]):
+        print(f"== {label}: reusing {out_dir / 'results.json'}", flush=True)
+        ok, error = True, ""
+    else:
+        ok, error = run_logged(cmd, out_dir.with_suffix(".log"), args.timeout, label)
     if not ok:
         record["ok"], record["error"] = False, f"GLUE-lite failed: {error}"
         return
     results = json.loads((out_dir / "results.json").read_text())
     record["glue"] = {col: v for t in results["tasks"].values() for col, v in t["headline"].items()}
     record["glue_average"] = results["average"]["value"]
+
+
+def glue_done_with(path: Path, overrides: list[str]) -> bool:
+    """An earlier GLUE-lite results.json whose recorded settings match every ``key=value`` we would pass."""
+    try:
+        settings = json.loads(path.read_text())["settings"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for item in overrides:
+        key, _, value = item.partition("=")
+        node = settings
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        wanted = yaml.safe_load(value)
+        if key in ("model", "glue_dir", "out_dir"):
+            node, wanted = str(Path(str(node)).resolve()), str(Path(value).resolve())
+        if node != wanted and str(node) != str(wanted):
+            return False
+    return True
 
 
 def spread(values: list[float]) -> dict | None:

@@ -61,6 +61,14 @@ def test_smoke_two_variants_and_a_failing_one(tmp_path, tiny_corpus, glue_dir):
     assert "| base |" in md and "| const |" in md and "FAILED" in md
     assert (tmp_path / "res" / "quality_t.png").stat().st_size > 10_000
     assert "wrote" in proc.stdout
+    # --reuse: the same command again trains and fine-tunes nothing and reports the same figures
+    again = run_bench(
+        tmp_path, "--reuse", "--glue-dir", str(glue_dir), *data_args(tiny_corpus),
+        "variants.base=", "variants.wd=glue.weight_decay=0.05",
+    )  # fmt: skip
+    assert again.stdout.count("reusing the finished run") == 2 and again.stdout.count("glue: reusing") == 2
+    second = json.loads((tmp_path / "res" / "quality_t.json").read_text())
+    assert second["variants"]["wd"]["glue"] == rows["wd"]["glue"]
 
 
 def test_bad_variant_is_named_before_training(tmp_path, tiny_corpus):
