@@ -49,6 +49,7 @@ def make_cfg(tmp_path: Path, files, **overrides) -> dict:
         "cache_dir": str(tmp_path / "cache"),
         "tokenizer": {"sample_mb": 0.5},
         "filters": dict(NO_FILTERS),
+        "cls_per_sequence": True,  # the framed layout, so every document round-trips (no dropped remainder)
     }
     cfg.update(overrides)
     return cfg
