@@ -55,3 +55,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def restore_runtime_globals():
+    """Entry points set torch's thread count and the ops dispatch, as a CLI would; undo that afterwards."""
+    from cramming import ops
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    ops.configure({"kernels": "auto"})

@@ -13,19 +13,11 @@ import pytest
 import torch
 from _glue_fixtures import make_tiny_export
 
-from cramming import ops
 from cramming.classify import build_finetune_model, load_pretrained
 from cramming.export import load_model
 from cramming.glue import resolve_settings, run_glue, run_glue_from_pretraining
 
-
-@pytest.fixture(autouse=True)
-def restore_globals():
-    """run_glue sets torch's thread count and the ops dispatch, as a CLI would; undo that for other tests."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    ops.configure({"kernels": "auto"})
+pytestmark = pytest.mark.usefixtures("restore_runtime_globals")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from tiny_export import build_tiny_classifier, build_tiny_export, finetune_cfg, write_csv
 
-from cramming import ops, runtime
+from cramming import runtime
 from cramming.finetune import run_finetune
 from cramming.glue import run as glue
 from cramming.predict import run_predict
@@ -22,12 +22,7 @@ PACKAGE = Path(runtime.__file__).parent
 IMPL = {"device": "cpu", "precision": "fp32", "threads": 1, "kernels": "torch"}
 
 
-@pytest.fixture(autouse=True)
-def restore_globals():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    ops.configure({"kernels": "auto"})
+pytestmark = pytest.mark.usefixtures("restore_runtime_globals")
 
 
 class _Built(Exception):
