@@ -60,9 +60,12 @@ def parse_budget(value: object) -> Budget:
 class BudgetClock:
     """Tracks how much of the budget is used. Time already spent (before a resume) counts."""
 
-    def __init__(self, budget: Budget, spent_seconds: float = 0.0):
+    def __init__(self, budget: Budget, spent_seconds: float = 0.0, ramp: tuple | None = None):
         self.budget = budget
         self.spent_before = spent_seconds
+        # (microbatch, batch_size_start, batch_size, batch_ramp_fraction): a step budget's ETA weighs each
+        # step by the microbatches it runs, so late steps of a ramp count for more than early ones.
+        self.ramp = ramp
         self.started_at: float | None = None
         self.steps = 0
         self.tokens = 0
@@ -91,10 +94,20 @@ class BudgetClock:
         return self.progress() >= 1.0
 
     def eta_seconds(self) -> float:
+        """Seconds left, assuming each microbatch costs what the ones so far cost.
+
+        Time and token budgets: work is proportional to the fraction used (a token costs the same in a
+        big step as in a small one). Step budgets with a batch ramp: the steps left are larger than the
+        steps done, so the fraction of *work* done is ``ramp_work(p) / ramp_work(1)``, not ``p``.
+        """
         p = self.progress()
         if p <= 0:
             return float("nan")
-        return max(0.0, self.elapsed() * (1.0 - p) / p)
+        done = p
+        if self.budget.kind == "steps" and self.ramp is not None:
+            steps = int(self.budget.amount)
+            done = ramp_work(min(p, 1.0), steps, *self.ramp) / ramp_work(1.0, steps, *self.ramp)
+        return max(0.0, self.elapsed() * (1.0 - done) / done)
 
     def state_dict(self) -> dict:
         return {"elapsed": self.elapsed(), "steps": self.steps, "tokens": self.tokens}
@@ -158,3 +171,21 @@ def batch_size_at(p: float, start: int, final: int, ramp_fraction: float) -> int
 def accumulation_steps(p: float, microbatch: int, start: int, final: int, ramp_fraction: float) -> int:
     """Microbatches per optimizer step for the ramped batch size (at least one)."""
     return max(1, round(batch_size_at(p, start, final, ramp_fraction) / microbatch))
+
+
+def ramp_work(p: float, steps: int, microbatch: int, start: int, final: int, ramp_fraction: float) -> float:
+    """Microbatches run by the first ``p`` of a ``steps``-step budget under the batch ramp.
+
+    Step i runs ``accumulation_steps(i / steps, ...)`` microbatches (as the loop does); for long budgets
+    the sum is taken over at most 2000 evenly spaced steps, each standing for its share of the run.
+    """
+    points = max(1, min(steps, 2000))
+    position = p * points
+    whole = int(position)
+    per_step = [
+        accumulation_steps(i / points, microbatch, start, final, ramp_fraction) for i in range(points)
+    ]
+    work = float(sum(per_step[:whole]))
+    if whole < points:
+        work += (position - whole) * per_step[whole]  # the part of the current step (long budgets)
+    return work
