@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from cramming.conf import CONF_PATH
 from cramming.model import build_mlm, count_parameters
 from cramming.optim import IMPLEMENTATIONS, build_adamw
 
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def recipe(arch: str) -> tuple[dict, dict]:
     """(cfg.arch, cfg.train) exactly as ``python -m cramming arch=ARCH`` composes them."""
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         cfg = compose("pretrain", overrides=[f"arch={arch}"])
     return OmegaConf.to_container(cfg.arch, resolve=True), OmegaConf.to_container(cfg.train, resolve=True)
 

@@ -141,13 +141,14 @@ def read_variant_file(path: Path) -> dict[str, list[str]]:
 
 def check_variants(shared: list[str], variants: dict[str, list[str]]) -> None:
     """Compose and validate every variant's config before anything trains: a typo fails in seconds."""
-    from hydra import compose, initialize_config_module
+    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from cramming.conf import CONF_DIR
     from cramming.config import validate_run
 
     problems = []
-    with initialize_config_module(config_module="cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for name, extra in variants.items():
             pretrain_overrides, glue_overrides = split_variant(extra)
             try:

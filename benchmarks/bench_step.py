@@ -32,14 +32,14 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cramming import ops, perf
+from cramming.conf import CONF_DIR
 from cramming.data import MLMCollator
 from cramming.data.tokenizer import SPECIAL_TOKENS
 from cramming.model import build_mlm, count_parameters
@@ -101,11 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def recipe(name: str) -> dict:
     """``cfg`` (arch, train, data, impl) as ``python -m cramming arch=NAME`` composes it, as plain dicts."""
-    folder = resources.files("cramming.conf") / "arch"
+    folder = CONF_DIR / "arch"
     available = sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml"))
     if name not in available:
         raise ValueError(f"unknown arch {name!r}; available: {available}")
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("pretrain", overrides=[f"arch={name}"])
     return {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("arch", "train", "data", "impl")}
 

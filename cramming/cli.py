@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cramming import distributed
+from cramming.conf import CONF_PATH
 from cramming.config import validate_run
 from cramming.tracking import setup_logging
 
@@ -86,7 +87,7 @@ def pretrain_main(cfg: DictConfig, trainer_class: type | None = None) -> dict:
     return summary
 
 
-@hydra.main(config_path="pkg://cramming.conf", config_name="pretrain", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="pretrain", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     pretrain_main(cfg)
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cramming.bert_family import uses_bert_family
 from cramming.cli import fail, pretrain_main, run_app
+from cramming.conf import CONF_PATH
 from cramming.distillation import (
     Distiller,
     check_distill_config,
@@ -107,7 +108,7 @@ def distill_main(cfg: DictConfig) -> dict:
     return pretrain_main(cfg, DistillTrainer)
 
 
-@hydra.main(config_path="pkg://cramming.conf", config_name="distill", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="distill", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     distill_main(cfg)
 

@@ -28,8 +28,10 @@ from omegaconf import DictConfig
 
 from cramming import classify, metrics
 from cramming.cli import cli_errors
+from cramming.conf import CONF_PATH
 from cramming.export import CONFIG, save_export
 from cramming.model import CLASSIFIER_HEADS
+from cramming.report import report_at_end
 from cramming.runtime import make_runtime
 from cramming.tabular import Examples, bad_row, check_bad_rows, load_examples, write_table
 from cramming.tracking import log_to_file, setup_logging
@@ -324,6 +326,7 @@ def run_finetune(cfg: Mapping) -> dict:
     with log_to_file(out_dir / "finetune.log"):
         summary = train_and_evaluate(cfg, pretrained, out_dir, task, labels, prepared)
     log.info("wrote the fine-tuned model and metrics to %s", out_dir)
+    report_at_end(out_dir)  # the run folder's report.html, now with this fine-tuning
     return {**summary, "out_dir": str(out_dir)}
 
 
@@ -393,7 +396,7 @@ def export_extra(cfg: Mapping, task: str, labels: list[str] | None, summary: Map
     return json.loads(json.dumps(extra, default=str))
 
 
-@hydra.main(config_path="pkg://cramming.conf", config_name="finetune", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     setup_logging(None)
     cli_errors(run_finetune)(cfg)

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from cramming import classify
 from cramming.cli import cli_errors
+from cramming.conf import CONF_PATH
 from cramming.export import load_model, read_config, read_tokenizer
 from cramming.runtime import make_runtime
 from cramming.tabular import (
@@ -178,7 +179,7 @@ def run_predict(cfg: Mapping) -> dict[str, list]:
     return columns
 
 
-@hydra.main(config_path="pkg://cramming.conf", config_name="predict", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     setup_logging(None)
     # Logs go to stderr so that stdout carries only the predictions.

@@ -23,12 +23,11 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
-from importlib import resources
 
 import torch
-from omegaconf import OmegaConf
 
 from cramming import distributed, ops
+from cramming.conf import read_yaml
 
 log = logging.getLogger("cramming")
 
@@ -76,8 +75,7 @@ class Runtime:
 
 def impl_defaults() -> dict:
     """conf/impl/default.yaml: the defaults of the impl group (Python callers may pass only a few keys)."""
-    text = resources.files("cramming.conf").joinpath("impl", "default.yaml").read_text()
-    return OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+    return read_yaml("impl", "default.yaml")
 
 
 def resolve_impl(impl: Mapping | None) -> dict:

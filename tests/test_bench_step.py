@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cramming import ops
+from cramming.conf import CONF_PATH
 from cramming.data import MLMCollator
 from cramming.model import build_mlm
 from cramming.optim import adamw_implementation, build_optimizer
@@ -39,7 +40,7 @@ def restore_globals():
 
 def loop_losses(steps: int) -> list[float]:
     """Losses of ``steps`` calls of the loop's optimizer_step on seed-0 weights and seeded batches."""
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         train = OmegaConf.to_container(compose("pretrain", overrides=["arch=tiny"]).train, resolve=True)
     arch = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))
     torch.manual_seed(0)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 
 from cramming import ops, runtime
 from cramming.cli import pretrain_main
+from cramming.conf import CONF_PATH
 from cramming.data import MLMCollator
 from cramming.model import build_mlm
 from cramming.runtime import CompiledStep, Runtime, make_runtime
@@ -163,7 +164,7 @@ def test_compiled_pretraining_has_no_recompiles_across_the_ramp(tiny_corpus, tmp
         f"data.files=[{tiny_corpus['train']}]", "data.vocab_size=1024", f"data.cache_dir={tmp_path / 'cache'}",
         "impl.kernels=torch", "impl.compile=true", "impl.device=cpu",
     ]  # fmt: skip
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         cfg = compose("pretrain", overrides=overrides)
     torch._dynamo.reset()
     counters.clear()

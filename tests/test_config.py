@@ -1,9 +1,10 @@
 """Every preset composes, and bad values are refused with a message naming them."""
 
 import pytest
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from cramming.conf import CONF_PATH
 from cramming.config import ConfigError, validate_arch, validate_impl, validate_train
 from cramming.model import build_mlm, count_parameters
 
@@ -11,7 +12,7 @@ ARCHES = ["crammed-bert", "bert-base", "small", "tiny"]
 
 
 def compose_pretrain(overrides):
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         return OmegaConf.to_container(compose("pretrain", overrides=overrides), resolve=False)
 
 

@@ -381,12 +381,13 @@ def test_shipped_configs_validate(tiny_corpus):
     Catches a check that rejects a shipped value, a wikipedia.yaml key misspelled (local.yaml's
     default would silently win), and code defaults drifting from conf/data/local.yaml.
     """
-    from hydra import compose, initialize_config_module
+    from hydra import compose, initialize_config_dir
 
+    from cramming.conf import CONF_PATH
     from cramming.data.config import as_dict, defaults
 
     train = str(tiny_corpus["train"])
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         local = compose("pretrain", overrides=["data=local", f"data.files=[{train}]"]).data
         hub = compose("pretrain", overrides=["data=wikipedia"]).data
     validate_data_config(local)

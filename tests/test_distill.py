@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 from tiny_export import build_tiny_classifier, tiny_arch, train_tokenizer
 from tokenizers import Tokenizer, normalizers
 
+from cramming.conf import CONF_PATH
 from cramming.data.tokenizer import attach_post_processor
 from cramming.distill import distill_main
 from cramming.distillation import (
@@ -193,7 +194,7 @@ def test_corpus_with_another_vocabulary_is_refused(exports, tiny_corpus):
 
 def test_cli_bad_teacher_exits_with_one_clear_error(exports, tmp_path, capsys):
     """Catches a traceback (or a started run) instead of exit 2 naming what the teacher folder holds."""
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         for teacher, message in [
             (exports["classifier"], "fine-tuned classifier"),
             (exports["root"], "not an exported cramming model"),

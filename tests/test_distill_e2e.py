@@ -7,11 +7,12 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 from tiny_export import CLI_IMPL, build_tiny_export
 
 import cramming
+from cramming.conf import CONF_PATH
 from cramming.distill import distill_main
 from cramming.export import load_tokenizer, save_export
 from cramming.glue import run_glue
@@ -51,7 +52,7 @@ def overrides(tiny_corpus, root, name, *extra, budget="6steps"):
 
 
 def run_in_process(args):
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         return distill_main(compose("distill", overrides=args))
 
 

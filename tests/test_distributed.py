@@ -5,13 +5,13 @@ import os
 import subprocess
 import sys
 
-import cramming.conf
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
+import cramming.conf
 from cramming import ops
 from cramming.model import build_mlm
 from cramming.optim import build_optimizer
@@ -23,7 +23,7 @@ TRAIN = {"optimizer": "adamw", "lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-12, "
 
 
 def tiny_arch() -> dict:
-    path = os.path.join(os.path.dirname(cramming.conf.__file__), "arch", "tiny.yaml")
+    path = os.path.join(cramming.conf.CONF_PATH, "arch", "tiny.yaml")
     return OmegaConf.to_container(OmegaConf.load(path))
 
 

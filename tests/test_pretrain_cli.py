@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 
 import cramming
 import cramming.train
 from cramming.checkpoint import load_checkpoint
 from cramming.cli import pretrain_main
+from cramming.conf import CONF_PATH
 from cramming.data import prepare_corpus
 
 pytestmark = pytest.mark.slow
@@ -123,7 +124,7 @@ def test_unknown_arch_from_the_command_line(tmp_path):
 
 
 def _main_with(overrides, capsys):
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         cfg = compose("pretrain", overrides=overrides)
     with pytest.raises(SystemExit) as exit_info:
         pretrain_main(cfg)
@@ -161,7 +162,7 @@ def test_nothing_cached_is_damaged_by_a_bad_run(tmp_path, tiny_corpus, capsys, m
     """A run that fails after its data step (here the model fails to build) leaves the prepared
     corpus byte for byte as it was. Catches clean-up or a cache rewrite on the failure path."""
     args = tiny_args(tiny_corpus, tmp_path, "ok", "1m")
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         cfg = compose("pretrain", overrides=args)
     corpus = prepare_corpus(cfg.data, log=lambda *a: None)
 

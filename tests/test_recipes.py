@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 
 from cramming.budget import lr_factor
+from cramming.conf import CONF_PATH
 from cramming.data import prepare_corpus, validate_data_config
 from cramming.data.bert_masking import IGNORE_INDEX, PairCollator
 from cramming.data.pairs import frame_pairs, pairs_from_document
@@ -114,7 +115,7 @@ def test_budget_linear_schedule():
 
 
 def compose_with(overrides):
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         return compose("pretrain", overrides=overrides)
 
 

@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 
 from cramming import ops
 from cramming.classify import build_finetune_model, collate, encode_examples, load_pretrained
 from cramming.cli import pretrain_main
+from cramming.conf import CONF_PATH
 from cramming.export import load_model, load_tokenizer
 from cramming.export_hf import export_hf
 
@@ -29,7 +30,7 @@ def run_recipe(recipe: str, tiny_corpus, tmp_path) -> dict:
         f"data.validation_files=[{tiny_corpus['valid']}]", "data.vocab_size=2048", "data.seq_len=48",
         f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=1", "impl.kernels=torch",
     ]  # fmt: skip
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         cfg = compose("pretrain", overrides=overrides)
     summary = pretrain_main(cfg)
     run = tmp_path / "outputs" / recipe

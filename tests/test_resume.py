@@ -17,10 +17,11 @@ import time
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from cramming.cli import pretrain_main
+from cramming.conf import CONF_PATH
 
 STEPS = 12
 
@@ -56,7 +57,7 @@ def overrides(tiny_corpus, workdir, name, *extra, budget=f"{STEPS}steps"):
 
 
 def run_in_process(args):
-    with initialize_config_module("cramming.conf", version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         cfg = compose("pretrain", overrides=args)
     root = logging.getLogger()
     before = list(root.handlers)

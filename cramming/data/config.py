@@ -26,15 +26,14 @@ MIN_PAIR_SEQ_LEN = 16  # [CLS] A [SEP] B [SEP] with a few tokens in each segment
 MIN_VOCAB, MAX_VOCAB = 256, 4_294_967_295
 MIN_SEQ_LEN, MAX_SEQ_LEN = 8, 65_536
 PREFIX_BYTES = 1 << 16
+PACKAGE_PREFIX = "pkg://"  # data.files entries inside an installed package (see package_path)
 
 
 def defaults() -> dict[str, Any]:
     """Every data key's default: ``conf/data/local.yaml``, the file Hydra composes too (one source)."""
-    from importlib.resources import files
+    from cramming.conf import read_yaml
 
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(files("cramming.conf") / "data" / "local.yaml"))
+    return read_yaml("data", "local.yaml")
 
 
 def as_dict(data_cfg: Any) -> dict[str, Any]:
@@ -70,11 +69,25 @@ def file_extension(path: str | Path) -> str | None:
     return None
 
 
+def package_path(pattern: str) -> Path:
+    """``pkg://PACKAGE/PATH`` is PATH inside an installed package (data=sample's corpus ships in
+    cramming.data); any other string is a path as given."""
+    if not pattern.startswith(PACKAGE_PREFIX):
+        return Path(pattern).expanduser()
+    package, _, rest = pattern[len(PACKAGE_PREFIX) :].partition("/")
+    try:
+        from importlib.resources import files
+
+        return Path(str(files(package))) / rest
+    except (ImportError, TypeError) as err:
+        raise ValueError(f"{pattern!r} names the package {package!r}, which cannot be imported ({err}).") from err
+
+
 def expand_paths(patterns: list[str], key: str) -> list[Path]:
     """Every file matched by the paths/globs, in the given order (globs sorted); each must match ≥1 file."""
     out: list[Path] = []
     for pattern in patterns:
-        expanded = str(Path(pattern).expanduser())
+        expanded = str(package_path(pattern))
         matches = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else [expanded]
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:

@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 
 import hydra
@@ -41,12 +40,14 @@ from cramming.classify import (
     resolve_lr,
     score_logits,
 )
+from cramming.conf import CONF_PATH, read_yaml
 from cramming.files import atomic_write
 from cramming.glue import tasks as glue_data
 from cramming.glue.submission import write_submission, zip_submission
 from cramming.glue.tasks import AVERAGE_COLUMNS, AX, TASKS, Split, TaskData, TaskSpec
 from cramming.metrics import f1_binary, plot_confusion
 from cramming.model import CLASSIFIER_HEADS
+from cramming.report import report_at_end
 from cramming.runtime import Runtime, impl_defaults, make_runtime, resolve_impl
 from cramming.tracking import log_to_file, setup_logging
 
@@ -61,8 +62,7 @@ FLAT_KEYS = {"device": "impl.device", "precision": "impl.precision", "kernels": 
 
 def default_settings() -> dict:
     """The defaults of conf/glue.yaml (without Hydra's own keys)."""
-    text = resources.files("cramming.conf").joinpath("glue.yaml").read_text()
-    cfg = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+    cfg = read_yaml("glue.yaml")
     return {**{k: v for k, v in cfg.items() if k not in ("defaults", "hydra")}, "impl": impl_defaults()}
 
 
@@ -387,6 +387,7 @@ def _run(
     results["submission"] = finish_submission(results, out_dir)
     write_results(out_dir, results)
     log_summary(results, out_dir)
+    report_at_end(out_dir)  # the run folder's report.html, now with this GLUE table
     return results
 
 
@@ -510,7 +511,7 @@ def _fail(err: ValueError) -> None:
     sys.exit(2)
 
 
-@hydra.main(config_path="pkg://cramming.conf", config_name="glue", version_base="1.3")
+@hydra.main(config_path=CONF_PATH, config_name="glue", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     setup_logging(None)
     settings = OmegaConf.to_container(cfg, resolve=True)
