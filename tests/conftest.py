@@ -19,33 +19,37 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CRAMMING_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def _require(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data not found at {path} (set CRAMMING_SHARED_DATA to the data folder)")
-    return path
+# Test data is made here, from files in the repository only (no ../shared): see tests/_fixture_data.py.
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> dict:
+    """{"train", "valid"}: plain-text slices of the shipped sample corpus (80 and 10 documents)."""
+    from _fixture_data import write_tiny_corpus
+
+    return write_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The read-only data folder beside the checkout (../shared/data)."""
-    return _require(SHARED_DATA)
+def _glue(tmp_path_factory) -> tuple:
+    from _fixture_data import write_glue
+
+    root = tmp_path_factory.mktemp("glue_data")
+    return root, write_glue(root)
 
 
 @pytest.fixture(scope="session")
-def tiny_corpus(shared_data: Path) -> dict:
-    """Paths of the tiny train/valid corpus slice."""
-    tiny = _require(shared_data / "corpus" / "tiny")
-    return {"train": tiny / "train.txt", "valid": tiny / "valid.txt"}
+def glue_dir(_glue) -> Path:
+    """A glue_data/ folder with every GLUE task in its official TSV layout (generated sentences)."""
+    return _glue[0]
 
 
 @pytest.fixture(scope="session")
-def glue_dir(shared_data: Path) -> Path:
-    return _require(shared_data / "glue")
+def glue_manifest(_glue) -> dict:
+    """What ``glue_dir`` holds, per "TASK/stem": rows, label counts, first texts (see write_glue)."""
+    return _glue[1]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,8 @@
-"""GLUE reading: TSV quirks on the real files, labels by name, hub records, task planning, submissions."""
+"""GLUE reading: TSV quirks (on conftest's generated glue_data folder), labels by name, hub records,
+task planning, submissions."""
 
 import csv
+import shutil
 import zipfile
 from collections import Counter
 
@@ -18,43 +20,75 @@ MNLI_HEADER = [
 ]  # fmt: skip
 
 
-def test_cola_has_no_header(glue_dir):
+def test_cola_has_no_header(glue_dir, glue_manifest):
+    """Catches a header read as data (or the first row skipped as a header) in CoLA's headerless
+    train/dev, labels not mapped by name, and the test file's header read as a row."""
     train = read_local_split(glue_dir, TASKS["cola"], "train", labelled=True)
-    assert len(train) == 8551  # a header read as data (or skipped as header) would change this
-    assert train.texts_a[0] == "Our friends won't buy this analysis, let alone the next one we propose."
-    assert Counter(train.labels) == {"acceptable": 6023, "unacceptable": 2528}
+    written = glue_manifest["CoLA/train"]
+    assert len(train) == written["rows"]  # a header read as data (or skipped as header) would change this
+    assert train.texts_a[0] == written["first"][0]
+    assert Counter(train.labels) == written["labels"]
     dev = read_local_split(glue_dir, TASKS["cola"], "dev", labelled=True)
-    assert len(dev) == 1043 and Counter(dev.labels)["acceptable"] == 721
+    assert (
+        len(dev) == glue_manifest["CoLA/dev"]["rows"]
+        and Counter(dev.labels) == glue_manifest["CoLA/dev"]["labels"]
+    )
     test = read_local_split(glue_dir, TASKS["cola"], "test", labelled=False)  # the test file has a header
-    assert len(test) == 1063 and test.index[:2] == ["0", "1"] and test.labels is None
+    assert (
+        len(test) == glue_manifest["CoLA/test"]["rows"]
+        and test.index[:2] == ["0", "1"]
+        and test.labels is None
+    )
 
 
-def test_mrpc_bom_header_and_quote_none(glue_dir):
+def test_mrpc_bom_header_and_quote_none(glue_dir, glue_manifest):
+    """Catches the BOM left on the first header name (no "Quality" column) and csv's default quoting,
+    which merges rows at MRPC's unbalanced quote characters."""
     train = read_local_split(glue_dir, TASKS["mrpc"], "train", labelled=True)
-    assert len(train) == 3668
-    assert Counter(train.labels) == {"equivalent": 2474, "not_equivalent": 1194}
+    assert len(train) == glue_manifest["MRPC/train"]["rows"]
+    assert Counter(train.labels) == glue_manifest["MRPC/train"]["labels"]
     quoted = [t for t in train.texts_a + train.texts_b if '"' in t]
     assert quoted, "MRPC has sentences with quote characters"
     dev = read_local_split(glue_dir, TASKS["mrpc"], "dev", labelled=True)
-    assert dev.texts_b[0].startswith('" The foodservice pie business')
+    assert dev.texts_b[0] == glue_manifest["MRPC/dev"]["first"][1] and dev.texts_b[0].startswith('" ')
     # With csv's default quoting the same file parses into a different number of rows.
     with open(glue_dir / "MRPC" / "train.tsv", encoding="utf-8-sig", newline="") as f:
         default_rows = list(csv.reader(f, delimiter="\t"))
-    assert len(default_rows) - 1 != 3668
+    assert len(default_rows) - 1 != glue_manifest["MRPC/train"]["rows"]
 
 
-def test_other_tasks_read_with_expected_counts(glue_dir):
+def test_other_tasks_read_with_expected_counts(glue_dir, glue_manifest):
+    """Every task of the benchmark reads with the rows and labels that were written: catches a wrong
+    label column, STS-B scores not read as floats, MNLI's matched/mismatched files swapped or its three
+    classes mapped wrongly, QQP's malformed row kept, and a test or diagnostic file not found."""
     sst2 = load_local(glue_dir, TASKS["sst2"])
-    assert Counter(sst2.dev[""].labels) == {"positive": 444, "negative": 428}
-    assert len(sst2.test["SST-2"]) == 1821
+    assert Counter(sst2.dev[""].labels) == glue_manifest["SST-2/dev"]["labels"]
+    assert len(sst2.test["SST-2"]) == glue_manifest["SST-2/test"]["rows"]
     stsb = load_local(glue_dir, TASKS["stsb"])
-    assert len(stsb.train) == 5749 and stsb.train.labels[:2] == [5.0, 3.8]
-    assert all(0.0 <= v <= 5.0 for v in stsb.dev[""].labels)
+    assert len(stsb.train) == glue_manifest["STS-B/train"]["rows"] and stsb.train.labels[:2] == [5.0, 3.8]
+    assert all(isinstance(v, float) and 0.0 <= v <= 5.0 for v in stsb.dev[""].labels)
     rte = load_local(glue_dir, TASKS["rte"])
-    assert set(rte.train.labels) == {"entailment", "not_entailment"} and len(rte.test["RTE"]) == 3000
+    assert set(rte.train.labels) == {"entailment", "not_entailment"}
+    assert len(rte.test["RTE"]) == glue_manifest["RTE/test"]["rows"]
     wnli = load_local(glue_dir, TASKS["wnli"])
-    assert Counter(wnli.dev[""].labels) == {"not_entailment": 40, "entailment": 31}
-    assert len(load_local(glue_dir, AX).test["AX"]) == 1104
+    assert Counter(wnli.dev[""].labels) == Counter(
+        {"1": "entailment", "0": "not_entailment"}[v] for v in glue_manifest["WNLI/dev"]["labels"].elements()
+    )
+    mnli = load_local(glue_dir, TASKS["mnli"])
+    assert Counter(mnli.train.labels) == glue_manifest["MNLI/train"]["labels"]
+    assert set(mnli.train.labels) == {"entailment", "neutral", "contradiction"}
+    for name in ("matched", "mismatched"):
+        assert mnli.dev[name].texts_a[0] == glue_manifest[f"MNLI/dev_{name}"]["first"][0]
+        assert Counter(mnli.dev[name].labels) == glue_manifest[f"MNLI/dev_{name}"]["labels"]
+    assert mnli.dev["matched"].texts_a != mnli.dev["mismatched"].texts_a
+    assert set(mnli.test) == {"MNLI-m", "MNLI-mm"}
+    qqp = load_local(glue_dir, TASKS["qqp"])
+    assert len(qqp.train) == glue_manifest["QQP/train"]["rows"]  # the malformed row is skipped
+    assert Counter(qqp.dev[""].labels) == glue_manifest["QQP/dev"]["labels"]
+    qnli = load_local(glue_dir, TASKS["qnli"])
+    assert qnli.train.texts_a[0] == glue_manifest["QNLI/train"]["first"][0]
+    assert len(qnli.dev[""]) == glue_manifest["QNLI/dev"]["rows"]
+    assert len(load_local(glue_dir, AX).test["AX"]) == glue_manifest["diagnostic/diagnostic"]["rows"]
 
 
 def _write_tsv(path, header, rows):
@@ -135,7 +169,11 @@ def test_unknown_label_in_tsv_is_an_error(tmp_path):
 
 
 def test_missing_tasks_are_skipped_and_empty_glue_dir_is_an_error(glue_dir, tmp_path):
-    settings = resolve_settings({"glue_dir": str(glue_dir), "tasks": ["sst2", "mnli", "qnli", "qqp"]})
+    partial = tmp_path / "partial"  # SST-2 whole, QNLI without its train file, no MNLI or QQP
+    shutil.copytree(glue_dir / "SST-2", partial / "SST-2")
+    shutil.copytree(glue_dir / "QNLI", partial / "QNLI")
+    (partial / "QNLI" / "train.tsv").unlink()
+    settings = resolve_settings({"glue_dir": str(partial), "tasks": ["sst2", "mnli", "qnli", "qqp"]})
     run, skipped = plan_tasks(settings)
     assert run == ["sst2"]
     assert set(skipped) == {"mnli", "qnli", "qqp"}
