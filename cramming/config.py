@@ -74,6 +74,12 @@ def validate_arch(arch: Mapping) -> None:
 
 
 def validate_train(train: Mapping) -> None:
+    from cramming.optim import check_optimizer
+
+    try:
+        check_optimizer(train)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     _require(
         train["schedule"] in SCHEDULES,
         f"train.schedule={train['schedule']!r} is not one of {list(SCHEDULES)}",

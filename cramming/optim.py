@@ -1,5 +1,8 @@
 """The one AdamW builder: pretraining, fine-tuning and the benchmarks all get their optimizer here.
 
+``train.optimizer=muon`` (pretraining only) gives Muon for the hidden matrices and this AdamW for the
+rest, stepped as one optimizer (``cramming.muon``); fine-tuning always takes AdamW.
+
 Parameter groups follow the recipe: weight decay on matrices only, none on norms, biases and
 scalars; a tied weight (the decoder sharing the embedding matrix) appears once. The
 implementation is the fastest correct one for the device: fused on GPU and on CPU too, where
@@ -9,18 +12,25 @@ passes (``benchmarks/bench_optim.py`` measures both; ``tests/test_optim.py`` che
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
+from cramming.muon import MuonAdamW, build_muon_adamw, muon_settings
+
 IMPLEMENTATIONS = ("fused", "foreach")
+OPTIMIZERS = ("adamw", "muon")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """[matrices with ``weight_decay``, vectors and scalars without]; each parameter once."""
+def param_groups(model: torch.nn.Module | Iterable[torch.Tensor], weight_decay: float) -> list[dict]:
+    """[matrices with ``weight_decay``, vectors and scalars without]; each parameter once.
+
+    ``model``: a module, or the parameters themselves (Muon's recipe gives AdamW only some).
+    """
     decay, no_decay = [], []
     seen: set[int] = set()
-    for param in model.parameters():
+    params = model.parameters() if isinstance(model, torch.nn.Module) else model
+    for param in params:
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))  # the tied decoder shares the embedding matrix
@@ -38,7 +48,7 @@ def adamw_implementation(device: torch.device) -> str:
 
 
 def build_adamw(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Iterable[torch.Tensor],
     *,
     lr: float,
     betas: tuple[float, float],
@@ -62,21 +72,36 @@ def build_adamw(
     )
 
 
+def check_optimizer(train: Mapping) -> None:
+    """A ValueError naming a bad ``train.optimizer`` or ``train.muon.*`` value."""
+    if train["optimizer"] not in OPTIMIZERS:
+        raise ValueError(
+            f"train.optimizer={train['optimizer']!r} is not supported; accepted: {list(OPTIMIZERS)}"
+        )
+    if train["optimizer"] == "muon":
+        muon_settings(train)
+
+
 def build_optimizer(
     model: torch.nn.Module, train: Mapping, device: torch.device, implementation: str | None = None
-) -> torch.optim.AdamW:
-    """Pretraining's optimizer from ``cfg.train`` (optimizer, lr, betas, eps, weight_decay)."""
-    if train["optimizer"] != "adamw":
-        raise ValueError(f"train.optimizer={train['optimizer']!r} is not supported; accepted: ['adamw']")
-    return build_adamw(
-        model,
-        lr=train["lr"],
-        betas=tuple(train["betas"]),
-        eps=train["eps"],
-        weight_decay=train["weight_decay"],
-        device=device,
-        implementation=implementation,
-    )
+) -> torch.optim.AdamW | MuonAdamW:
+    """Pretraining's optimizer from ``cfg.train`` (optimizer, lr, betas, eps, weight_decay, muon)."""
+    check_optimizer(train)
+
+    def adamw(params) -> torch.optim.AdamW:
+        return build_adamw(
+            params,
+            lr=train["lr"],
+            betas=tuple(train["betas"]),
+            eps=train["eps"],
+            weight_decay=train["weight_decay"],
+            device=device,
+            implementation=implementation,
+        )
+
+    if train["optimizer"] == "muon":
+        return build_muon_adamw(model, train, adamw)
+    return adamw(model)
 
 
 def implementation_of(optimizer: torch.optim.Optimizer) -> str:
