@@ -38,6 +38,7 @@ from cramming.model import build_mlm, count_parameters
 from cramming.optim import build_optimizer
 from cramming.perf import MFUMeter, flops_per_token
 from cramming.plots import plot_run
+from cramming.report import environment, report_at_end
 from cramming.runtime import CompiledStep, Runtime, make_runtime
 from cramming.tracking import Tracker, format_line
 
@@ -614,6 +615,8 @@ class Pretrainer:
             "data_wait": self.batches.waited / max(self.loop_seconds, 1e-9),  # this process's loop
             "compiled": self.step.module is not self.step.eager,
             "compile_s": self.step.compile_seconds,  # the first step's time, compilation included
+            "kernels": ops.describe(self.runtime.device),  # what ran, for the run report
+            "environment": environment(),  # versions and git revision
             "finished": True,
         }
         if self.saved_step != self.progress.step:
@@ -623,6 +626,7 @@ class Pretrainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             plot_run(self.run_dir)
             log.info("exported model to %s", self.run_dir / "model")
+            report_at_end(self.run_dir)  # RUN/report.html (rewritten by GLUE when eval=glue)
         self.tracker.finish(summary)
         return summary
 
