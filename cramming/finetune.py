@@ -32,7 +32,6 @@ from cramming.conf import CONF_PATH
 from cramming.export import CONFIG, save_export
 from cramming.model import CLASSIFIER_HEADS
 from cramming.report import report_at_end
-from cramming.report import report_at_end
 from cramming.runtime import make_runtime
 from cramming.tabular import Examples, bad_row, check_bad_rows, load_examples, write_table
 from cramming.tracking import log_to_file, setup_logging
@@ -327,7 +326,6 @@ def run_finetune(cfg: Mapping) -> dict:
     with log_to_file(out_dir / "finetune.log"):
         summary = train_and_evaluate(cfg, pretrained, out_dir, task, labels, prepared)
     log.info("wrote the fine-tuned model and metrics to %s", out_dir)
-    report_at_end(out_dir)  # the run folder's report.html, now with this fine-tuning
     report_at_end(out_dir)  # the run folder's report.html, now with this fine-tuning
     return {**summary, "out_dir": str(out_dir)}
 
