@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -127,7 +128,8 @@ class BudgetClock:
         self.spent_before = elapsed
 
 
-SCHEDULES = ("budget-triangle2", "budget-cosine", "budget-linear", "constant")
+SCHEDULES = ("budget-triangle2", "budget-cosine", "budget-linear", "wsd", "constant")
+DECAY_SHAPES = ("linear", "1-sqrt")
 
 
 def cosine_with_warmup(p: float, warmup_fraction: float) -> float:
@@ -142,7 +144,26 @@ def cosine_with_warmup(p: float, warmup_fraction: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def lr_factor(schedule: str, p: float, warmup_fraction: float = 0.1) -> float:
+def warmup_stable_decay(p: float, warmup_fraction: float, decay_fraction: float, shape: str) -> float:
+    """The trapezoid: linear warm-up from 0 over ``warmup_fraction``, the peak, then a cool-down to 0
+    over the last ``decay_fraction`` of the budget, ``linear`` (1 - q) or ``1-sqrt`` (1 - sqrt(q)),
+    q the fraction of the cool-down done (Hägele et al. 2024 found 1-sqrt the better cool-down)."""
+    p = min(max(p, 0.0), 1.0)
+    if p < warmup_fraction:
+        return p / warmup_fraction
+    q = (p - (1.0 - decay_fraction)) / decay_fraction
+    if q <= 0.0:
+        return 1.0
+    return max(0.0, 1.0 - q) if shape == "linear" else max(0.0, 1.0 - math.sqrt(min(q, 1.0)))
+
+
+def lr_factor(
+    schedule: str,
+    p: float,
+    warmup_fraction: float = 0.1,
+    decay_fraction: float = 0.2,
+    decay_shape: str = "linear",
+) -> float:
     """Multiplier of the peak learning rate at budget fraction ``p``."""
     p = min(max(p, 0.0), 1.0)
     if schedule == "budget-triangle2":
@@ -155,9 +176,37 @@ def lr_factor(schedule: str, p: float, warmup_fraction: float = 0.1) -> float:
         if p < warmup_fraction:
             return p / warmup_fraction
         return max(0.0, (1.0 - p) / max(1e-12, 1.0 - warmup_fraction))
+    if schedule == "wsd":
+        check_wsd(warmup_fraction, decay_fraction, decay_shape)
+        return warmup_stable_decay(p, warmup_fraction, decay_fraction, decay_shape)
     if schedule == "constant":
         return 1.0
     raise ValueError(f"train.schedule={schedule!r} is not one of {list(SCHEDULES)}")
+
+
+def check_wsd(warmup_fraction: float, decay_fraction: float, decay_shape: str) -> None:
+    """A ValueError naming a ``wsd`` setting that leaves no trapezoid."""
+    if decay_shape not in DECAY_SHAPES:
+        raise ValueError(f"train.decay_shape={decay_shape!r} is not one of {list(DECAY_SHAPES)}")
+    if not 0.0 < decay_fraction <= 1.0:
+        raise ValueError(f"train.decay_fraction={decay_fraction!r} must lie in (0, 1]")
+    if not 0.0 <= warmup_fraction <= 1.0 - decay_fraction:
+        raise ValueError(
+            f"train.warmup_fraction={warmup_fraction!r} must lie in [0, 1 - train.decay_fraction] = "
+            f"[0, {1.0 - decay_fraction:g}] for train.schedule=wsd (warm-up and cool-down may not overlap)"
+        )
+
+
+def schedule_factor(train: Mapping, p: float) -> float:
+    """``lr_factor`` for ``cfg.train``'s schedule keys (schedule, warmup_fraction, decay_fraction,
+    decay_shape) at budget fraction ``p``."""
+    return lr_factor(
+        train["schedule"],
+        p,
+        float(train["warmup_fraction"]),
+        float(train.get("decay_fraction", 0.2)),
+        str(train.get("decay_shape", "linear")),
+    )
 
 
 def batch_size_at(p: float, start: int, final: int, ramp_fraction: float) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
-from cramming.budget import SCHEDULES, Budget, parse_budget
+from cramming.budget import SCHEDULES, Budget, parse_budget, schedule_factor
 
 ARCH_KEYS = (
     "hidden_size",
@@ -85,6 +85,11 @@ def validate_train(train: Mapping) -> None:
         f"train.schedule={train['schedule']!r} is not one of {list(SCHEDULES)}",
     )
     _require(_num("train.lr", train["lr"]) > 0, f"train.lr={train['lr']!r} must be positive")
+    if train["schedule"] == "wsd":
+        try:
+            schedule_factor(train, 0.0)  # checks the warm-up and cool-down fractions and the shape
+        except (TypeError, ValueError) as err:
+            raise ConfigError(str(err)) from None
     for key in ("microbatch_size", "batch_size", "batch_size_start"):
         _require(
             _num(f"train.{key}", train[key], int) >= 1,

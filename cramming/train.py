@@ -18,7 +18,7 @@ import torch
 
 from cramming import distributed, ops
 from cramming.bert_family import build_pretraining, uses_bert_family
-from cramming.budget import Budget, BudgetClock, accumulation_steps, lr_factor
+from cramming.budget import Budget, BudgetClock, accumulation_steps, schedule_factor
 from cramming.checkpoint import (
     all_finite,
     find_checkpoint,
@@ -398,7 +398,7 @@ class Pretrainer:
         t, micro = self.train_cfg, int(self.train_cfg["microbatch_size"])
         # train.batch_size is the global batch: each of the ranks does 1/world_size of it.
         accum = accumulation_steps(p, micro * self.runtime.world_size, *self.ramp())
-        schedule = lr_factor(t["schedule"], p, float(t["warmup_fraction"]))
+        schedule = schedule_factor(t, p)  # train.schedule and its fractions
         lr = float(t["lr"]) * self.progress.lr_scale * schedule
         number = self.progress.step + 1
         inject = number in self.nan_steps
