@@ -4,11 +4,19 @@ The pretraining app with two changes: ``arch`` is the teacher's with ``student.n
 the trainer is ``DistillTrainer``, the Pretrainer whose model is a ``Distiller`` (student + frozen
 teacher) and whose export is the student alone. Budget clock, LR schedule, batch ramp, logging,
 checkpoints, ``resume=true`` and DDP are the pretraining loop's own.
+
+Defaults picked from the command line before Hydra composes the config (``distill_overrides``):
+``train=`` is the teacher's arch's own recipe, as pretraining picks ``train=${arch}`` (a ``tiny`` teacher gets
+``train=tiny``, a ``crammed-bert`` one ``train=crammed-bert``), and ``distill.recipe=distilbert`` expands to
+the released DistilBERT's settings (``cramming.distillation.DISTILBERT``); the user's own overrides win.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import re
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import hydra
@@ -18,6 +26,7 @@ from cramming.bert_family import uses_bert_family
 from cramming.cli import fail, pretrain_main, run_app
 from cramming.conf import CONF_PATH
 from cramming.distillation import (
+    DISTILBERT,
     Distiller,
     check_distill_config,
     check_same_vocabulary,
@@ -32,6 +41,8 @@ from cramming.files import file_sha256
 from cramming.model import count_parameters
 from cramming.perf import flops_per_token
 from cramming.train import Pretrainer
+
+log = logging.getLogger("cramming")
 
 
 class DistillTrainer(Pretrainer):
@@ -81,6 +92,46 @@ class DistillTrainer(Pretrainer):
         )
 
 
+def teacher_train_recipe(teacher_config: Mapping) -> str:
+    """The ``train=`` preset pretraining picks for the teacher's arch (``train: ${arch}``); a distilled
+    student used as a teacher (``tiny-student1L``) counts as its own teacher's arch."""
+    name = str(teacher_config["arch"].get("name") or "crammed-bert")
+    return re.sub(r"(-student\d+L)+$", "", name)
+
+
+def distill_overrides(args: Sequence[str]) -> list[str]:
+    """``args`` with the distillation defaults put in front of the user's overrides (the user's win).
+
+    No ``train=``: the teacher's recipe (``teacher_train_recipe``). ``distill.recipe=distilbert``: the
+    ``DISTILBERT`` settings. A missing or unreadable teacher adds nothing (``resolve_student`` reports it).
+    """
+    args = list(args)
+    values = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    added = []
+    if "train" not in values and "teacher" in values:
+        try:
+            added.append(f"train={teacher_train_recipe(check_teacher(values['teacher']))}")
+        except ValueError:
+            pass
+    if values.get("distill.recipe") == "distilbert":
+        added += [f"{key}={value}" for key, value in DISTILBERT.items()]
+    first = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
+    return args[:first] + added + args[first:]
+
+
+def note_recipe_deviations(cfg: DictConfig) -> None:
+    """distill.recipe=distilbert with some of its settings overridden: say which (they are kept)."""
+    if cfg.distill.get("recipe") != "distilbert":
+        return
+    for key, want in DISTILBERT.items():
+        got = OmegaConf.select(cfg, key)
+        got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+        if got != want:
+            log.warning(
+                "distill.recipe=distilbert with %s=%s (DistilBERT: %s): the override is kept", key, got, want
+            )
+
+
 def resolve_student(cfg: DictConfig) -> None:
     """Fill ``cfg.arch`` (the student's) and default ``data.tokenizer.path`` to the teacher's; ValueError on bad input."""
     if OmegaConf.is_missing(cfg, "teacher"):
@@ -88,6 +139,7 @@ def resolve_student(cfg: DictConfig) -> None:
     teacher = Path(str(cfg.teacher)).expanduser()
     config = check_teacher(teacher)
     check_distill_config(cfg.distill)
+    note_recipe_deviations(cfg)
     if uses_bert_family(cfg.data):
         raise ValueError(
             f"data.objective={cfg.data.get('objective')!r} / data.masking={cfg.data.get('masking')!r}: "
@@ -114,6 +166,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    sys.argv[1:] = distill_overrides(sys.argv[1:])
     run_app(hydra_main)
 
 

@@ -23,6 +23,24 @@ from cramming.model import IGNORE_INDEX, BertForMLM, Encoder
 
 SOFT_TARGETS = ("masked", "all")
 COSINE_LAYERS = ("last", "aligned")
+RECIPES = ("crammed", "distilbert")
+
+# distill.recipe=distilbert: the settings of the released DistilBERT code (transformers' research project
+# `distillation`: train.py and distiller.py defaults) where this loop has them. Applied as command-line
+# overrides placed before the user's own, so any of them can still be overridden.
+DISTILBERT = {
+    "distill.soft_targets": "all",  # KL at every non-padding position (no --restrict_ce_to_mask)
+    "data.mlm_probability": 0.15,  # mlm_mask_prop, 80/10/10 (word_mask/word_rand/word_keep)
+    "train.optimizer": "adamw",
+    "train.lr": 5.0e-4,
+    "train.betas": [0.9, 0.98],
+    "train.eps": 1.0e-6,
+    "train.weight_decay": 0.0,
+    "train.grad_clip": 5.0,  # max_grad_norm
+    "train.schedule": "budget-linear",  # get_linear_schedule_with_warmup
+    "train.warmup_fraction": 0.05,  # warmup_prop
+    "train.batch_ramp_fraction": 0.0,  # one batch size throughout (train.batch_size), no ramp
+}
 
 
 # -- the teacher ---------------------------------------------------------------------------------------
@@ -244,6 +262,8 @@ def check_distill_config(cfg: Mapping) -> None:
         raise ValueError(f"distill.temperature={t!r} must be a number > 0")
     if cfg["soft_targets"] not in SOFT_TARGETS:
         raise ValueError(f"distill.soft_targets={cfg['soft_targets']!r} is not one of {list(SOFT_TARGETS)}")
+    if cfg.get("recipe", "crammed") not in RECIPES:
+        raise ValueError(f"distill.recipe={cfg['recipe']!r} is not one of {list(RECIPES)}")
     if cfg["cosine_layers"] not in COSINE_LAYERS:
         raise ValueError(
             f"distill.cosine_layers={cfg['cosine_layers']!r} is not one of {list(COSINE_LAYERS)}"

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -11,16 +12,19 @@ from hydra import compose, initialize_config_dir
 from tiny_export import build_tiny_classifier, tiny_arch, train_tokenizer
 from tokenizers import Tokenizer, normalizers
 
+import cramming.distill as distill_cli
 from cramming.conf import CONF_PATH
 from cramming.data.tokenizer import attach_post_processor
-from cramming.distill import distill_main
+from cramming.distill import distill_main, distill_overrides, teacher_train_recipe
 from cramming.distillation import (
     Distiller,
     check_distill_config,
     check_same_vocabulary,
     check_teacher,
+    cosine_loss,
     init_student,
     layer_map,
+    soft_target_loss,
     student_arch,
 )
 from cramming.export import load_model, save_export
@@ -237,3 +241,120 @@ def test_bench_inference_writes_teacher_and_student_side_by_side(exports, tmp_pa
     assert saved["parameter_ratio"] == pytest.approx(result["parameter_ratio"])
     table = (tmp_path / "out" / "inference_t.md").read_text()
     assert "| cpu (float32) | student | 1 |" in table and "| cpu (float32) | teacher | 2 |" in table
+
+
+# -- the loss terms against values computed by hand ------------------------------------------------------
+def test_soft_target_loss_is_t_squared_kl_teacher_to_student_on_hand_built_logits():
+    """Catches a dropped T², an unsoftened (T=1) softmax, KL in the wrong direction, or a sum instead of a
+    mean over positions: two positions whose KL is known in closed form."""
+    t = 2.0
+    # position 0: teacher softmax(z/T) = (3/4, 1/4), student (1/2, 1/2); position 1: both (1/2, 1/2)
+    teacher = torch.tensor([[2 * math.log(3.0), 0.0], [0.0, 0.0]])
+    student = torch.zeros(2, 2)
+    kl_t_s = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL(teacher ‖ student), 0.1308
+    kl_s_t = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)  # the swapped direction, 0.1438
+    want = t * t * kl_t_s / 2  # mean over the 2 positions
+    got = float(soft_target_loss(student, teacher, t))
+    assert got == pytest.approx(want, rel=1e-6)
+    assert got != pytest.approx(t * t * kl_s_t / 2, rel=1e-3)  # not KL(student ‖ teacher)
+    assert got != pytest.approx(kl_t_s / 2, rel=1e-3)  # not without T²
+    # unsoftened: softmax(teacher) = (9/10, 1/10) would give another value
+    kl_unsoftened = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert got != pytest.approx(t * t * kl_unsoftened / 2, rel=1e-3)
+
+
+def test_cosine_loss_is_one_minus_cosine_averaged_over_rows():
+    """Catches 1 + cos, cos alone, or a sum over rows: rows at 45° and 90° give (1 - 1/√2 + 1) / 2."""
+    student = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    teacher = torch.tensor([[1.0, 1.0], [2.0, 0.0]])
+    assert float(cosine_loss(student, teacher)) == pytest.approx((1 - 1 / math.sqrt(2) + 1.0) / 2, rel=1e-6)
+
+
+def independent_terms(student, teacher, ids, labels, temperature: float, where: str) -> dict[str, float]:
+    """KL·T², CE and 1 - cos from the two models' own forward passes, written out without the Distiller."""
+    with torch.no_grad():
+        s_logits, t_logits = student(ids)["logits"], teacher(ids)["logits"]  # (B, T, V)
+        s_hidden, t_hidden = student.encoder(ids), teacher.encoder(ids)  # (B, T, H)
+    masked = labels != -100  # (B, T)
+    rows = masked if where == "masked" else torch.ones_like(masked)
+    log_ps = torch.log_softmax(s_logits[rows].double() / temperature, -1)
+    pt = torch.softmax(t_logits[rows].double() / temperature, -1)
+    kl = float((pt * (pt.log() - log_ps)).sum(-1).mean()) * temperature**2
+    log_p = torch.log_softmax(s_logits[masked].double(), -1)
+    ce = float(-log_p.gather(1, labels[masked].unsqueeze(1)).mean())
+    s, t = (
+        s_hidden.reshape(-1, s_hidden.shape[-1]).double(),
+        t_hidden.reshape(-1, t_hidden.shape[-1]).double(),
+    )
+    cos = float((1 - (s * t).sum(-1) / (s.norm(dim=-1) * t.norm(dim=-1))).mean())
+    return {"kl": kl, "ce": ce, "cos": cos}
+
+
+@pytest.mark.parametrize("soft_targets", ["masked", "all"])
+@pytest.mark.parametrize("weights", [(5.0, 2.0, 1.0), (0.3, 1.7, 4.0)])
+def test_distiller_total_is_the_weighted_sum_of_independently_computed_terms(soft_targets, weights):
+    """Catches any dropped or swapped term or weight, a missing T², the KL on the wrong positions, or the
+    MLM loss on unmasked ones: student != teacher, every term computed here from the models themselves."""
+    alpha_ce, alpha_mlm, alpha_cos = weights
+    cfg = {**DISTILL, "alpha_ce": alpha_ce, "alpha_mlm": alpha_mlm, "alpha_cos": alpha_cos,
+           "temperature": 3.0, "soft_targets": soft_targets}  # fmt: skip
+    teacher = teacher_of(2, init_std=0.2)
+    torch.manual_seed(5)
+    student = BertForMLM({**teacher.arch, "num_layers": 1}, VOCAB).eval()  # unrelated weights
+    ids, labels = batch()
+    out = Distiller(student, teacher, cfg)(ids, labels)
+    want = independent_terms(student, teacher, ids, labels, 3.0, soft_targets)
+    assert min(want.values()) > 1e-3  # every term is non-trivial, so dropping one shows
+    assert float(out["kl_loss"]) == pytest.approx(want["kl"], rel=1e-4)
+    assert float(out["mlm_loss"]) == pytest.approx(want["ce"], rel=1e-4)
+    assert float(out["cosine_loss"]) == pytest.approx(want["cos"], rel=1e-4)
+    total = alpha_ce * want["kl"] + alpha_mlm * want["ce"] + alpha_cos * want["cos"]
+    assert float(out["loss"].detach()) == pytest.approx(total, rel=1e-4)
+
+
+# -- defaults: the train recipe follows the teacher, distill.recipe=distilbert ----------------------------
+def compose_distill(args: list[str]):
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
+        return compose("distill", overrides=distill_overrides(args))
+
+
+def test_default_train_recipe_is_the_teachers_arch_recipe(exports, monkeypatch):
+    """Catches a tiny teacher's student getting bert-o4 (a batch ramp to 8192) instead of train=tiny."""
+    teacher = exports["mlm"]
+    assert teacher_train_recipe({"arch": {"name": "tiny-student1L-student1L"}}) == "tiny"
+    assert teacher_train_recipe({"arch": {"name": "crammed-bert"}}) == "crammed-bert"
+    assert "train=tiny" in distill_overrides([f"teacher={teacher}"])
+    cfg = compose_distill([f"teacher={teacher}"])
+    tiny = compose_distill([f"teacher={teacher}", "train=tiny"])
+    assert cfg.train == tiny.train and cfg.train.batch_size == 64  # train=tiny is train=cpu's 64, not 8192
+    assert (
+        compose_distill([f"teacher={teacher}", "train=bert-o4"]).train.batch_size == 8192
+    )  # an explicit choice wins
+    assert compose_distill([f"teacher={teacher}", "train.batch_size=32"]).train.batch_size == 32
+    seen = {}  # the CLI entry point applies the same defaults to sys.argv
+    monkeypatch.setattr(distill_cli, "run_app", lambda app: seen.update(argv=list(sys.argv)))
+    monkeypatch.setattr(sys, "argv", ["cramming.distill", f"teacher={teacher}", "budget=1steps"])
+    distill_cli.main()
+    assert seen["argv"] == ["cramming.distill", "train=tiny", f"teacher={teacher}", "budget=1steps"]
+
+
+def test_distilbert_recipe_switch_sets_the_released_settings_and_user_overrides_win(exports):
+    """Catches distill.recipe=distilbert leaving any of DistilBERT's settings at this project's values, or
+    overriding what the user set on the command line."""
+    cfg = compose_distill([f"teacher={exports['mlm']}", "distill.recipe=distilbert"])
+    assert cfg.distill.soft_targets == "all" and cfg.data.mlm_probability == 0.15
+    assert (cfg.train.optimizer, cfg.train.lr, list(cfg.train.betas), cfg.train.eps) == (
+        "adamw",
+        5e-4,
+        [0.9, 0.98],
+        1e-6,
+    )
+    assert (cfg.train.weight_decay, cfg.train.grad_clip, cfg.train.schedule) == (0.0, 5.0, "budget-linear")
+    assert (cfg.train.warmup_fraction, cfg.train.batch_ramp_fraction) == (0.05, 0.0)
+    default = compose_distill([f"teacher={exports['mlm']}"])
+    assert default.distill.recipe == "crammed" and default.distill.soft_targets == "masked"
+    assert default.data.mlm_probability == 0.25 and default.train.lr == 1e-3
+    mine = compose_distill([f"teacher={exports['mlm']}", "distill.recipe=distilbert", "train.lr=1e-3"])
+    assert mine.train.lr == 1e-3 and mine.distill.soft_targets == "all"
+    with pytest.raises(ValueError, match="distill.recipe='distil' is not one of"):
+        check_distill_config({**DISTILL, "recipe": "distil"})
