@@ -7,12 +7,20 @@ runs is chosen per op from ``cfg.impl``:
 - ``impl.ops.<op>``: the same choice for one op (``layer_norm``, ``gelu``, ``attention``).
 
 ``auto`` runs Triton on CUDA tensors, the Triton interpreter on CPU tensors when
-``TRITON_INTERPRET=1``, and the PyTorch reference otherwise (with one warning).
+``TRITON_INTERPRET=1``, and the PyTorch reference otherwise (with one warning). Under
+``torch.compile`` (``configure(..., compiled=True)``) ``auto`` keeps LayerNorm and GELU in
+PyTorch, where Inductor fuses them with the neighbouring add, cast and matmul epilogue
+(``AUTO_UNDER_COMPILE``); an op moves to Triton there only once a GPU table shows the kernel faster.
 ``impl`` may change speed and precision, never results.
+
+Everything is resolved in ``configure`` (once per process, or per entry point): the forward pass
+reads one plain dict, so it makes no ``importlib``/``os.environ`` call that ``torch.compile`` would
+have to trace (on torch < 2.12 such a call breaks the graph at every kernel).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -26,26 +34,45 @@ from cramming.kernels.norm_ref import layer_norm_ref, layer_norm_residual_ref
 
 CHOICES = ("auto", "triton", "torch")
 OPS = ("layer_norm", "gelu", "attention")
+DEVICE_TYPES = ("cpu", "cuda")
+# What ``auto`` picks on a GPU when the step is compiled. LayerNorm under bf16 autocast with the fp32
+# residual stream: Inductor fuses add + LayerNorm + cast in one pass (~12 bytes per element) where the
+# kernel needs casts around it (~28); GELU/GeGLU fuse into Inductor's elementwise kernels the same way.
+# Attention stays Triton until benchmarks/bench_attention.py on a GPU says SDPA is faster at T=128.
+AUTO_UNDER_COMPILE = {"layer_norm": "torch", "gelu": "torch", "attention": "triton"}
 
 _choice: dict[str, str] = {op: "auto" for op in OPS}
+_compiled = False
+# (device type) -> {op: "triton" | "triton-interpreter" | "torch"}, rebuilt by configure / self_check
+_plan: dict[str, dict[str, str]] = {}
+_checks: dict[str, str] = {}  # op -> "passed" | "failed: <why>" from the last self_check
 _warned: set[str] = set()
 
 
-def configure(impl_cfg: Mapping | None) -> dict[str, str]:
-    """Set the implementation of every op from an ``impl`` config; returns the choice per op."""
+def configure(impl_cfg: Mapping | None, compiled: bool = False) -> dict[str, str]:
+    """Set the implementation of every op from an ``impl`` config; returns the choice per op.
+
+    ``compiled``: the model runs under ``torch.compile`` (``auto`` then follows ``AUTO_UNDER_COMPILE``).
+    """
+    global _compiled
     impl_cfg = impl_cfg or {}
     default = str(impl_cfg.get("kernels", "auto"))
     overrides = impl_cfg.get("ops") or {}
     unknown = set(overrides) - set(OPS)
     if unknown:
         raise ValueError(f"impl.ops has unknown op(s) {sorted(unknown)}; known ops: {list(OPS)}")
+    choice = {}
     for op in OPS:
         value = overrides.get(op) or default
         if value not in CHOICES:
             raise ValueError(f"impl kernel choice {value!r} for {op} is not one of {list(CHOICES)}")
-        _choice[op] = value
-    if any(v == "triton" for v in _choice.values()) and not triton_available():
+        choice[op] = value
+    if any(v == "triton" for v in choice.values()) and not triton_available():
         raise ValueError("impl.kernels=triton asks for Triton, but the triton package is not importable")
+    _choice.update(choice)
+    _compiled = bool(compiled)
+    _checks.clear()
+    _build_plan()
     return dict(_choice)
 
 
@@ -53,29 +80,46 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+def _build_plan() -> None:
+    """Resolve every op for every device type now, from the environment as it is now."""
+    has_triton = triton_available()
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    _plan.clear()
+    for device_type in DEVICE_TYPES:
+        interpreted = device_type == "cpu" and interpreting
+        _plan[device_type] = {}
+        for op in OPS:
+            choice = _choice[op]
+            if choice == "auto" and _compiled and device_type == "cuda":
+                choice = AUTO_UNDER_COMPILE[op]
+            runs_triton = choice == "triton" or (
+                choice == "auto" and has_triton and (device_type == "cuda" or interpreted)
+            )
+            _plan[device_type][op] = (
+                ("triton-interpreter" if interpreted else "triton") if runs_triton else "torch"
+            )
 
 
 def resolve(op: str, device: torch.device | str) -> str:
     """What runs for ``op`` on tensors of ``device``: ``triton``, ``triton-interpreter`` or ``torch``."""
-    device = torch.device(device)
-    choice = _choice[op]
-    interpreted = device.type == "cpu" and _interpreting()
-    if choice == "triton" or (
-        choice == "auto" and triton_available() and (device.type == "cuda" or interpreted)
-    ):
-        return "triton-interpreter" if interpreted else "triton"
-    return "torch"
+    if not _plan:
+        _build_plan()
+    return _plan.get(torch.device(device).type, {}).get(op, "torch")
 
 
 def describe(device: torch.device | str) -> dict[str, str]:
     return {op: resolve(op, device) for op in OPS}
 
 
+def self_check_results() -> dict[str, str]:
+    """Per op: ``passed``, ``failed: <why>`` (auto: PyTorch ran instead), or absent (not checked)."""
+    return dict(_checks)
+
+
 def _use_triton(op: str, tensor: torch.Tensor) -> bool:
-    use = resolve(op, tensor.device) != "torch"
-    if not use and _choice[op] == "auto" and not _warned:
+    use = _plan.get(tensor.device.type, {}).get(op, "torch") != "torch"
+    # no logging while torch.compile traces (a graph break); the eager first call warns
+    if not use and _choice[op] == "auto" and not _warned and not torch.compiler.is_compiling():
         _warned.add(op)
         logging.getLogger("cramming").warning(
             "impl.kernels=auto: no Triton path for %s tensors here (TRITON_INTERPRET=1 runs the interpreter); "
@@ -189,8 +233,11 @@ def _agrees(kernels, kernel_call, reference_call, inputs) -> bool:
 def self_check(device: torch.device | str, dtype: torch.dtype = torch.float32) -> dict[str, str]:
     """Run each op that resolves to Triton once on small inputs, forward and backward, against its reference.
 
-    An op whose kernel fails to compile or disagrees falls back to the PyTorch reference for the
-    rest of the process, with a warning naming the error, instead of crashing a long run later.
+    ``auto``: an op whose kernel fails to compile or disagrees falls back to the PyTorch reference for
+    the rest of the process, with a warning naming the error, instead of crashing a long run later.
+    ``triton`` (asked for by name): the same failure is a RuntimeError, so a run labelled Triton never
+    runs PyTorch. The probes launch fixed tiles, never the autotuner: autotuning on these tiny shapes
+    would fill its cache for the real shapes that share a key (T bucket, head dim, mask) with them.
     """
     device = torch.device(device)
     kernels = None
@@ -199,16 +246,42 @@ def self_check(device: torch.device | str, dtype: torch.dtype = torch.float32) -
             continue
         try:
             kernels = kernels or _kernels()
-            good = all(_agrees(kernels, *probe) for probe in _probe(op, device, dtype))
+            with _fixed_tiles():
+                good = all(_agrees(kernels, *probe) for probe in _probe(op, device, dtype))
             problem = None if good else "results differ from the PyTorch reference"
         except Exception as err:  # compilation or launch errors of any kind
             problem = f"{type(err).__name__}: {err}"
-        if problem:
-            _choice[op] = "torch"
-            logging.getLogger("cramming").warning(
-                "%s: the Triton kernel failed its start-up check on %s (%s); using the PyTorch reference",
-                op,
-                device,
-                str(problem)[:300],
+        _checks[op] = "passed" if problem is None else f"failed: {str(problem)[:300]}"
+        if problem is None:
+            continue
+        if _choice[op] == "triton":
+            raise RuntimeError(
+                f"impl.kernels=triton (or impl.ops.{op}=triton): the {op} kernel failed its start-up check "
+                f"on {device} ({str(problem)[:300]}); use impl.kernels=auto to fall back to PyTorch, "
+                f"or impl.ops.{op}=torch"
             )
+        _choice[op] = "torch"
+        _build_plan()
+        logging.getLogger("cramming").warning(
+            "%s: the Triton kernel failed its start-up check on %s (%s); using the PyTorch reference",
+            op,
+            device,
+            str(problem)[:300],
+        )
     return describe(device)
+
+
+@contextlib.contextmanager
+def _fixed_tiles():
+    """Kernels launch their first listed tile instead of autotuning (see ``self_check``)."""
+    from cramming.kernels import _utils
+
+    previous = _utils.AUTOTUNE
+    _utils.AUTOTUNE = False
+    try:
+        yield
+    finally:
+        _utils.AUTOTUNE = previous
+
+
+_build_plan()  # the environment at import; configure() resolves again

@@ -35,7 +35,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # default: Inductor's fused kernels; max-autotune-no-cudagraphs: also benchmarks matmul/Triton templates
 # (longer compile, sometimes faster steps); reduce-overhead: CUDA graphs (less launch overhead; keeps
-# static copies of inputs, so more memory).
+# static copies of inputs, so more memory; one microbatch per optimizer step only, see check_accumulation).
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
@@ -179,21 +179,45 @@ def set_threads(threads: int | None) -> int:
 def make_runtime(impl: Mapping | None) -> Runtime:
     """Threads, device (this rank's GPU under torchrun), kernels and precision from ``impl``.
 
-    On a GPU each Triton op is checked once against its PyTorch reference first: a kernel that
-    fails here falls back to PyTorch instead of killing a long run later.
+    On a GPU each Triton op is checked once against its PyTorch reference first: with ``auto`` a kernel
+    that fails here falls back to PyTorch instead of killing a long run later; with ``triton`` it is an
+    error. fp32 matmuls may use TF32 there (``allow_tf32``).
     """
     impl = resolve_impl(impl)
     threads = set_threads(impl["threads"])
     device = distributed.local_device(resolve_device(impl["device"]))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    ops.configure(impl)
+    compile = resolve_compile(impl["compile"], device)
+    ops.configure(impl, compiled=compile)  # auto leaves LayerNorm/GELU to Inductor under compile
     dtype = resolve_precision(impl["precision"], device)
     if device.type == "cuda":
+        allow_tf32()
         ops.self_check(device, dtype)
-    compile = resolve_compile(impl["compile"], device)
     rank, world = distributed.rank(), distributed.world_size()
     return Runtime(device, dtype, rank, world, threads, compile, impl["compile_mode"])
+
+
+def allow_tf32() -> None:
+    """fp32 matmuls (the fp32 parts outside autocast: optimizer-side math, fp32 runs, evaluation heads)
+    on TF32 tensor cores, 10 mantissa bits instead of 23, as Inductor and most training code assume.
+    CUDA only: on CPU the setting would pick bf16 matmul paths."""
+    torch.set_float32_matmul_precision("high")
+
+
+def check_accumulation(runtime: Runtime, max_microbatches: int) -> None:
+    """``impl.compile_mode=reduce-overhead`` (CUDA graphs) cannot accumulate gradients over microbatches:
+    the first backward's gradients live in the graph's memory pool and the next replay overwrites them.
+    ``max_microbatches``: the most microbatches any optimizer step of the run will take (batch ramp
+    included), so a ramp that reaches 2 only hours in is refused at the start."""
+    if runtime.compile and runtime.compile_mode == "reduce-overhead" and max_microbatches > 1:
+        raise ValueError(
+            f"impl.compile_mode=reduce-overhead cannot accumulate gradients, but this run's optimizer steps "
+            f"take up to {max_microbatches} microbatches (train.batch_size / train.microbatch_size, batch "
+            "ramp included): CUDA graph replays overwrite the gradients of the earlier microbatches. Use "
+            "impl.compile_mode=default or max-autotune-no-cudagraphs, or make train.microbatch_size equal "
+            "to the largest batch size"
+        )
 
 
 class CompiledStep:
@@ -206,7 +230,14 @@ class CompiledStep:
     The first compiled step's time (compilation included, counted against the budget) is logged once.
     """
 
-    def __init__(self, module: torch.nn.Module, runtime: Runtime, what: str = "training step"):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        runtime: Runtime,
+        what: str = "training step",
+        max_microbatches: int = 1,
+    ):
+        check_accumulation(runtime, max_microbatches)
         self.eager, self.what = module, what
         # dynamic=False: one specialised graph per shape; pretraining has one, fine-tuning a few buckets
         self.module = (

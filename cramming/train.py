@@ -190,7 +190,10 @@ class Pretrainer:
         self.optimizer = build_optimizer(self.model, self.train_cfg, runtime.device)
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
         wrapped = distributed.wrap_ddp(self.model, runtime.device)
-        self.step = CompiledStep(wrapped, runtime, "pretraining step")  # impl.compile, eager fallback
+        global_micro = int(self.train_cfg["microbatch_size"]) * runtime.world_size
+        most = max(accumulation_steps(p, global_micro, *self.ramp()) for p in (0.0, 1.0))  # the ramp's ends
+        # impl.compile, eager fallback; reduce-overhead is refused when steps accumulate microbatches
+        self.step = CompiledStep(wrapped, runtime, "pretraining step", max_microbatches=most)
         micro = int(self.train_cfg["microbatch_size"])
         self.loader = SequenceLoader(
             corpus.train, micro, seed=int(cfg["seed"]), rank=runtime.rank, world_size=runtime.world_size

@@ -22,6 +22,11 @@ import triton.language as tl
 
 # Read once, like triton itself (which reads it when @triton.jit decorates).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Autotuned kernels autotune (GPU only); False launches each kernel's first listed tile. Read once, not
+# at each launch: the launchers run inside torch.compile's trace. CRAMMING_AUTOTUNE=0 keeps short GPU
+# test runs from compiling every config for every shape; cramming.ops' self-check turns it off for its
+# tiny probes, which must not fill the autotune cache for the real shapes.
+AUTOTUNE = os.environ.get("CRAMMING_AUTOTUNE", "1") != "0"
 
 # The interpreter truncates fp32 -> bf16 on store (the GPU rounds to nearest even); `store`
 # rounds first there so interpreter results are the GPU's. A constexpr: free on the GPU.

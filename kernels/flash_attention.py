@@ -9,8 +9,8 @@ Four layers, top to bottom:
    128) take a single backward kernel instead: each program holds all keys of a (batch, head), so it
    writes dQ directly, with 5 matmuls instead of 7 and no preprocess launch.
 2. Launchers: allocate outputs, pick the grid and tile, launch. On a GPU the tile is autotuned per
-   (power-of-two bucket of T, D, mask, dtypes); ``CRAMMING_AUTOTUNE=0`` (read at each launch) uses the
-   first listed tile instead, which keeps GPU test runs from compiling every config for every shape.
+   (power-of-two bucket of T, D, mask, dtypes); ``CRAMMING_AUTOTUNE=0`` (read at import, see
+   ``_utils.AUTOTUNE``) uses the first listed tile instead, which keeps GPU test runs from compiling every config for every shape.
 3. Autograd: ``torch.library.triton_op`` + ``wrap_triton`` + ``register_autograd`` on GPU, so
    ``torch.compile`` sees through the op. Under ``TRITON_INTERPRET=1`` ``wrap_triton`` hands back the
    raw interpreted kernel, which cannot run on the fake tensors ``torch.compile`` traces with; there the
@@ -32,7 +32,6 @@ LSE holds the base-2 log-sum-exp of those scaled scores, +inf for rows without a
 """
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +39,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
+from . import _utils
 from ._utils import INTERPRET, define_op, launch, store
 
 LOG2E = 1.4426950408889634
@@ -86,7 +86,7 @@ def _autotuned(kernel, tiles: list[tuple], names: tuple[str, ...] = _BLOCKS):
 
 def _kernel_and_tile(kernel, tuned, tiles: list[tuple], names: tuple[str, ...] = _BLOCKS) -> tuple:
     """The launchable kernel and the launch kwargs that fix its tile (none when autotuning)."""
-    if tuned is not None and os.environ.get("CRAMMING_AUTOTUNE", "1") != "0":
+    if tuned is not None and _utils.AUTOTUNE:  # read through the module: ops' self-check switches it
         return launch(tuned), {}
     tile = (_INTERPRET_BLOCK,) * len(names) + (4, 1) if INTERPRET else tiles[0]
     return launch(kernel), {**dict(zip(names, tile[:-2])), "num_warps": tile[-2], "num_stages": tile[-1]}
@@ -147,10 +147,18 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, mask_base, stride_kt, stride_vt
 
 
 @triton.jit
+def _base(bx, stride_b, h, stride_h):
+    """The offset of (sequence bx, head h), in int64: program ids and strides are int32, and their product
+    passes 2**31 once the buffer does (q, k, v as views of one (B, T, 3, H, D) buffer at T=512 and
+    B of about 1,800), which would wrap around to a negative offset."""
+    return bx.to(tl.int64) * stride_b + tl.cast(h, tl.int64) * stride_h
+
+
+@triton.jit
 def _sequence(SEQ, b, T, VARLEN: tl.constexpr):
     """(bx, length) of sequence b. Padded batches: bx = b, length T. Packed sequences (varlen): bx is the
     sequence's first row, cu_seqlens[b], and the launcher passes row strides as batch strides, so
-    ``X + bx * stride_xb`` addresses the sequence either way."""
+    ``X + _base(bx, stride_xb, h, stride_xh)`` addresses the sequence either way."""
     if VARLEN:
         bx = tl.load(SEQ + b)
         length = tl.load(SEQ + b + 1) - bx
@@ -176,10 +184,10 @@ def _attn_fwd(Q, K, V, Out, LSE, MASK, SEQ,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    k_base = K + bx * stride_kb + h * stride_kh
-    v_base = V + bx * stride_vb + h * stride_vh
-    mask_base = MASK + bx * stride_mb
-    q = _load_rows(Q + bx * stride_qb + h * stride_qh, offs_m, offs_d, stride_qt, T, True, UPCAST)
+    k_base = K + _base(bx, stride_kb, h, stride_kh)
+    v_base = V + _base(bx, stride_vb, h, stride_vh)
+    mask_base = MASK + _base(bx, stride_mb, 0, 0)
+    q = _load_rows(Q + _base(bx, stride_qb, h, stride_qh), offs_m, offs_d, stride_qt, T, True, UPCAST)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -197,9 +205,9 @@ def _attn_fwd(Q, K, V, Out, LSE, MASK, SEQ,
     l_safe = tl.where(no_keys, 1.0, l_i)
     o = acc / l_safe[:, None]
     lse = tl.where(no_keys, float("inf"), m_i + tl.math.log2(l_safe))
-    o_ptrs = Out + bx * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
+    o_ptrs = Out + _base(bx, stride_ob, h, stride_oh) + offs_m[:, None] * stride_ot + offs_d[None, :]
     store(o_ptrs, o, (offs_m < T)[:, None])
-    tl.store(LSE + bx * stride_lb + h * stride_lh + offs_m, lse, mask=offs_m < T)
+    tl.store(LSE + _base(bx, stride_lb, h, stride_lh) + offs_m, lse, mask=offs_m < T)
 
 
 @triton.jit
@@ -214,9 +222,9 @@ def _attn_bwd_preprocess(Out, DO, DELTA, SEQ, stride_ob, stride_oh, stride_ot, s
             return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    o = _load_rows(Out + bx * stride_ob + h * stride_oh, offs_m, offs_d, stride_ot, T, True, True)
-    do = _load_rows(DO + bx * stride_dob + h * stride_doh, offs_m, offs_d, stride_dot, T, True, True)
-    tl.store(DELTA + bx * stride_lb + h * stride_lh + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
+    o = _load_rows(Out + _base(bx, stride_ob, h, stride_oh), offs_m, offs_d, stride_ot, T, True, True)
+    do = _load_rows(DO + _base(bx, stride_dob, h, stride_doh), offs_m, offs_d, stride_dot, T, True, True)
+    tl.store(DELTA + _base(bx, stride_lb, h, stride_lh) + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
 
 
 @triton.jit
@@ -238,11 +246,11 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, SEQ,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_base = Q + bx * stride_qb + h * stride_qh
-    do_base = DO + bx * stride_dob + h * stride_doh
-    row_base = bx * stride_lb + h * stride_lh
-    k = _load_rows(K + bx * stride_kb + h * stride_kh, offs_n, offs_d, stride_kt, T, True, UPCAST)
-    v = _load_rows(V + bx * stride_vb + h * stride_vh, offs_n, offs_d, stride_vt, T, True, UPCAST)
+    q_base = Q + _base(bx, stride_qb, h, stride_qh)
+    do_base = DO + _base(bx, stride_dob, h, stride_doh)
+    row_base = _base(bx, stride_lb, h, stride_lh)
+    k = _load_rows(K + _base(bx, stride_kb, h, stride_kh), offs_n, offs_d, stride_kt, T, True, UPCAST)
+    v = _load_rows(V + _base(bx, stride_vb, h, stride_vh), offs_n, offs_d, stride_vt, T, True, UPCAST)
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -262,12 +270,12 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, DELTA, MASK, SEQ,
     dk = dk * scale
     # p_t was not masked for padded keys: each such key only pollutes its own row of dk/dv (a matmul
     # keeps rows apart), and those rows are replaced by the true gradient, zero, here
-    valid = _key_valid(MASK + bx * stride_mb, offs_n, stride_mt, T, HAS_MASK)
+    valid = _key_valid(MASK + _base(bx, stride_mb, 0, 0), offs_n, stride_mt, T, HAS_MASK)
     dk = tl.where(valid[:, None], dk, 0.0)
     dv = tl.where(valid[:, None], dv, 0.0)
     store_mask = (offs_n < T)[:, None]
-    dk_ptrs = DK + bx * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :]
-    dv_ptrs = DV + bx * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvt + offs_d[None, :]
+    dk_ptrs = DK + _base(bx, stride_dkb, h, stride_dkh) + offs_n[:, None] * stride_dkt + offs_d[None, :]
+    dv_ptrs = DV + _base(bx, stride_dvb, h, stride_dvh) + offs_n[:, None] * stride_dvt + offs_d[None, :]
     store(dk_ptrs, dk, store_mask)
     store(dv_ptrs, dv, store_mask)
 
@@ -309,14 +317,14 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, MASK, SEQ,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    row_base = bx * stride_lb + h * stride_lh
-    q = _load_rows(Q + bx * stride_qb + h * stride_qh, offs_m, offs_d, stride_qt, T, True, UPCAST)
-    do = _load_rows(DO + bx * stride_dob + h * stride_doh, offs_m, offs_d, stride_dot, T, True, UPCAST)
+    row_base = _base(bx, stride_lb, h, stride_lh)
+    q = _load_rows(Q + _base(bx, stride_qb, h, stride_qh), offs_m, offs_d, stride_qt, T, True, UPCAST)
+    do = _load_rows(DO + _base(bx, stride_dob, h, stride_doh), offs_m, offs_d, stride_dot, T, True, UPCAST)
     lse = tl.load(LSE + row_base + offs_m, mask=offs_m < T, other=float("inf"))
     delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < T, other=0.0)
-    k_base = K + bx * stride_kb + h * stride_kh
-    v_base = V + bx * stride_vb + h * stride_vh
-    mask_base = MASK + bx * stride_mb
+    k_base = K + _base(bx, stride_kb, h, stride_kh)
+    v_base = V + _base(bx, stride_vb, h, stride_vh)
+    mask_base = MASK + _base(bx, stride_mb, 0, 0)
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     n_full = 0 if HAS_MASK else (T // BLOCK_N) * BLOCK_N
@@ -325,7 +333,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, DELTA, MASK, SEQ,
     dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, mask_base, stride_kt, stride_vt, stride_mt, offs_n,
                    offs_d, n_full, T, T, qk_scale, BLOCK_N, True, HAS_MASK, UPCAST, PRECISION)  # fmt: skip
     dq = dq * scale
-    dq_ptrs = DQ + bx * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :]
+    dq_ptrs = DQ + _base(bx, stride_dqb, h, stride_dqh) + offs_m[:, None] * stride_dqt + offs_d[None, :]
     store(dq_ptrs, dq, (offs_m < T)[:, None])
 
 
@@ -348,13 +356,13 @@ def _attn_bwd_short(Q, K, V, Out, DO, DQ, DK, DV, LSE, MASK, SEQ,
     offs_n = tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_base = Q + bx * stride_qb + h * stride_qh
-    do_base = DO + bx * stride_dob + h * stride_doh
-    o_base = Out + bx * stride_ob + h * stride_oh
-    dq_base = DQ + bx * stride_dqb + h * stride_dqh
-    k = _load_rows(K + bx * stride_kb + h * stride_kh, offs_n, offs_d, stride_kt, T, True, UPCAST)
-    v = _load_rows(V + bx * stride_vb + h * stride_vh, offs_n, offs_d, stride_vt, T, True, UPCAST)
-    valid = _key_valid(MASK + bx * stride_mb, offs_n, stride_mt, T, HAS_MASK)
+    q_base = Q + _base(bx, stride_qb, h, stride_qh)
+    do_base = DO + _base(bx, stride_dob, h, stride_doh)
+    o_base = Out + _base(bx, stride_ob, h, stride_oh)
+    dq_base = DQ + _base(bx, stride_dqb, h, stride_dqh)
+    k = _load_rows(K + _base(bx, stride_kb, h, stride_kh), offs_n, offs_d, stride_kt, T, True, UPCAST)
+    v = _load_rows(V + _base(bx, stride_vb, h, stride_vh), offs_n, offs_d, stride_vt, T, True, UPCAST)
+    valid = _key_valid(MASK + _base(bx, stride_mb, 0, 0), offs_n, stride_mt, T, HAS_MASK)
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
@@ -364,7 +372,7 @@ def _attn_bwd_short(Q, K, V, Out, DO, DQ, DK, DV, LSE, MASK, SEQ,
         do = _load_rows(do_base, rows, offs_d, stride_dot, T, True, UPCAST)  # (BLOCK_M, D)
         o = _load_rows(o_base, rows, offs_d, stride_ot, T, True, True)  # fp32
         delta = tl.sum(o * do.to(tl.float32), 1)
-        lse = tl.load(LSE + bx * stride_lb + h * stride_lh + rows, mask=rows < T, other=float("inf"))
+        lse = tl.load(LSE + _base(bx, stride_lb, h, stride_lh) + rows, mask=rows < T, other=float("inf"))
         s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
         p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])
         p_t = tl.where(valid[:, None], p_t, 0.0)  # dq sums over keys: padded keys must give exactly 0
@@ -375,8 +383,8 @@ def _attn_bwd_short(Q, K, V, Out, DO, DQ, DK, DV, LSE, MASK, SEQ,
         dq = tl.dot(tl.trans(ds_t), k, input_precision=PRECISION) * scale  # (BLOCK_M, D)
         store(dq_base + rows[:, None] * stride_dqt + offs_d[None, :], dq, (rows < T)[:, None])
     in_range = (offs_n < T)[:, None]
-    dk_ptrs = DK + bx * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :]
-    dv_ptrs = DV + bx * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvt + offs_d[None, :]
+    dk_ptrs = DK + _base(bx, stride_dkb, h, stride_dkh) + offs_n[:, None] * stride_dkt + offs_d[None, :]
+    dv_ptrs = DV + _base(bx, stride_dvb, h, stride_dvh) + offs_n[:, None] * stride_dvt + offs_d[None, :]
     store(dk_ptrs, dk * scale, in_range)
     store(dv_ptrs, dv, in_range)
 

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -43,14 +44,19 @@ def batches(count: int, size: int = 2) -> list[dict]:
     return [collate(torch.randint(5, VOCAB, (size, T), generator=g), generator=g) for _ in range(count)]
 
 
-@pytest.mark.parametrize("kernels", ["torch", "triton"])  # triton: the interpreter's custom ops here
+# triton: the interpreter's custom ops here; auto: the dispatch itself (it used to call importlib's
+# find_spec at every kernel call, which Dynamo on torch < 2.12 cannot trace)
+@pytest.mark.parametrize("kernels", ["torch", "triton", "auto"])
 def test_pretraining_forward_is_one_graph(kernels):
     """Catches a graph break in the pretraining forward (a .item(), a print, an op Dynamo cannot trace,
-    a Triton kernel launched outside a registered op): each splits the step and costs a host sync."""
+    a Triton kernel launched outside a registered op, a dispatch lookup at call time): each splits the
+    step and costs a host sync."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if kernels == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1")
     ops.configure({"kernels": kernels})
+    if kernels == "auto" and device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        assert ops.describe(device)["attention"] == "triton-interpreter"  # auto resolved to the kernels
     model = tiny_model().to(device)
     batch = {name: t.to(device) for name, t in batches(1)[0].items()}
     explanation = torch._dynamo.explain(model)(**batch)
@@ -218,3 +224,50 @@ def test_compiled_finetuning_sees_only_bucket_lengths(monkeypatch):
     assert widths and set(widths) <= set(buckets), widths
     assert len(graphs) <= 2 * len(buckets)  # full batches and the one short batch of an epoch
     np.testing.assert_allclose(logits[1], logits[0], rtol=1e-4, atol=1e-5)
+
+
+def test_reduce_overhead_is_refused_when_steps_accumulate():
+    """Catches impl.compile_mode=reduce-overhead with gradient accumulation: CUDA graph replays overwrite
+    the gradients the earlier microbatches left (known upstream), so such a run must not start."""
+    compiled = Runtime(torch.device("cpu"), torch.float32, compile=True, compile_mode="reduce-overhead")
+    with pytest.raises(ValueError, match=r"reduce-overhead cannot accumulate.*up to 2 microbatches"):
+        CompiledStep(tiny_model(), compiled, max_microbatches=2)
+    CompiledStep(tiny_model(), compiled, max_microbatches=1)  # one microbatch per step: fine
+    eager = Runtime(torch.device("cpu"), torch.float32, compile=False, compile_mode="reduce-overhead")
+    CompiledStep(tiny_model(), eager, max_microbatches=4)  # not compiled: the mode does nothing
+
+
+def test_reduce_overhead_is_refused_at_the_start_of_a_ramp_that_accumulates_later(
+    tiny_corpus, tmp_path, caplog
+):
+    """Catches the guard looking only at the first step: the ramp starts at one microbatch per step
+    (batch_size_start = microbatch_size) and reaches 3 later (bert-o4 reaches 2 about 7 minutes into
+    24 h), so the run must be refused before its first step, not crash hours in."""
+    overrides = [
+        "budget=4steps", "name=ro", f"base_dir={tmp_path}", "arch=tiny", "train=cpu",
+        "train.microbatch_size=4", "train.batch_size_start=4", "train.batch_size=12",
+        "train.batch_ramp_fraction=0.5", "data=local", f"data.files=[{tiny_corpus['train']}]",
+        "data.vocab_size=1024", f"data.cache_dir={tmp_path / 'cache'}", "impl.kernels=torch",
+        "impl.compile=true", "impl.compile_mode=reduce-overhead", "impl.device=cpu", "impl.threads=1",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
+        cfg = compose("pretrain", overrides=overrides)
+    with caplog.at_level(logging.ERROR, logger="cramming"), pytest.raises(SystemExit) as stop:
+        pretrain_main(cfg)  # the CLI's one line and exit status 2
+    assert stop.value.code == 2
+    assert re.search(r"reduce-overhead cannot accumulate.*up to 3 microbatches", caplog.text)
+    assert not (tmp_path / "ro" / "metrics.jsonl").exists()
+
+
+def test_tf32_is_allowed_for_fp32_matmuls_on_gpu_only(monkeypatch):
+    """Catches fp32 matmuls on a GPU left at full fp32 (TF32 tensor cores are ~8x faster and what
+    Inductor assumes), and the setting leaking to CPU runs."""
+    calls = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    make_runtime({"device": "cpu", "kernels": "torch"})
+    assert calls == []
+    runtime.allow_tf32()
+    assert calls == ["high"]
+    if torch.cuda.is_available():
+        make_runtime({"device": "cuda", "kernels": "torch"})
+        assert calls == ["high", "high"]

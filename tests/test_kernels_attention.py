@@ -8,14 +8,19 @@ In the interpreter every block is 64 wide, so T <= 64 runs the one-key-block bac
 (``_attn_bwd_short``) and T in 65..130 the general one (preprocess, dK/dV, dQ kernels), with tails.
 """
 
+import inspect
 import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from _kernel_checks import DEVICE
-from cramming.kernels import Attention, attention, attention_ref, attention_varlen
 
 from cramming import ops
+from cramming.kernels import Attention, attention, attention_ref, attention_varlen
+from cramming.kernels import _utils as kernel_utils
+from cramming.kernels import flash_attention as fa
 
 pytestmark = pytest.mark.interpreter
 
@@ -23,7 +28,7 @@ pytestmark = pytest.mark.interpreter
 @pytest.fixture(autouse=True)
 def on_device(monkeypatch):
     # one fixed tile per kernel: autotuning every config for every test shape would take minutes on a GPU
-    monkeypatch.setenv("CRAMMING_AUTOTUNE", "0")
+    monkeypatch.setattr(kernel_utils, "AUTOTUNE", False)
     with torch.device(DEVICE):  # default device for every tensor the tests create
         yield
 
@@ -245,6 +250,24 @@ def test_torch_compile_forward_and_backward():
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_autotuned_kernels_on_gpu(monkeypatch):
-    monkeypatch.setenv("CRAMMING_AUTOTUNE", "1")
+    monkeypatch.setattr(kernel_utils, "AUTOTUNE", True)
     q, k, v, do = _inputs(2, 4, 256, 64)
     _check_flash_rule(q, k, v, do, torch.bfloat16, key_padding_mask=_mask(2, 256))
+
+
+@triton.jit
+def _offset_probe(OUT, SEQ, stride_b, h, stride_h):
+    bx, _ = fa._sequence(SEQ, tl.program_id(0) + 40_000, 128, False)  # an int32 batch index
+    tl.store(OUT, fa._base(bx, stride_b, h, stride_h))
+
+
+def test_base_offsets_are_64_bit():
+    """Catches 32-bit base offsets in the attention kernels: program id x stride computed in int32 wraps
+    around past 2**31 elements (q, k, v are views of one (B, T, 3, H, D) buffer: at T=512 that is
+    B of about 1,800), so the kernel would read and write at negative offsets."""
+    out = torch.zeros(1, dtype=torch.int64)
+    _offset_probe[(1,)](out, out, 60_000, 11, 100_000)  # 40,000 x 60,000 = 2.4e9 > 2**31
+    assert out.item() == 40_000 * 60_000 + 11 * 100_000
+    # every kernel addresses its (batch, head) through _base, none multiplies the raw program id
+    source = inspect.getsource(fa)
+    assert "bx * stride" not in source and "b * stride" not in source

@@ -18,12 +18,51 @@ def test_torch_choice_runs_the_reference_everywhere():
 
 
 def test_auto_uses_the_interpreter_on_cpu_when_asked(monkeypatch):
-    ops.configure({"kernels": "auto"})
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    ops.configure({"kernels": "auto"})
     assert set(ops.describe("cpu").values()) == {"triton-interpreter"}
     assert set(ops.describe("cuda").values()) == {"triton"}
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    ops.configure({"kernels": "auto"})
     assert set(ops.describe("cpu").values()) == {"torch"}
+
+
+def test_choice_is_resolved_once_not_in_the_forward(monkeypatch):
+    """Catches the dispatch looking up importlib.util.find_spec or os.environ at every kernel call:
+    on torch < 2.12 Dynamo cannot trace find_spec, so each call inside the compiled forward broke
+    the graph (and the environment read there is also a guard that can force recompiles)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    ops.configure({"kernels": "auto"})
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the dispatch looked something up at call time")
+
+    class Environ:
+        get = __getitem__ = __contains__ = fail
+
+    monkeypatch.setattr(ops, "importlib", SimpleNamespace(util=SimpleNamespace(find_spec=fail)))
+    monkeypatch.setattr(ops, "os", SimpleNamespace(environ=Environ()))
+    x, w = torch.randn(4, 8), torch.ones(8)
+    assert ops.describe("cpu")["layer_norm"] in ("triton-interpreter", "torch")
+    ops.layer_norm(x, w, None, 1e-12)
+    ops.gelu(x)
+    q = torch.randn(1, 1, 4, 32)
+    ops.attention(q, q, q)
+
+
+def test_auto_leaves_layer_norm_and_gelu_to_inductor_under_compile():
+    """Catches auto running the Triton LayerNorm/GELU inside a compiled step on a GPU, where Inductor's
+    fused add + LayerNorm + cast (and its fused GELU epilogues) move fewer bytes; attention stays Triton,
+    and naming Triton explicitly still gets Triton."""
+    ops.configure({"kernels": "auto"}, compiled=True)
+    assert ops.describe("cuda") == {"layer_norm": "torch", "gelu": "torch", "attention": "triton"}
+    ops.configure({"kernels": "auto"}, compiled=False)
+    assert set(ops.describe("cuda").values()) == {"triton"}
+    ops.configure({"kernels": "triton"}, compiled=True)
+    assert set(ops.describe("cuda").values()) == {"triton"}
 
 
 def test_per_op_override():
@@ -68,3 +107,39 @@ def test_self_check_falls_back_when_a_kernel_breaks(monkeypatch, caplog):
         choices = ops.self_check("cpu")
     assert choices == {"layer_norm": "torch", "gelu": "triton-interpreter", "attention": "torch"}
     assert "PassManager::run failed" in caplog.text and "differ" in caplog.text
+    checks = ops.self_check_results()
+    assert checks["gelu"] == "passed" and checks["attention"].startswith("failed: RuntimeError")
+
+
+def test_self_check_failure_is_fatal_when_triton_is_asked_for(monkeypatch):
+    """Catches impl.kernels=triton silently running PyTorch after a failed self-check (a run labelled
+    *_triton measuring PyTorch)."""
+    import cramming.kernels as kernels
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    ops.configure({"kernels": "triton", "ops": {"gelu": "torch", "attention": "torch"}})
+    monkeypatch.setattr(kernels, "layer_norm", lambda x, w, b=None, eps=1e-12: x * 2.0, raising=False)
+    with pytest.raises(
+        RuntimeError, match=r"impl.kernels=triton.*layer_norm kernel failed.*impl.ops.layer_norm=torch"
+    ):
+        ops.self_check("cpu")
+
+
+def test_self_check_never_autotunes(monkeypatch):
+    """Catches the start-up probes (tiny shapes) running the autotuner, whose cache key (T bucket, head
+    dim, mask) they share with real fine-tuning shapes: those would reuse a tile chosen on a 4-block grid."""
+    import cramming.kernels as kernels
+    from cramming.kernels import _utils
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    ops.configure({"kernels": "auto", "ops": {"gelu": "torch", "layer_norm": "torch"}})
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(_utils.AUTOTUNE)
+        return kernels.attention_ref(*args[:3], kwargs.get("key_padding_mask"))
+
+    monkeypatch.setattr(_utils, "AUTOTUNE", True)
+    monkeypatch.setattr(kernels, "attention", recording, raising=False)
+    assert ops.self_check("cpu")["attention"] == "triton-interpreter"
+    assert seen == [False] and _utils.AUTOTUNE is True
