@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -77,6 +78,15 @@ class BudgetClock:
     def charge(self, seconds: float) -> None:
         """Count ``seconds`` spent outside the loop (data preparation with start_clock_after_data=false)."""
         self.spent_before += seconds
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside is not charged to the budget (periodic held-out evaluation)."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.spent_before -= time.monotonic() - start
 
     def elapsed(self) -> float:
         """Seconds of training so far, including those spent before a resume."""

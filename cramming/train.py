@@ -34,6 +34,7 @@ from cramming.checkpoint import (
 from cramming.data.bert_masking import build_collator as build_recipe_collator
 from cramming.data.prefetch import BatchStream
 from cramming.export import save_export
+from cramming.heldout import PeriodicScorer
 from cramming.model import build_mlm, count_parameters
 from cramming.optim import build_optimizer
 from cramming.perf import MFUMeter, flops_per_token
@@ -233,6 +234,7 @@ class Pretrainer:
             self.vocab_size,
         )
         self.tracker = Tracker(self.run_dir, cfg["wandb"], cfg, rank=runtime.rank, resume=bool(cfg["resume"]))
+        self.heldout = PeriodicScorer(self.train_cfg.get("heldout"), cfg["data"], corpus.tokenizer)
 
     def build_model(self) -> torch.nn.Module:
         """The module the loop trains (a hook: distillation trains a student against a teacher)."""
@@ -545,10 +547,29 @@ class Pretrainer:
         return loss
 
     def maybe_validate(self) -> None:
+        """Periodic validation; its time is not charged to the budget (nor to the log window's tok/s)."""
         minutes = float(self.train_cfg["validate_every_minutes"])
-        if minutes > 0 and time.monotonic() - self.last_valid >= 60 * minutes:
-            self.validate()
-            self.last_valid = time.monotonic()
+        started = time.monotonic()
+        with self.clock.paused():
+            if minutes > 0 and time.monotonic() - self.last_valid >= 60 * minutes:
+                self.validate()
+                self.last_valid = time.monotonic()
+            if self.heldout.due(self.progress.tokens) and self.runtime.rank == 0:
+                self.score_heldout()
+        self.window["time"] += time.monotonic() - started
+
+    def score_heldout(self) -> None:
+        """The fixed held-out text (cramming.heldout), logged as metrics kind "heldout"."""
+        prog = self.progress
+        # elapsed_s before scoring: the evaluation is not training time
+        record = {"step": prog.step, "tokens": prog.tokens, "elapsed_s": self.clock.elapsed()}
+        result = self.heldout(self.model, self.runtime.device)
+        if result is None:
+            return
+        record |= {"loss": result["nats_per_masked_token"], "bits_per_char": result["bits_per_char"]}
+        line = "held-out | step %d | %.4f nats/masked token | %.4f bits/char"
+        log.info(line, prog.step, record["loss"], record["bits_per_char"])
+        self.tracker.log(record, "heldout")
 
     def save_checkpoint(self) -> Path | None:
         """A collective under DDP (rank states are gathered); only rank 0 writes. Never saves NaN weights."""
