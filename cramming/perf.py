@@ -18,16 +18,27 @@ import torch
 
 from cramming.runtime import DTYPES, PRECISIONS
 
-# Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, by device-name substring; first match wins.
+# Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, by device-name substring; first match wins, so
+# the form factors come before the plain name: an H100 is 989 as SXM ("NVIDIA H100 80GB HBM3"), 835 as
+# NVL and 756 as PCIe (NVIDIA's datasheets; the PCIe card's lower clocks and 114 SMs); the H200 NVL too.
 GPU_BF16_PEAK_TFLOPS: dict[str, float] = {
-    "H200": 989.0,
-    "H100": 989.0,
-    "A100": 312.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,  # SXM5 (HBM3) and GH200's H100
+    "H200 NVL": 835.0,
+    "H200": 989.0,  # SXM
+    "A100": 312.0,  # SXM and PCIe alike
     "A6000": 155.0,
     "L40S": 362.0,
     "A10G": 125.0,
     "RTX 4090": 165.0,
 }
+
+
+def gpu_table_peak(name: str) -> tuple[str, float] | None:
+    """(table key, dense bf16 TFLOP/s) for a CUDA device name, or None if it is not listed."""
+    return next(((k, v) for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in name), None)
+
 
 _peak_cache: dict[tuple[str, str, int], float] = {}
 
@@ -107,9 +118,8 @@ def table_peak_flops(device: torch.device | str) -> float | None:
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    tflops = next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in name), None)
-    return None if tflops is None else tflops * 1e12
+    found = gpu_table_peak(torch.cuda.get_device_name(device))
+    return None if found is None else found[1] * 1e12
 
 
 def device_peak_flops(
