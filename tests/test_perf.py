@@ -108,8 +108,14 @@ def test_device_peak_is_cached_and_refresh_keeps_the_best(monkeypatch):
 
 @pytest.mark.parametrize(
     "name, peak",
-    [("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12),
-     ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12), ("NVIDIA H200 NVL", 835e12)],  # fmt: skip
+    [
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H200 NVL", 835e12),
+    ],
 )
 def test_a_listed_gpu_uses_its_published_bf16_peak(monkeypatch, name, peak):
     """Catches a table lookup that misses a listed GPU's full device name (it would be measured)."""
