@@ -67,10 +67,18 @@ def validate_arch(arch: Mapping) -> None:
         arch["norm_position"] in ("pre", "post"),
         f"arch.norm_position={arch['norm_position']!r} is not one of ['pre', 'post']",
     )
+    positions = ("scaled-sinusoidal", "learned", "rotary")
     _require(
-        arch["position_embedding"] in ("scaled-sinusoidal", "learned"),
-        f"arch.position_embedding={arch['position_embedding']!r} is not one of ['scaled-sinusoidal', 'learned']",
+        arch["position_embedding"] in positions,
+        f"arch.position_embedding={arch['position_embedding']!r} is not one of {list(positions)}",
     )
+    head_dim = int(arch["hidden_size"]) // int(arch["num_heads"])
+    _require(
+        arch["position_embedding"] != "rotary" or head_dim % 2 == 0,
+        f"arch.position_embedding=rotary needs an even head dimension; hidden_size/num_heads = {head_dim}",
+    )
+    qk_norm = arch.get("qk_norm", False)
+    _require(isinstance(qk_norm, bool), f"arch.qk_norm={qk_norm!r} must be true or false")
 
 
 def validate_train(train: Mapping) -> None:

@@ -32,6 +32,18 @@ class LayerNorm(nn.Module):
         return ops.layer_norm_residual(x, residual, self.weight, self.bias, self.eps)
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight over the last dimension, in fp32 (QK-norm's per-head norm)."""
+
+    def __init__(self, width: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
 class ScaledSinusoidal(nn.Module):
     """Fixed sinusoidal positions times one learned scalar (crammed-BERT)."""
 
@@ -47,6 +59,32 @@ class ScaledSinusoidal(nn.Module):
 
     def forward(self, seq_len: int) -> torch.Tensor:
         return self.table[:seq_len] * self.scale  # (T, H)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (Su et al. 2021) on q and k: the score of a query and a key then
+    depends on their offset only. GPT-NeoX/Llama layout: feature i pairs with feature i + D/2.
+
+    The cos/sin tables are non-persistent buffers (rebuilt from the arch, never in a checkpoint),
+    sliced to the static sequence length, so the compiled graph has no data-dependent shape.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary position embeddings need an even head dimension, not {head_dim}")
+        inverse = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (D/2,)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inverse)  # (T, D/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (T, D)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, D) -> the same, each position t rotated by its angles; computed in fp32."""
+        T, half = x.shape[-2], x.shape[-1] // 2
+        first, second = x.float().split(half, dim=-1)
+        rotated = torch.cat([-second, first], dim=-1)  # (B, H, T, D)
+        return (x.float() * self.cos[:T] + rotated * self.sin[:T]).to(x.dtype)
 
 
 class LearnedPositions(nn.Module):
@@ -66,6 +104,8 @@ class Embeddings(nn.Module):
         self.word = nn.Embedding(vocab_size, width)
         if arch["position_embedding"] == "scaled-sinusoidal":
             self.position = ScaledSinusoidal(width, max_len)
+        elif arch["position_embedding"] == "rotary":
+            self.position = None  # positions enter in the attention (SelfAttention.rotary)
         else:
             self.position = LearnedPositions(width, max_len)
         types = arch.get("type_vocab_size", 0)
@@ -77,7 +117,9 @@ class Embeddings(nn.Module):
         seq_len = input_ids.shape[1]
         if seq_len > self.max_len:
             raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings={self.max_len}")
-        x = self.word(input_ids) + self.position(seq_len)  # (B, T, H)
+        x = self.word(input_ids)  # (B, T, H)
+        if self.position is not None:
+            x = x + self.position(seq_len)
         if self.token_type is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
@@ -96,11 +138,21 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width, bias=arch["linear_bias"])
         self.out = nn.Linear(width, width, bias=arch["linear_bias"])
         self.attention_dropout = arch["attention_dropout"]
+        head_dim = width // self.num_heads
+        # QK-norm: RMSNorm of each head's query and key (weights of size D shared by the heads)
+        self.q_norm = RMSNorm(head_dim) if arch.get("qk_norm", False) else None
+        self.k_norm = RMSNorm(head_dim) if arch.get("qk_norm", False) else None
+        rotary = arch["position_embedding"] == "rotary"
+        self.rotary = Rotary(head_dim, arch["max_position_embeddings"]) if rotary else None
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:  # before the attention call, so every kernel sees rotated q, k
+            q, k = self.rotary(q), self.rotary(k)
         dropout_p = self.attention_dropout if self.training else 0.0
         y = ops.attention(q, k, v, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, H*D)
