@@ -213,16 +213,20 @@ def reference_tokenizer(docs: list[str], size: int = 32768):
     return tok
 
 
-def write_readymade(root: Path, docs: list[str], seq_len: int = 128) -> tuple[np.ndarray, dict]:
+def write_readymade(
+    root: Path, docs: list[str], seq_len: int = 128, curriculum: bool = True
+) -> tuple[np.ndarray, dict]:
     """A folder laid out like the reference's hub dataset: data/train-*.parquet (input_ids rows, in its
-    sentence-length order) and tokenizer/tokenizer.json. Returns (rows, the tokenizer's vocab)."""
+    sentence-length order unless ``curriculum`` is false: stream order) and tokenizer/tokenizer.json.
+    Returns (rows, the tokenizer's vocab)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     tok = reference_tokenizer(docs)
     stream = np.concatenate([e.ids for e in tok.encode_batch(docs)])  # each document + <sep>
     rows = stream[: len(stream) // seq_len * seq_len].reshape(-1, seq_len)
-    rows = rows[np.argsort(-(rows == tok.token_to_id(".")).sum(axis=1), kind="stable")]
+    if curriculum:
+        rows = rows[np.argsort(-(rows == tok.token_to_id(".")).sum(axis=1), kind="stable")]
     (root / "data").mkdir(parents=True)
     (root / "tokenizer").mkdir()
     table = pa.table({"input_ids": pa.array(rows.tolist(), pa.list_(pa.int32()))})
@@ -240,12 +244,43 @@ def test_pile_readymade_on_a_local_hub_like_folder(tmp_path, tiny_docs):
     cfg["cache_dir"] = str(tmp_path / "cache")
     corpus = prepare_corpus(cfg, log=None)
     assert corpus.special_ids == {role: vocab[f"<{role}>"] for role in ("pad", "unk", "cls", "sep", "mask")}
-    assert np.array_equal(corpus.valid[:], rows[:3]) and np.array_equal(corpus.train[:], rows[3:])
+    start = first_row_after_document_end(rows, 3, vocab["<sep>"])
+    assert np.array_equal(corpus.valid[:], rows[:3]) and np.array_equal(corpus.train[:], rows[start:])
     assert corpus.train.ordered and not corpus.cls_per_sequence
     enc = corpus.tokenizer.encode("the cat", "sat.")
     assert enc.tokens[0] == "[CLS]" and enc.ids[0] == vocab["<cls>"] and enc.tokens.count("[SEP]") == 2
     again = prepare_corpus(cfg, log=None)
     assert again.reused and again.key == corpus.key
+
+
+def first_row_after_document_end(rows: np.ndarray, held: int, sep: int) -> int:
+    """Where train may start: ``held`` if row held-1 ends with <sep>, else after the first row from
+    ``held`` on that holds a <sep> (the end of the document the holdout cut)."""
+    if rows[held - 1, -1] == sep:
+        return held
+    return held + int(np.flatnonzero((rows[held:] == sep).any(axis=1))[0]) + 1
+
+
+def test_readymade_holdout_splits_on_a_document_boundary(tmp_path, tiny_docs):
+    """Catches (the old behaviour): the held-out rows counted as rows only, so the document running across
+    the last held-out row went on into train and was trained on and validated on at once."""
+    rows, vocab = write_readymade(tmp_path / "readymade", tiny_docs[:40], curriculum=False)
+    sep = vocab["<sep>"]
+    held = next(h for h in range(3, len(rows)) if rows[h - 1, -1] != sep and not (rows[h] == sep).any())
+    cfg = preset("pile-readymade", hub={"path": str(tmp_path / "readymade")}, validation_split_documents=held)
+    cfg |= {"cache_dir": str(tmp_path / "cache"), "ordering": "none"}
+    log = []
+    corpus = prepare_corpus(cfg, log=log.append)
+    stream = rows.reshape(-1)
+    ends = np.flatnonzero(stream[: held * rows.shape[1]] == sep)
+    cut_doc_start = ends[-1] + 1 if len(ends) else 0
+    cut_doc_end = cut_doc_start + np.flatnonzero(stream[cut_doc_start:] == sep)[0]
+    train_from = len(stream) - corpus.train[:].size  # stream position where train starts
+    assert np.array_equal(corpus.valid[:], rows[:held])
+    assert train_from > cut_doc_end, "the document cut by the holdout must not reach train"
+    assert train_from == first_row_after_document_end(rows, held, sep) * rows.shape[1]
+    skipped = corpus.stats["splits"]["train"]["boundary_rows_skipped"]
+    assert skipped >= 2 and any(f"{skipped} rows hold the rest" in line for line in log)
 
 
 @pytest.mark.parametrize(("key", "value", "fixed"), [("vocab_size", 30000, "32768"), ("seq_len", 512, "128")])

@@ -38,14 +38,18 @@ class BertMasking:
 
 
 class RobertaCollator:
-    """Packed full-sentence rows ``(B, T)`` -> ``{"input_ids", "labels"}`` (no padding, no token types)."""
+    """Packed rows ``(B, T)`` -> ``{"input_ids", "labels", "attention_mask"}`` (no token types).
+
+    Full-sentence blocks (``data.packing=full-sentences``) end in ``<pad>``: the mask keeps it unattended,
+    as fairseq's padding mask does (the padding is never chosen for masking either: it is special)."""
 
     def __init__(self, vocab_size: int, special_ids: dict[str, int], mlm_probability: float = 0.15):
         self.masking = BertMasking(vocab_size, special_ids, mlm_probability)
+        self.pad = int(special_ids["pad"])
 
     def __call__(self, rows: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         inputs, labels = self.masking(rows, generator)
-        return {"input_ids": inputs, "labels": labels}
+        return {"input_ids": inputs, "labels": labels, "attention_mask": (rows != self.pad).long()}
 
 
 class PairCollator:

@@ -21,6 +21,7 @@ RENAMED_ORDERINGS = {"quality": "reverse-unigram"}  # old value -> its name now
 VERIFY_MODES = ("sizes", "full")
 OBJECTIVES = ("mlm", "nsp")
 MASKINGS = ("crammed", "bert")
+PACKINGS = ("stream", "full-sentences")  # packing.py: the cut document stream | RoBERTa's FULL-SENTENCES
 TOKENIZER_KINDS = ("wordpiece", "bpe")
 MIN_PAIR_SEQ_LEN = 16  # [CLS] A [SEP] B [SEP] with a few tokens in each segment
 MIN_VOCAB, MAX_VOCAB = 256, 4_294_967_295
@@ -180,6 +181,7 @@ def _check_recipe_options(cfg: dict[str, Any]) -> None:
     kind = cfg["tokenizer"].get("kind", "wordpiece")
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"data.tokenizer.kind={kind!r} is not known; accepted values are {TOKENIZER_KINDS}.")
+    _check_packing(cfg)
     if cfg["objective"] != "nsp":
         return
     if cfg["ordering"] != "none":
@@ -200,6 +202,22 @@ def _check_recipe_options(cfg: dict[str, Any]) -> None:
     p = cfg["short_seq_prob"]
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
         raise ValueError(f"data.short_seq_prob={p!r} is not valid; it must be a number in [0, 1].")
+
+
+def _check_packing(cfg: dict[str, Any]) -> None:
+    """``data.packing``; full-sentence blocks open with <s> themselves and hold whole sentences of text."""
+    packing = cfg.get("packing", "stream")
+    if packing not in PACKINGS:
+        raise ValueError(f"data.packing={packing!r} is not known; accepted values are {PACKINGS}.")
+    if packing == "stream":
+        return
+    for bad, why in (
+        (cfg["objective"] == "nsp", "data.objective=nsp builds its own sentence pairs"),
+        (cfg["cls_per_sequence"], "data.cls_per_sequence=true frames the cut stream; blocks open with <s>"),
+        (cfg["readymade"] is not None, "a pre-tokenized corpus is packed already"),
+    ):
+        if bad:
+            raise ValueError(f"data.packing={packing} cannot be used here: {why}; use data.packing=stream.")
 
 
 def _check_hub(cfg: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""Document filters, as the reference recipe cleans its corpus: too short, exact duplicates, and junk by tokens-per-character.
+"""Document filters, as the reference recipe cleans its corpus: too short, exact duplicates, and junk by tokens-per-character;
+and, across splits, documents of the validation split (``in_validation``: dropped from train).
 
 Each filter counts the documents, characters and tokens it removed. Duplicates are found by a 64-bit
 hash of a document's token ids: the ids are a function of the tokenizer-normalised text, so texts that
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-FILTERS = ("too_short", "duplicate", "junk_ratio")
+FILTERS = ("too_short", "duplicate", "junk_ratio", "in_validation")
 
 
 @dataclass
@@ -55,7 +56,7 @@ class FilterStats:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FilterStats:
         out = cls(**{k: v for k, v in d.items() if k != "removed"})
-        out.removed = {k: FilterCounts(**d["removed"][k]) for k in FILTERS}
+        out.removed = {k: FilterCounts(**d["removed"].get(k, {})) for k in FILTERS}  # older states lack some
         return out
 
     def summary(self) -> str:
@@ -117,6 +118,12 @@ def ids_hash(ids: np.ndarray) -> int:
     return int.from_bytes(hashlib.blake2b(ids.tobytes(), digest_size=8).digest(), "little")
 
 
+def document_hashes(flat: np.ndarray, offsets: np.ndarray, which: np.ndarray | None = None) -> np.ndarray:
+    """``ids_hash`` of documents ``which`` (default all), document i being ``flat[offsets[i]:offsets[i+1]]``."""
+    which = np.arange(len(offsets) - 1) if which is None else which
+    return np.fromiter((ids_hash(flat[offsets[i] : offsets[i + 1]]) for i in which), np.uint64, len(which))
+
+
 REFERENCE_VOCAB = 32768
 
 
@@ -136,17 +143,25 @@ def junk_threshold(max_tokens_per_char: float | None, vocab_size: int | None) ->
 class DocumentFilter:
     """Applies the filters to tokenized batches; ``stats`` accumulates what was read, kept and removed.
 
-    Each document is removed by the first filter it fails, in the order too_short, junk_ratio, duplicate;
-    only kept documents enter the duplicate index.
+    Each document is removed by the first filter it fails, in the order too_short, junk_ratio,
+    in_validation, duplicate; only kept documents enter the duplicate index. ``exclude`` holds the
+    hashes (``ids_hash``) of another split's documents (the validation split's, when this is train):
+    a document among them is removed as ``in_validation``, whatever ``filters.dedup`` says, so no
+    document is both trained on and held out.
     """
 
     def __init__(
-        self, filters: dict[str, Any], index: HashIndex | None = None, vocab_size: int | None = None
+        self,
+        filters: dict[str, Any],
+        index: HashIndex | None = None,
+        vocab_size: int | None = None,
+        exclude: HashIndex | None = None,
     ):
         self.min_chars = int(filters.get("min_doc_chars") or 0)
         self.max_ratio = junk_threshold(filters.get("max_tokens_per_char"), vocab_size)
         self.dedup = bool(filters.get("dedup", False))
         self.index = index if index is not None else HashIndex()
+        self.exclude = exclude if exclude is not None and len(exclude) else None
         self.stats = FilterStats()
 
     def __call__(self, chars: np.ndarray, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -159,6 +174,9 @@ class DocumentFilter:
         if self.max_ratio is not None:
             junk = tokens > self.max_ratio * np.maximum(chars, 1)
             keep = self._remove("junk_ratio", keep, junk, chars, tokens)
+        if self.exclude is not None:
+            held_out = self._held_out(keep, flat, offsets)
+            keep = self._remove("in_validation", keep, held_out, chars, tokens)
         if self.dedup:
             keep = self._remove("duplicate", keep, self._duplicates(keep, flat, offsets), chars, tokens)
         self.stats.documents_kept += int(keep.sum())
@@ -171,12 +189,20 @@ class DocumentFilter:
         self.stats.removed[name].add(int(drop.sum()), int(chars[drop].sum()), int(tokens[drop].sum()))
         return keep & ~drop
 
+    def _held_out(self, keep: np.ndarray, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Kept documents whose ids hash into ``exclude`` (the other split's documents)."""
+        cand = np.flatnonzero(keep)
+        hashes = document_hashes(flat, offsets, cand)
+        uniq, inverse = np.unique(hashes, return_inverse=True)
+        found, _ = self.exclude.lookup(uniq)
+        out = np.zeros(len(keep), bool)
+        out[cand[found[inverse]]] = True
+        return out
+
     def _duplicates(self, keep: np.ndarray, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Documents whose ids equal an earlier kept document's (in this batch or before); adds the rest."""
         cand = np.flatnonzero(keep)
-        hashes = np.fromiter(
-            (ids_hash(flat[offsets[i] : offsets[i + 1]]) for i in cand), np.uint64, len(cand)
-        )
+        hashes = document_hashes(flat, offsets, cand)
         uniq, first = np.unique(hashes, return_index=True)
         seen, _ = self.index.lookup(uniq)
         is_first_new = np.zeros(len(cand), bool)

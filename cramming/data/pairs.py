@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 
 from cramming.data import cache
 from cramming.data.encode import parallel_encode
-from cramming.data.filters import DocumentFilter
+from cramming.data.filters import DocumentFilter, HashIndex
 from cramming.data.packing import storage_dtype
 from cramming.data.tokenizer import special_ids
 
@@ -150,9 +150,16 @@ def frame_pairs(examples: list[tuple[list[int], list[int], int]], seq_len: int, 
 
 
 def build_pair_split(
-    name: str, documents: Iterable[str], cfg: dict[str, Any], tok: Tokenizer, entry: Path, log
+    name: str,
+    documents: Iterable[str],
+    cfg: dict[str, Any],
+    tok: Tokenizer,
+    entry: Path,
+    log,
+    exclude: HashIndex | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Sentence-pair examples of one split, written as shards (same contract as ``prepare.build_split``).
+    """Sentence-pair examples of one split, written as shards (same contract as ``prepare.build_split``;
+    ``exclude``: hashes of documents to drop, the validation split's when this is train).
 
     Not resumable mid-split (a rerun starts the split again). "Random next" segments need another
     document: with fewer than two documents the train split is a ValueError, and a validation split is
@@ -160,7 +167,7 @@ def build_pair_split(
     """
     seq_len, ids = int(cfg["seq_len"]), special_ids(tok)
     rng = np.random.default_rng([PAIRS_SEED, 0 if name == "train" else 1])
-    filt = DocumentFilter(cfg["filters"], vocab_size=tok.get_vocab_size())
+    filt = DocumentFilter(cfg["filters"], vocab_size=tok.get_vocab_size(), exclude=exclude)
     writer = cache.ShardWriter(
         entry, name, row_width(seq_len), storage_dtype(cfg["vocab_size"]), cfg["shard_sequences"]
     )

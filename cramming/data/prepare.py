@@ -2,9 +2,11 @@
 
 Flow: documents stream from the source (read in a background thread) → encoded in batches
 by worker processes (``encode.Encoder``: exact fast path + word cache around the WordPiece model) →
-filters (too short, tokens per character, duplicate token ids) → packing into ``seq_len`` sequences
-across document boundaries (``packing``; ``data.cls_per_sequence``) → shard files → an optional
-curriculum order (``ordering``). A pre-tokenized corpus (``data.readymade``) streams its rows straight
+filters (too short, tokens per character, in the validation split, duplicate token ids) → packing into
+``seq_len`` sequences (``packing``; ``data.packing``: the cut document stream, ``data.cls_per_sequence``,
+or RoBERTa's full-sentence blocks) → shard files → an optional curriculum order (``ordering``).
+A document of the validation split is dropped from train (counted as ``in_validation`` in the log):
+the validation documents are hashed first, as the train builder encodes them. A pre-tokenized corpus (``data.readymade``) streams its rows straight
 into shard files (``readymade``). Memory stays bounded by a few batches in flight and each
 worker's word cache (the dedup index adds 12 bytes per kept document). After every finished shard the
 resume state is saved, so an interrupted preparation continues from its last finished shard.
@@ -32,11 +34,20 @@ from tokenizers import Tokenizer
 from cramming.data import cache, readymade, sources
 from cramming.data.config import as_dict, validate_data_config
 from cramming.data.encode import Encoder, parallel_encode
-from cramming.data.filters import DocumentFilter, FilterStats, HashIndex
+from cramming.data.filters import DocumentFilter, FilterStats, HashIndex, document_hashes
 from cramming.data.ordering import reverse_unigram_order, sentence_length_order
-from cramming.data.packing import PackedSequences, Packer, storage_dtype, stream_from_flat
-from cramming.data.pairs import PAIRS_SEED, build_pair_split, row_width
+from cramming.data.packing import (
+    FullSentencePacker,
+    PackedSequences,
+    Packer,
+    sentence_pieces,
+    sentence_units,
+    storage_dtype,
+    stream_from_flat,
+)
+from cramming.data.pairs import PAIRS_SEED, SentenceBatch, build_pair_split, row_width, sentence_batches
 from cramming.data.tokenizer import (
+    UNICODE_ALPHABET,
     attach_post_processor,
     sample_documents,
     special_ids,
@@ -46,6 +57,7 @@ from cramming.data.tokenizer import (
 from cramming.files import atomic_write, file_sha256, write_json
 
 PIPELINE_VERSION = 3  # 3: junk bound scaled for small vocabularies
+FULL_SENTENCES = "full-sentences"  # data.packing of recipe=roberta (packing.FullSentencePacker)
 PERIOD = "."  # the token whose count orders sequences for ``ordering: sentence-length``
 BATCH_CHARS = 8_000_000  # text per encode_batch call: enough work for every core, bounded memory
 Log = Callable[[str], None] | None
@@ -114,7 +126,17 @@ def corpus_identity(cfg: dict[str, Any], tok_key: str) -> dict[str, Any]:
     ident = {"version": PIPELINE_VERSION, "input": sources.source_identity(cfg), "tokenizer": tok_key}
     if cfg.get("objective", "mlm") != "mlm":  # sentence pairs are another corpus (mlm keys stay as before)
         ident |= {"objective": cfg["objective"], "short_seq_prob": cfg["short_seq_prob"], "seed": PAIRS_SEED}
+    if cfg.get("packing", "stream") != "stream":  # keys of the default packing stay as before
+        ident["packing"] = cfg["packing"]
+    if _has_validation(cfg):  # train loses the validation documents since cross-split deduplication
+        ident["cross_split_dedup"] = 1
     return ident | {k: cfg[k] for k in keys}
+
+
+def _has_validation(cfg: dict[str, Any]) -> bool:
+    if cfg["source"] == "local":
+        return bool(cfg["validation_files"])
+    return bool(cfg.get("validation_split_documents"))
 
 
 def tokenizer_identity(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +155,8 @@ def _tokenizer_options(options: dict[str, Any]) -> dict[str, Any]:
     options = dict(options)
     if options.get("kind", "wordpiece") == "wordpiece":
         options.pop("kind", None)
+        if not options.get("ascii_only", True):  # kept Unicode: trained with a bounded alphabet
+            options["limit_alphabet"] = UNICODE_ALPHABET
     return options
 
 
@@ -252,7 +276,7 @@ def build_corpus(cfg: dict[str, Any], tok: Tokenizer, key: str, entry: Path, log
     entry.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if cfg["readymade"]:
-        splits, stats = readymade.build_splits(cfg, entry, say)
+        splits, stats = readymade.build_splits(cfg, entry, say, sep=special_ids(tok)["sep"])
     else:
         splits, stats = _build_text_splits(cfg, tok, entry, log)
     if not splits["train"]["sequences"]:
@@ -267,6 +291,7 @@ def build_corpus(cfg: dict[str, Any], tok: Tokenizer, key: str, entry: Path, log
         "vocab_size": cfg["vocab_size"],
         "dtype": storage_dtype(cfg["vocab_size"]).name,
         "cls_per_sequence": cfg["cls_per_sequence"],
+        "packing": cfg.get("packing", "stream"),
         "special_ids": special_ids(tok),
         "splits": splits,
         "tokenizer": cache.file_record(entry, "tokenizer.json"),
@@ -284,12 +309,63 @@ def build_corpus(cfg: dict[str, Any], tok: Tokenizer, key: str, entry: Path, log
 
 def _build_text_splits(cfg: dict[str, Any], tok: Tokenizer, entry: Path, log: Log) -> tuple[dict, dict]:
     train_docs, valid_docs = sources.split_streams(cfg)
+    held_out = None if valid_docs is None else split_hashes(sources.valid_documents(cfg), cfg, tok)
     splits, stats = {}, {}
     builder = build_pair_split if cfg.get("objective", "mlm") == "nsp" else build_split
     for name, docs in (("train", train_docs), ("valid", valid_docs)):
         if docs is not None:
-            splits[name], stats[name] = builder(name, docs, cfg, tok, entry, log)
+            exclude = held_out if name == "train" else None
+            splits[name], stats[name] = builder(name, docs, cfg, tok, entry, log, exclude=exclude)
     return splits, stats
+
+
+def split_hashes(documents: Iterable[str], cfg: dict[str, Any], tok: Tokenizer) -> HashIndex:
+    """The ``ids_hash`` of every document of a split, its ids made as the split's builder makes them."""
+    index = HashIndex()
+    workers = cfg["num_workers"] or len(os.sched_getaffinity(0))
+    for batch, (flat, offsets) in parallel_encode(document_batches(documents, cfg), tok, workers):
+        doc_offsets = document_offsets(batch, offsets)
+        index.add(document_hashes(flat, doc_offsets), np.diff(doc_offsets))
+    return index
+
+
+def document_batches(documents: Iterable[str], cfg: dict[str, Any]) -> Iterator[list[str]]:
+    """The batches a split's builder encodes: documents (stream packing), or their sentences
+    (``SentenceBatch``: NSP pairs, full-sentence blocks)."""
+    size = int(cfg["batch_documents"])
+    if cfg.get("objective", "mlm") == "nsp":
+        return sentence_batches(documents, size)
+    if cfg.get("packing", "stream") == FULL_SENTENCES:
+        return _piece_batches(documents, size)
+    return _batches(documents, size)
+
+
+def document_offsets(batch: list[str], offsets: np.ndarray) -> np.ndarray:
+    """Offsets of the batch's documents into its encoded ids (sentence batches: every document's sentences)."""
+    if not isinstance(batch, SentenceBatch):
+        return offsets
+    return offsets[np.concatenate([[0], np.cumsum(batch.doc_sizes)]).astype(np.int64)]
+
+
+def _piece_batches(
+    documents: Iterable[str], size: int, max_chars: int = BATCH_CHARS
+) -> Iterator[SentenceBatch]:
+    """``SentenceBatch``es of ``sentence_pieces`` with ``paragraph_ends`` (one flag per sentence)."""
+    batch, sizes, chars, ends, total = SentenceBatch(), [], [], [], 0
+    for doc in documents:
+        pieces, paragraph_ends = sentence_pieces(doc)
+        batch.extend(pieces)
+        ends.extend(paragraph_ends)
+        sizes.append(len(pieces))
+        chars.append(len(doc))
+        total += len(doc)
+        if len(sizes) == size or total >= max_chars:
+            batch.doc_sizes, batch.doc_chars, batch.paragraph_ends = sizes, chars, ends
+            yield batch
+            batch, sizes, chars, ends, total = SentenceBatch(), [], [], [], 0
+    if sizes:
+        batch.doc_sizes, batch.doc_chars, batch.paragraph_ends = sizes, chars, ends
+        yield batch
 
 
 def _write_order(entry: Path, split: dict[str, Any], cfg: dict[str, Any], tok: Tokenizer) -> dict[str, Any]:
@@ -349,9 +425,17 @@ def _summary_line(s: dict[str, Any], entry: Path) -> str:
 
 
 def build_split(
-    name: str, documents: Iterable[str], cfg: dict[str, Any], tok: Tokenizer, entry: Path, log: Log
+    name: str,
+    documents: Iterable[str],
+    cfg: dict[str, Any],
+    tok: Tokenizer,
+    entry: Path,
+    log: Log,
+    exclude: HashIndex | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Pack one split into shards, saving the resume state after each finished shard."""
+    """Pack one split into shards, saving the resume state after each finished shard.
+
+    ``exclude``: hashes of documents to drop (the validation split's, when this is train)."""
     say = _quiet if log is None else log
     ids = special_ids(tok)
     state = load_progress(entry, name)
@@ -359,9 +443,9 @@ def build_split(
         say(f"data: {name} split already packed in {entry} (resumed preparation)")
         return state["record"], state["stats"]
     index = HashIndex(state["index_keys"], state["index_values"])
-    filt = DocumentFilter(cfg["filters"], index, vocab_size=tok.get_vocab_size())
+    filt = DocumentFilter(cfg["filters"], index, vocab_size=tok.get_vocab_size(), exclude=exclude)
     filt.stats = FilterStats.from_dict(state["filters"]) if state["filters"] else filt.stats
-    packer = Packer(cfg["seq_len"], ids, carry=state["carry"], cls_per_sequence=cfg["cls_per_sequence"])
+    packer = make_packer(cfg, ids, state["carry"])
     dtype = storage_dtype(cfg["vocab_size"])
     writer = cache.ShardWriter(entry, name, cfg["seq_len"], dtype, cfg["shard_sequences"], state["shards"])
     progress = dict(
@@ -374,11 +458,11 @@ def build_split(
     start = time.perf_counter() - progress["seconds"]
     bar = _progress_bar(name, log)
     try:
-        batches = _prefetch(_batches(islice(documents, state["docs"], None), cfg["batch_documents"]))
+        batches = _prefetch(document_batches(islice(documents, state["docs"], None), cfg))
         workers = cfg["num_workers"] or len(os.sched_getaffinity(0))
         for batch, encoded in parallel_encode(batches, tok, workers, inline=encode_documents):
             seqs, chars, tokens = _filter_and_pack(batch, encoded, filt, packer, ids["sep"])
-            progress["docs"] += len(batch)
+            progress["docs"] += len(batch.doc_sizes) if isinstance(batch, SentenceBatch) else len(batch)
             progress["chars"] += chars
             progress["tokens"] += tokens
             progress["seconds"] = time.perf_counter() - start
@@ -455,13 +539,44 @@ def _prefetch(batches: Iterator[list[str]], depth: int = 2) -> Iterator[list[str
         thread.join(timeout=5)
 
 
-def _filter_and_pack(batch, encoded, filt: DocumentFilter, packer: Packer, sep: int):
+def make_packer(cfg: dict[str, Any], ids: dict[str, int], carry: np.ndarray | None = None):
+    """The packer of ``data.packing`` (``carry``: a saved ``resume_state``)."""
+    if cfg.get("packing", "stream") == FULL_SENTENCES:
+        return FullSentencePacker(cfg["seq_len"], ids, carry=carry)
+    return Packer(cfg["seq_len"], ids, carry=carry, cls_per_sequence=cfg["cls_per_sequence"])
+
+
+def _filter_and_pack(batch, encoded, filt: DocumentFilter, packer, sep: int):
     """Filter one encoded batch and pack what is kept; (full sequences, chars read, tokens kept)."""
     flat, offsets = encoded
+    if isinstance(packer, FullSentencePacker):
+        return _filter_and_pack_sentences(batch, flat, offsets, filt, packer, sep)
     chars = np.fromiter((len(d) for d in batch), np.int64, len(batch))
     keep = filt(chars, flat, offsets)
     stream = stream_from_flat(flat, offsets, keep, sep)
     return packer.add(stream), int(chars.sum()), int(np.diff(offsets)[keep].sum())
+
+
+def _filter_and_pack_sentences(
+    batch: SentenceBatch, flat, offsets, filt, packer: FullSentencePacker, sep: int
+):
+    """``_filter_and_pack`` for full-sentence blocks: the filters see documents, the packer sentences."""
+    chars = np.asarray(batch.doc_chars, np.int64)
+    sizes = np.asarray(batch.doc_sizes, np.int64)
+    keep = filt(chars, flat, document_offsets(batch, offsets))
+    kept = np.repeat(keep, sizes)  # per sentence
+    lengths = np.diff(offsets)
+    document_end = np.zeros(len(lengths), bool)
+    document_end[np.cumsum(sizes)[sizes > 0] - 1] = True
+    kept_offsets = np.concatenate([[0], np.cumsum(lengths[kept])]).astype(np.int64)
+    units, unit_offsets = sentence_units(
+        flat[np.repeat(kept, lengths)],
+        kept_offsets,
+        np.asarray(batch.paragraph_ends, bool)[kept],
+        document_end[kept],
+        sep,
+    )
+    return packer.add(units, unit_offsets), int(chars.sum()), int(lengths[kept].sum())
 
 
 def encode_documents(encoder: Encoder, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -479,7 +594,7 @@ def _write_rows(seqs, writer, packer, filt, progress, entry, name) -> None:
         if writer.room() == 0:
             writer.finish_shard()
             # The rows not yet written go back into the carry, so resuming regenerates them exactly.
-            carry = np.concatenate([packer.unframe(seqs[i:]), packer.carry])
+            carry = packer.resume_state(seqs[i:])
             save_progress(entry, name, writer.shards, carry, filt, progress)
 
 

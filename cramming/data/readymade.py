@@ -119,15 +119,56 @@ def adopt_special_tokens(tokenizer_json: str, names: dict[str, str]) -> Tokenize
 # ----------------------------------------------------------------------------- rows into shards
 
 
-def build_splits(cfg: dict[str, Any], entry: Path, say: Callable[[str], None]) -> tuple[dict, dict]:
-    """(manifest split records, stats) for train and, when rows are held out, valid."""
+def build_splits(
+    cfg: dict[str, Any], entry: Path, say: Callable[[str], None], sep: int | None = None
+) -> tuple[dict, dict]:
+    """(manifest split records, stats) for train and, when rows are held out, valid.
+
+    Validation is the first ``validation_split_documents`` rows; train starts at the first document
+    boundary after them (``train_start``), so the document cut by the holdout is not trained on.
+    """
     held = int(cfg.get("validation_split_documents") or 0)
+    start = train_start(cfg, held, sep) if held else 0
+    if start > held:
+        say(
+            f"data: train starts at row {start}: {start - held} rows hold the rest of the last held-out document"
+        )
     splits, stats = {}, {}
-    for name, start, stop in (("train", held, None), ("valid", 0, held)):
+    for name, first, stop in (("train", start, None), ("valid", 0, held)):
         if stop == 0:
             continue
-        splits[name], stats[name] = build_split(name, start, stop, cfg, entry, say)
+        splits[name], stats[name] = build_split(name, first, stop, cfg, entry, say)
+    if held:
+        stats["train"]["boundary_rows_skipped"] = start - held
     return splits, stats
+
+
+def train_start(cfg: dict[str, Any], held: int, sep: int | None) -> int:
+    """The first row after the held-out rows that starts a document.
+
+    Rows are cut from a stream of documents each closed by ``[SEP]``: the last held-out row usually ends
+    inside a document whose rest fills the next rows. Those rows, up to the one holding its ``[SEP]``,
+    are left out of train (the tokens after that ``[SEP]`` in the same row go with it: a row is never
+    split). This separates the splits when rows are in stream order; in a corpus whose rows were
+    re-sorted (the published Pile is in its curriculum order) the other parts of a document cut by a
+    row boundary lie elsewhere, which no row position can separate.
+    """
+    if sep is None:
+        raise ValueError(
+            "a held-out split of a pre-tokenized corpus needs the [SEP] id to find a document end"
+        )
+    column, seq_len = cfg["readymade"]["column"], cfg["seq_len"]
+    row = held - 1
+    for batch in sources.hub_token_rows(cfg["hub"], column, seq_len, held - 1):
+        if row == held - 1:  # the last held-out row: a document boundary when it ends with [SEP]
+            if batch[0, -1] == sep:
+                return held
+            batch, row = batch[1:], held
+        ends = np.flatnonzero((batch == sep).any(axis=1))
+        if len(ends):
+            return row + int(ends[0]) + 1
+        row += len(batch)
+    return max(row, held)  # no document end after the holdout: nothing left for train
 
 
 def build_split(

@@ -20,8 +20,14 @@ BPE_SPECIAL_TOKENS = {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>
 BPE_LEADING = ("<s>", "<pad>", "</s>", "<unk>")
 
 
+# Characters kept as tokens when non-ASCII text is kept (tokenizers' BertWordPieceTokenizer default).
+UNICODE_ALPHABET = 1000
+
+
 def build_normalizer(options: dict[str, Any]) -> normalizers.Normalizer:
-    """BERT normalisation: clean control chars, lowercase, NFD + strip accents, then drop non-ASCII."""
+    """BERT normalisation: clean control chars, lowercase, NFD + strip accents; then, with ``ascii_only``
+    (crammedBERT's choice), drop every non-ASCII character. Without it this is BERT's BasicTokenizer for
+    uncased models: other scripts are kept and CJK characters are split into words of their own."""
     steps: list[normalizers.Normalizer] = [
         normalizers.BertNormalizer(
             clean_text=True,
@@ -63,12 +69,15 @@ def train_tokenizer(
     if options.get("kind", "wordpiece") == "bpe":
         return train_bpe_tokenizer(documents, vocab_size, show_progress)
     tok = untrained_tokenizer(options)
+    # Kept Unicode brings thousands of rare characters: the most frequent ones become tokens, the rest [UNK].
+    alphabet = {} if options.get("ascii_only", True) else {"limit_alphabet": UNICODE_ALPHABET}
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
         special_tokens=list(SPECIAL_TOKENS.values()),
         show_progress=show_progress,
         continuing_subword_prefix="##",
+        **alphabet,
     )
     tok.train_from_iterator(_batched(documents, 256), trainer=trainer)
     if tok.get_vocab_size() > vocab_size:
