@@ -21,6 +21,11 @@ from cramming.files import atomic_write
 from cramming.model import LEGACY_HEAD, BertForMLM, BertForSequenceClassification
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+FRAMING = "cramming_pretraining"  # config.json key: how pretraining framed the model's inputs
+MASKING_SCHEMES = {  # data.masking -> what it did, for evaluation code that rebuilds the training layout
+    "crammed": "a fixed count of round(mlm_probability * seq_len) positions per sequence, 80/10/10",
+    "bert": "each token independently with probability mlm_probability, 80/10/10",
+}
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -50,6 +55,34 @@ def model_config(model: torch.nn.Module, extra: Mapping | None = None) -> dict:
         config.update(task="mlm")
     config.update(extra or {})
     return config
+
+
+def pretraining_framing(cfg: Mapping, tokenizer: Tokenizer) -> dict:
+    """How pretraining framed its inputs (``config.json``'s ``cramming_pretraining``), from the run config.
+
+    Enough for evaluation code to rebuild the training layout: sequence length, whether each sequence
+    opened with [CLS] / <s>, the objective, the masking rate and scheme, and the text normalisation.
+    """
+    data = cfg["data"]
+    masking = str(data.get("masking", "crammed"))
+    tok = dict(data.get("tokenizer") or {})
+    bpe = tok.get("kind") == "bpe"
+    normalizer = json.loads(tokenizer.to_str()).get("normalizer")
+    return {
+        "recipe": cfg.get("recipe", "crammed"),
+        "objective": str(data.get("objective", "mlm")),
+        "seq_len": int(data["seq_len"]),
+        "cls_per_sequence": bool(data.get("cls_per_sequence", False)),
+        "mlm_probability": float(data["mlm_probability"]),
+        "masking": masking,
+        "masking_scheme": MASKING_SCHEMES.get(masking, masking),
+        "tokenizer_kind": str(tok.get("kind", "wordpiece")),
+        # lowercase / strip_accents / ascii_only (WordPiece only: byte-level BPE normalises nothing)
+        "normalization": {}
+        if bpe
+        else {k: tok[k] for k in ("lowercase", "strip_accents", "ascii_only") if k in tok},
+        "normalizer": normalizer,  # the tokenizer's own normalizer (tokenizers JSON), null for byte-level BPE
+    }
 
 
 def save_export(

@@ -11,7 +11,15 @@ tokenizer_config.json, special_tokens_map.json and two self-contained remote-cod
     tokenizer = AutoTokenizer.from_pretrained(out)
 
 ``AutoModel`` (the encoder), ``AutoModelForMaskedLM`` and ``AutoModelForSequenceClassification``
-all load either kind of export; a head the export lacks starts from random weights.
+all load either kind of export; a head the export lacks starts from random weights. A recipe=bert /
+roberta model whose arch transformers' own classes cannot compute (e.g. ``arch.norm_position=pre``) goes
+this way too, with its decoder bias, pooler and NSP head (``AutoModelForPreTraining`` gives both logits).
+Before writing, every tensor of the model is checked against the remote-code class: an export that would
+leave one behind (or start one from random weights) is refused with the names (``check_carried``).
+
+Every config.json carries ``cramming_pretraining``: how pretraining framed the inputs (sequence length,
+[CLS] per sequence or not, objective, masking rate and scheme, normaliser), or ``recorded: false`` for an
+export from before the key existed.
 
 A ``recipe=bert`` model is written as transformers' own ``BertForPreTraining`` (``BertForMaskedLM``,
 ``AutoModel`` load it too) and a ``recipe=roberta`` model as ``RobertaForMaskedLM``: no remote code,
@@ -27,11 +35,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from cramming.data.tokenizer import is_bpe
-from cramming.export import CONFIG, TOKENIZER, WEIGHTS, load_model, read_config, read_tokenizer
+from cramming.data.tokenizer import is_bpe, special_ids, special_tokens_of
+from cramming.export import CONFIG, FRAMING, TOKENIZER, WEIGHTS, load_model, read_config, read_tokenizer
 from cramming.files import atomic_write
 from cramming.hf_native import export_native, native_family
 
@@ -43,28 +52,47 @@ AUTO_MAP = {
     "AutoModel": "modeling_cramming.CrammingModel",
     "AutoModelForMaskedLM": "modeling_cramming.CrammingForMaskedLM",
     "AutoModelForSequenceClassification": "modeling_cramming.CrammingForSequenceClassification",
+    "AutoModelForPreTraining": "modeling_cramming.CrammingForPreTraining",
 }
-SPECIAL_TOKENS = {
-    "unk_token": "[UNK]",
-    "sep_token": "[SEP]",
-    "pad_token": "[PAD]",
-    "cls_token": "[CLS]",
-    "mask_token": "[MASK]",
+ARCHITECTURES = {  # task -> the remote-code class config.json names (and check_carried builds)
+    "mlm": "CrammingForMaskedLM",
+    "pretraining": "CrammingForPreTraining",
+    "classification": "CrammingForSequenceClassification",
 }
 
 
-def hf_config(config: Mapping, pad_token_id: int) -> dict:
-    """The transformers config.json for a cramming config.json."""
+def framing_of(config: Mapping, tokenizer: Tokenizer) -> dict:
+    """The export's ``cramming_pretraining`` block, or what can still be said for an export without it."""
+    if config.get(FRAMING):
+        return dict(config[FRAMING])
+    normalizer = json.loads(tokenizer.to_str()).get("normalizer")
+    return {
+        "recorded": False,
+        "tokenizer_kind": "bpe" if is_bpe(tokenizer) else "wordpiece",
+        "normalizer": normalizer,
+    }
+
+
+def hf_config(config: Mapping, tokenizer: Tokenizer) -> dict:
+    """The transformers config.json for a cramming config.json (special ids from ``tokenizer``)."""
     arch = dict(config["arch"])
+    ids = special_ids(tokenizer)
+    task = config.get("task", "mlm")
     out = {
         "model_type": "cramming-bert",
         "auto_map": dict(AUTO_MAP),
         "arch": arch,
         "vocab_size": config["vocab_size"],
-        "pad_token_id": pad_token_id,
+        "pad_token_id": ids["pad"],
+        "bos_token_id": ids["cls"],
+        "eos_token_id": ids["sep"],
+        "decoder_bias": task == "pretraining",  # BertForPreTraining's decoder has its own bias
+        "nsp": bool(config.get("nsp")),
         "tie_word_embeddings": bool(arch.get("tie_embeddings", True)),
         "dtype": "float32",
         "cramming_version": config.get("cramming_version"),
+        "cramming_recipe": (config.get("pretraining") or {}).get("recipe"),
+        FRAMING: framing_of(config, tokenizer),
     }
     if config.get("task") == "classification":
         out["architectures"] = ["CrammingForSequenceClassification"]
@@ -81,17 +109,22 @@ def hf_config(config: Mapping, pad_token_id: int) -> dict:
             if config.get(key) is not None:
                 out[key] = config[key]
     else:
-        out["architectures"] = ["CrammingForMaskedLM"]
-        # AutoModelForSequenceClassification on a pretrained export: a fresh head of the reference's shape
-        # (a classifier export keeps the head it was trained with; an old one without the key, the old head)
-        out["arch"].setdefault("classifier_head", "crammed")
+        out["architectures"] = [ARCHITECTURES[task]]
+        # AutoModelForSequenceClassification on a pretrained export: a fresh head of the reference's shape, or
+        # BERT's pooler head for a recipe=bert/roberta model (its trained pooler then loads into it); a
+        # classifier export keeps the head it was trained with (an old one without the key, the old head)
+        out["arch"].setdefault("classifier_head", "bert" if task == "pretraining" else "crammed")
     return out
 
 
 def tokenizer_files(tokenizer: Tokenizer, model_max_length: int) -> tuple[dict, dict]:
-    """tokenizer_config.json and special_tokens_map.json for ``PreTrainedTokenizerFast``."""
-    vocab = tokenizer.get_vocab()
-    special = {role: tok for role, tok in SPECIAL_TOKENS.items() if tok in vocab}
+    """tokenizer_config.json and special_tokens_map.json for ``PreTrainedTokenizerFast``: the special
+    tokens of the tokenizer's family ([PAD]... for WordPiece, <pad>... plus bos/eos for byte-level BPE),
+    so ``tokenizer(..., padding=True)`` pads with the id the model was built for."""
+    tokens = special_tokens_of(tokenizer)
+    special = {f"{role}_token": tokens[role] for role in ("unk", "sep", "pad", "cls", "mask")}
+    if is_bpe(tokenizer):
+        special.update(bos_token=tokens["cls"], eos_token=tokens["sep"])
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": model_max_length,
@@ -109,6 +142,38 @@ def state_dict_for_hf(model) -> dict:
     if model.arch.get("tie_embeddings") and "decoder.weight" in state:
         del state["decoder.weight"]
     return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def check_carried(state: Mapping[str, torch.Tensor], config: Mapping) -> None:
+    """Refuse an export the remote-code class cannot hold exactly: a ValueError names every tensor it
+    would drop, leave at random initialisation, or load with another shape."""
+    from cramming.hf import modeling_cramming
+    from cramming.hf.configuration_cramming import CrammingConfig
+
+    fields = {k: v for k, v in config.items() if k not in ("auto_map", "architectures", "model_type")}
+    cls = getattr(modeling_cramming, config["architectures"][0])
+    with torch.device("meta"):  # names and shapes only: no memory, no initialisation cost
+        theirs = {k: tuple(v.shape) for k, v in cls(CrammingConfig(**fields)).state_dict().items()}
+    if config.get("tie_word_embeddings") and "decoder.weight" not in state:
+        theirs.pop("decoder.weight", None)  # re-tied to the word embeddings on load
+    ours = {k: tuple(v.shape) for k, v in state.items()}
+    dropped = sorted(set(ours) - set(theirs))
+    random = sorted(set(theirs) - set(ours))
+    reshaped = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
+    problems = [
+        f"{what}: {', '.join(keys)}"
+        for what, keys in (
+            ("weights the remote-code model has no place for", dropped),
+            ("weights it would start from random values", random),
+            ("weights of another shape", reshaped),
+        )
+        if keys
+    ]
+    if problems:
+        raise ValueError(
+            f"cannot export this {config['architectures'][0]} for transformers without changing it: "
+            + "; ".join(problems)
+        )
 
 
 def refuse_unsupported(arch: Mapping) -> None:
@@ -135,21 +200,21 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     refuse_unsupported(config["arch"])
     model = load_model(model_dir)
     tokenizer = read_tokenizer(model_dir)
-    family = native_family(config, is_bpe(tokenizer))
+    family = native_family(config, is_bpe(tokenizer), special_ids(tokenizer)["pad"])
     if family is not None:  # recipe=bert / roberta: transformers' own classes, no remote code
         export_native(model, config, tokenizer, out_dir, family)
         log.info("wrote a transformers %s folder to %s (no remote code needed)", family, out_dir)
         return out_dir
-    pad_id = tokenizer.token_to_id("[PAD]")
-    out_dir.mkdir(parents=True, exist_ok=True)
-
     state = state_dict_for_hf(model)
+    hf = hf_config(config, tokenizer)
+    check_carried(state, hf)  # before anything is written
+    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     shutil.copyfile(model_dir / TOKENIZER, out_dir / TOKENIZER)
     max_len = int(config.get("max_length") or config["arch"]["max_position_embeddings"])
     tok_config, special = tokenizer_files(tokenizer, max_len)
     files = {
-        CONFIG: hf_config(config, 0 if pad_id is None else pad_id),
+        CONFIG: hf,
         "tokenizer_config.json": tok_config,
         "special_tokens_map.json": special,
     }

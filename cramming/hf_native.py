@@ -29,12 +29,16 @@ NATIVE_ARCH = {
 ROBERTA_POSITION_OFFSET = 2  # padding_idx (1) + 1
 
 
-def native_family(config: Mapping, bpe: bool) -> str | None:
-    """``"bert"`` / ``"roberta"`` when the export maps onto transformers' classes, else None."""
+def native_family(config: Mapping, bpe: bool, pad_id: int | None = None) -> str | None:
+    """``"bert"`` / ``"roberta"`` when the export maps onto transformers' classes with every weight, else
+    None (the remote-code export then carries it). ``RobertaForMaskedLM`` has no NSP head, and computes
+    positions from ``padding_idx``, which must be the pad id 1 our position offset assumes."""
     if config.get("task") != "pretraining":
         return None
     arch = config["arch"]
     if any(arch.get(key) != value for key, value in NATIVE_ARCH.items()):
+        return None
+    if bpe and (config.get("nsp") or (pad_id is not None and pad_id != ROBERTA_POSITION_OFFSET - 1)):
         return None
     return "roberta" if bpe else "bert"
 
@@ -56,7 +60,7 @@ def hf_config(config: Mapping, family: str, special: Mapping[str, int]) -> dict:
         "pad_token_id": special["pad"],
         "tie_word_embeddings": True,
         "dtype": "float32",
-        "cramming_recipe": config.get("pretraining", {}).get("recipe"),
+        "cramming_recipe": (config.get("pretraining") or {}).get("recipe"),
     }
     if family == "roberta":
         out.update(
@@ -173,8 +177,14 @@ def export_native(model, config: Mapping, tokenizer, out_dir, family: str):
     max_len = int(config["arch"]["max_position_embeddings"])
     roles = {"cls": "cls", "sep": "sep", "pad": "pad", "unk": "unk", "mask": "mask"}
     tokens = {role: special_tokens_of(tokenizer)[name] for role, name in roles.items()}
+    from cramming.export import FRAMING
+    from cramming.export_hf import framing_of
+
     files = {
-        "config.json": hf_config(config, family, special_ids(tokenizer)),
+        "config.json": {
+            **hf_config(config, family, special_ids(tokenizer)),
+            FRAMING: framing_of(config, tokenizer),
+        },
         "tokenizer_config.json": tokenizer_config(family, tokens, max_len),
         "special_tokens_map.json": {f"{role}_token": token for role, token in tokens.items()},
     }

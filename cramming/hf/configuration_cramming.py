@@ -38,13 +38,23 @@ DEFAULT_ARCH = {
 class CrammingConfig(PretrainedConfig):
     model_type = "cramming-bert"
 
-    def __init__(self, arch: dict | None = None, vocab_size: int = 32768, pad_token_id: int = 0, **kwargs):
+    def __init__(
+        self,
+        arch: dict | None = None,
+        vocab_size: int = 32768,
+        pad_token_id: int = 0,
+        decoder_bias: bool = False,
+        nsp: bool = False,
+        **kwargs,
+    ):
         # Derived names are written to config.json for tools that read them; `arch` is the source of truth.
         for derived in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                         "max_position_embeddings", "type_vocab_size", "layer_norm_eps"):  # fmt: skip
             kwargs.pop(derived, None)
         self.arch = {**DEFAULT_ARCH, **(arch or {})}
         self.vocab_size = vocab_size
+        self.decoder_bias = bool(decoder_bias)  # the MLM decoder's output bias (recipe=bert / roberta models)
+        self.nsp = bool(nsp)  # BERT's pooler + next-sentence head (recipe=bert trained with NSP)
         self.hidden_size = self.arch["hidden_size"]
         self.num_hidden_layers = self.arch["num_layers"]
         self.num_attention_heads = self.arch["num_heads"]

@@ -4,12 +4,16 @@ Copied next to the weights by ``python -m cramming.export_hf``; it imports nothi
 ``cramming``, so ``AutoModel.from_pretrained(path, trust_remote_code=True)`` works without
 the package. The module and parameter names match cramming's, so the weights load as they
 are: pre-LayerNorm blocks without linear biases, a GELU-GLU feed-forward, scaled sinusoidal
-positions, a final LayerNorm, and a decoder tied to the word embeddings.
+positions, a final LayerNorm, and a decoder tied to the word embeddings (crammed-BERT), or any other
+``arch`` cramming builds (post-LN, learned positions, biases, BERT's prediction head). A recipe=bert /
+roberta model adds the decoder's output bias (``config.decoder_bias``) and, when trained with NSP,
+BERT's pooler and next-sentence head (``config.nsp``): ``CrammingForPreTraining`` gives both logits.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
+from transformers.utils import ModelOutput
 
 from .configuration_cramming import CrammingConfig
 
@@ -226,6 +231,13 @@ class PredictionHead(nn.Module):
 
 
 class CrammingForMaskedLM(CrammingPreTrainedModel):
+    """The encoder plus the MLM decoder: (B, T) ids -> (B, T, V) logits.
+
+    With ``config.decoder_bias`` (recipe=bert / roberta) the decoder adds its own output bias; with
+    ``config.nsp`` the pooler and next-sentence head are held too (their weights load, and
+    ``CrammingForPreTraining`` uses them), so no weight of the export is left behind.
+    """
+
     if _TRANSFORMERS_V5:
         _tied_weights_keys = {"decoder.weight": "encoder.embeddings.word.weight"}
     else:
@@ -233,9 +245,13 @@ class CrammingForMaskedLM(CrammingPreTrainedModel):
 
     def __init__(self, config: CrammingConfig):
         super().__init__(config)
+        width = config.arch["hidden_size"]
         self.encoder = CrammingModel(config)
         self.head = PredictionHead(config.arch) if config.arch["prediction_head"] else None
-        self.decoder = nn.Linear(config.arch["hidden_size"], config.vocab_size, bias=False)
+        self.decoder = nn.Linear(width, config.vocab_size, bias=False)
+        self.decoder_bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.decoder_bias else None
+        self.pooler = nn.Linear(width, width) if config.nsp else None
+        self.nsp_head = nn.Linear(width, 2) if config.nsp else None
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -243,6 +259,12 @@ class CrammingForMaskedLM(CrammingPreTrainedModel):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.decoder = value
+
+    def decode(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.head is not None:
+            hidden = self.head(hidden)
+        logits = self.decoder(hidden)  # (B, T, V)
+        return logits + self.decoder_bias if self.decoder_bias is not None else logits
 
     def forward(
         self,
@@ -254,15 +276,52 @@ class CrammingForMaskedLM(CrammingPreTrainedModel):
         **kwargs,
     ) -> MaskedLMOutput | tuple:
         hidden = self.encoder(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, H)
-        if self.head is not None:
-            hidden = self.head(hidden)
-        logits = self.decoder(hidden)  # (B, T, V)
+        logits = self.decode(hidden)  # (B, T, V)
         loss = None
         if labels is not None:  # -100 marks positions without a target
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1))
         if return_dict is False:
             return (logits,) if loss is None else (loss, logits)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=None)
+
+
+@dataclass
+class CrammingForPreTrainingOutput(ModelOutput):
+    """transformers' BertForPreTraining names: MLM ``prediction_logits`` (B, T, V), NSP
+    ``seq_relationship_logits`` (B, 2) (None without an NSP head); ``logits`` is the MLM logits again."""
+
+    loss: torch.Tensor | None = None
+    prediction_logits: torch.Tensor | None = None
+    seq_relationship_logits: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+class CrammingForPreTraining(CrammingForMaskedLM):
+    """MLM logits and, for a model trained with NSP, BERT's next-sentence logits (pooler on the first token)."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        next_sentence_label: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CrammingForPreTrainingOutput | tuple:
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, H)
+        logits = self.decode(hidden)  # (B, T, V)
+        nsp = self.nsp_head(torch.tanh(self.pooler(hidden[:, 0]))) if self.nsp_head is not None else None
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1))
+            if nsp is not None and next_sentence_label is not None:
+                loss = loss + F.cross_entropy(nsp.float(), next_sentence_label.view(-1))
+        if return_dict is False:
+            return tuple(t for t in (loss, logits, nsp) if t is not None)
+        return CrammingForPreTrainingOutput(
+            loss=loss, prediction_logits=logits, seq_relationship_logits=nsp, logits=logits
+        )
 
 
 class CrammingForSequenceClassification(CrammingPreTrainedModel):
