@@ -118,7 +118,8 @@ def _sst2(root: Path, rng: random.Random, manifest: dict) -> None:
         for i in range(n):
             positive = (i * 7) % 11 < 6
             word = rng.choice(GOOD if positive else BAD)
-            rows.append([f"it 's a {word} {rng.choice(NOUNS)} story . ", "1" if positive else "0"])
+            tail = f"about a {rng.choice(NOUNS)} and a {rng.choice(NOUNS)} " if rng.random() < 0.5 else ""
+            rows.append([f"it 's a {word} {rng.choice(NOUNS)} story {tail}. ", "1" if positive else "0"])
         _write(root / "SST-2" / f"{split}.tsv", ["sentence", "label"], rows)
         labels = ["positive" if r[1] == "1" else "negative" for r in rows]
         _record(manifest, f"SST-2/{split}", [r[0] for r in rows], None, labels)

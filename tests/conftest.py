@@ -61,6 +61,45 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+# Only `gpu`-marked tests may skip (on a machine without CUDA). Any other skip (a missing dependency,
+# a missing tool, a test module skipped at import) fails the run, so that a green run never hides
+# tests that did not run: the summary prints both counts, and .ci/run relies on the exit status.
+_SKIPS = {"gpu": 0, "other": []}
+
+
+def _count_skip(report) -> None:
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return
+    if "gpu" in getattr(report, "keywords", {}):
+        _SKIPS["gpu"] += 1
+    else:
+        _SKIPS["other"].append(report.nodeid)
+
+
+def pytest_runtest_logreport(report):
+    _count_skip(report)
+
+
+def pytest_collectreport(report):
+    _count_skip(report)  # e.g. pytest.importorskip at module level skips the whole file
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SKIPS["other"] and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    other = _SKIPS["other"]
+    terminalreporter.write_line(
+        f"skipped: {_SKIPS['gpu']} gpu-marked (allowed), {len(other)} other (allowed: 0)"
+    )
+    if other:
+        terminalreporter.write_line(
+            "FAILED: tests other than gpu-marked ones were skipped: " + ", ".join(other), red=True
+        )
+
+
 @pytest.fixture
 def restore_runtime_globals():
     """Entry points set torch's thread count and the ops dispatch, as a CLI would; undo that afterwards."""

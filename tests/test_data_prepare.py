@@ -27,7 +27,7 @@ def tiny_docs(tiny_corpus) -> list[str]:
 
 @pytest.fixture(scope="module")
 def small_txt(tiny_docs, tmp_path_factory) -> Path:
-    """The first 30 Wikipedia articles of the tiny corpus (~400 KB), for fast builds."""
+    """The first 30 documents of the tiny corpus (~360 KB of book text), for fast builds."""
     path = tmp_path_factory.mktemp("small") / "small.txt"
     path.write_text("\n\n".join(tiny_docs[:30]) + "\n\n", encoding="utf-8")
     return path
@@ -423,7 +423,8 @@ def test_junk_bound_scales_for_small_vocabularies(tiny_corpus, tmp_path):
     }
     corpus = prepare_corpus(cfg, log=None)
     removed = corpus.stats["filters"]["train"]["junk_ratio"]["documents"]
-    assert removed <= 8 and corpus.stats["documents"] >= 78  # of 86; before scaling all 86 were dropped
+    # of the 80 book documents (0.26..0.33 tokens per character here): the unscaled 0.25 dropped them all
+    assert removed <= 8 and corpus.stats["documents"] >= 72
 
 
 def test_unreachable_hub_dataset_is_a_clear_error():

@@ -83,7 +83,9 @@ def test_collate_pads_per_batch_with_mask(tokenizer):
 def _synthetic(n: int, rng: np.random.Generator):
     """Filler words plus one cue word; the label is which cue word appears."""
     filler = ["the", "of", "and", "in", "was", "for", "with", "on", "by", "from"]
-    cues = ["city", "music"]
+    # Whole tokens of the 500-token tokenizer trained on the tiny corpus (book text), so each cue is one
+    # input id: with cues split into rare pieces the 4-epoch regression below stays near the mean.
+    cues = ["king", "time"]
     texts, labels = [], []
     for _ in range(n):
         words = list(rng.choice(filler, size=rng.integers(3, 12)))

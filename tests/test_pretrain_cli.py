@@ -208,7 +208,7 @@ def test_eval_glue_after_pretraining(finished_run, tiny_corpus, glue_dir):
     sst2 = results["tasks"]["sst2"]
     accuracy = sst2["median"]["accuracy"]
     assert set(sst2["median"]) == {"accuracy"} and math.isfinite(accuracy)
-    assert sst2["examples"]["dev"] == {"dev": 64}  # eval.max_eval_examples of the 872 dev sentences
+    assert sst2["examples"]["dev"] == {"dev": 64}  # eval.max_eval_examples of the SST-2 dev sentences
     confusion = sst2["classes"]["dev"]["confusion_matrix"]
     assert sum(map(sum, confusion)) == 64
     assert accuracy == pytest.approx(100 * sum(confusion[i][i] for i in range(len(confusion))) / 64)
