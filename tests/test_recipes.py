@@ -142,6 +142,62 @@ def test_recipe_group_selects_whole_recipes():
     assert roberta.train.batch_size == 8192 and roberta.arch.type_vocab_size == 1
 
 
+def test_roberta_recipe_packs_full_sentences_at_128_and_takes_512(tiny_corpus):
+    """Catches: recipe=roberta on the cut token stream (no <s> in pretraining), a default other than the
+    README's 128, or data.seq_len=512 (RoBERTa's own) refused."""
+    from omegaconf import OmegaConf
+
+    from cramming.config import validate_run
+
+    roberta = compose_with(["recipe=roberta"])
+    assert (roberta.data.packing, roberta.data.seq_len, roberta.data.cls_per_sequence) == (
+        "full-sentences", 128, False)  # fmt: skip
+    assert compose_with([]).data.packing == "stream"  # crammed keeps its cut stream
+    long = compose_with(
+        ["recipe=roberta", "data=local", f"data.files=[{tiny_corpus['train']}]", "data.seq_len=512"]
+    )
+    validate_run(OmegaConf.to_container(long, resolve=True))
+
+
+# BERT's BasicTokenizer (google-research/bert tokenization.py, do_lower_case=True) on UNICODE_TEXT: control
+# characters removed, CJK characters split, lowercased, NFD with combining marks removed, punctuation split.
+UNICODE_TEXT = "Héllo WÖRLD! 中文字 naïve Ñandú\u00a0— Ελληνικά Привет Straße"
+BERT_BASIC = ["hello", "world", "!", "中", "文", "字", "naive", "nandu", "—", "ελληνικα", "привет", "straße"]
+
+
+def pre_tokens(options: dict, text: str) -> list[str]:
+    from cramming.data.tokenizer import untrained_tokenizer
+
+    tok = untrained_tokenizer(options)
+    return [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))]
+
+
+def test_bert_recipe_keeps_unicode_as_bert_does():
+    """Catches: recipe=bert dropping non-ASCII characters (crammedBERT's choice, not BERT's), CJK characters
+    left unsplit, accents kept; and crammed losing its ASCII-only normalizer."""
+    from omegaconf import OmegaConf
+
+    bert = OmegaConf.to_container(compose_with(["recipe=bert"]).data.tokenizer)
+    assert pre_tokens(bert, UNICODE_TEXT) == BERT_BASIC
+    crammed = OmegaConf.to_container(compose_with([]).data.tokenizer)
+    assert pre_tokens(crammed, UNICODE_TEXT) == ["hello", "world", "!", "naive", "nandu", "strae"]
+
+
+def test_unicode_tokenizer_encodes_kept_characters():
+    """Catches: the encoder's ASCII fast path used for a tokenizer that keeps Unicode (it would drop the
+    characters the normalizer keeps), or the trained vocabulary lacking the frequent non-ASCII characters."""
+    from cramming.data.encode import Encoder
+
+    docs = [f"{UNICODE_TEXT} the cat sat on the mat number {i}." for i in range(300)]
+    tok = train_tokenizer(docs, 300, {"lowercase": True, "strip_accents": True, "ascii_only": False})
+    text = [UNICODE_TEXT, "日本 Crème brûlée"]
+    flat, offsets = Encoder(tok).encode(text)
+    expected = [i for e in tok.encode_batch(text, add_special_tokens=False) for i in e.ids]
+    assert flat.tolist() == expected
+    tokens = tok.encode(UNICODE_TEXT, add_special_tokens=False).tokens
+    assert {"中", "文", "字"} <= set(tokens) and "[UNK]" not in tokens
+
+
 def test_unknown_recipe_lists_the_recipes():
     """Catches: a typo in recipe= silently training the default recipe."""
     with pytest.raises(Exception) as err:
