@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -180,30 +181,43 @@ def save_width_sweep(
     for row in sweep:  # after saving: the label is for the plot only, not a column of the result files
         row["series"] = f"{row['provider']} {row['mode']}"
     png = plot(sweep, "width", "gbps", "series", Path(out_dir) / f"{name}.png", title=title)
-    print(f"wrote {csv_path}, {json_path}, {png}")
+    print(f"wrote {csv_path}, {json_path}" + (f", {png}" if png else " (no timings to plot)"))
     if smoke:
         print("(smoke mode: the timings above are interpreter/CPU timings and are NOT comparable)")
 
 
+def plot_title(title: str) -> str:
+    """``title`` with every absolute path reduced to its last part (no machine paths in figures)."""
+    absolute = r"(?<![\w.])(?:~|[A-Za-z]:)?(?:[/\\][^\s/\\]+)+[/\\]?"
+    return re.sub(absolute, lambda m: re.split(r"[/\\]", m.group().rstrip("/\\"))[-1], title)
+
+
 def plot(
     rows: Sequence[dict], x: str, y: str, series: str, path: Path | str, title: str = "", logx: bool = True
-) -> Path:
-    """Line plot of ``y`` against ``x``, one line per distinct value of ``series``; saved as PNG."""
+) -> Path | None:
+    """Line plot of ``y`` against ``x``, one line per distinct value of ``series``; saved as PNG.
+
+    Nothing is written (None) when no row has a ``y`` value: an empty panel says nothing."""
+    lines = {}
+    for label in dict.fromkeys(row[series] for row in rows):
+        points = sorted((row[x], row[y]) for row in rows if row[series] == label and row[y] is not None)
+        if points:
+            lines[label] = points
+    if not lines:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label in dict.fromkeys(row[series] for row in rows):
-        points = sorted((row[x], row[y]) for row in rows if row[series] == label and row[y] is not None)
-        if points:
-            ax.plot(*zip(*points), marker="o", label=str(label))
+    for label, points in lines.items():
+        ax.plot(*zip(*points), marker="o", label=str(label))
     if logx:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    ax.set_title(title)
+    ax.set_title(plot_title(title))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -198,9 +198,8 @@ def main(argv: list[str] | None = None) -> None:
             shape = f"H={rows[0]['H']} D={rows[0]['D']}"
             title = f"attention {mode}, {'padded' if padded else 'no padding'}, {shape} {args.dtype}"
             title += " (SMOKE: not comparable)" if smoke else ""
-            paths.append(
-                common.plot(subset, "T", "tflops", "provider", args.out / f"{name}_{suffix}.png", title)
-            )
+            png = common.plot(subset, "T", "tflops", "provider", args.out / f"{name}_{suffix}.png", title)
+            paths += [png] if png else []  # no panel for a setting with no timings
     print("wrote", *map(str, paths), sep="\n  ")
 
 
