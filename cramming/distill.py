@@ -36,7 +36,7 @@ from cramming.distillation import (
     load_teacher,
     student_arch,
 )
-from cramming.export import WEIGHTS, save_export
+from cramming.export import FRAMING, WEIGHTS, pretraining_framing, save_export
 from cramming.files import file_sha256
 from cramming.model import count_parameters
 from cramming.perf import flops_per_token
@@ -88,7 +88,11 @@ class DistillTrainer(Pretrainer):
             self.model.student,
             self.corpus.tokenizer,
             self.run_dir / "model",
-            extra={"pretraining": summary, "teacher": self.teacher_record()},
+            extra={
+                "pretraining": summary,
+                "teacher": self.teacher_record(),
+                FRAMING: pretraining_framing(self.cfg, self.corpus.tokenizer),
+            },
         )
 
 

@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from cramming import classify, metrics
 from cramming.cli import cli_errors
 from cramming.conf import CONF_PATH
-from cramming.export import CONFIG, save_export
+from cramming.export import CONFIG, FRAMING, save_export
 from cramming.model import CLASSIFIER_HEADS
 from cramming.report import report_at_end
 from cramming.runtime import make_runtime
@@ -372,7 +372,9 @@ def train_and_evaluate(
             ex, targets = prepared[split]
             logits = classify.predict(model, encoded[split], cfg["eval_batch_size"], device, precision)
             summary[split] = evaluate_split(split, ex, targets, logits, labels, out_dir)
-    save_export(model.cpu(), tokenizer, out_dir, extra=export_extra(cfg, task, labels, summary))
+    extra = export_extra(cfg, task, labels, summary)
+    extra[FRAMING] = pretrained.config.get(FRAMING)  # how the encoder's pretraining framed its inputs
+    save_export(model.cpu(), tokenizer, out_dir, extra=extra)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -33,7 +33,7 @@ from cramming.checkpoint import (
 )
 from cramming.data.bert_masking import build_collator as build_recipe_collator
 from cramming.data.prefetch import BatchStream
-from cramming.export import save_export
+from cramming.export import FRAMING, pretraining_framing, save_export
 from cramming.heldout import PeriodicScorer
 from cramming.model import build_mlm, count_parameters
 from cramming.optim import build_optimizer
@@ -219,7 +219,8 @@ class Pretrainer:
             delay_s=float(self.train_cfg["debug_data_delay_s"]),  # testing aid: a slow disk
         )
         micro = int(self.train_cfg["microbatch_size"]) * runtime.world_size
-        self.clock = BudgetClock(budget, ramp=(micro, *self.ramp()))  # the ETA of a step budget weighs the ramp
+        # the ETA of a step budget weighs the ramp (late steps run more microbatches)
+        self.clock = BudgetClock(budget, ramp=(micro, *self.ramp()))
         self.progress = Progress()
         self.identity = identity(cfg["arch"], self.vocab_size, corpus.tokenizer.to_str())
         # Testing aid: poison the loss at these step numbers (once each), to exercise the non-finite path.
@@ -244,7 +245,10 @@ class Pretrainer:
 
     def export(self, summary: dict) -> None:
         """Write ``RUN/model`` (a hook: distillation exports the student alone, naming its teacher)."""
-        save_export(self.model, self.corpus.tokenizer, self.run_dir / "model", extra={"pretraining": summary})
+        # how pretraining framed the inputs (seq_len, [CLS], masking, normaliser), for evaluation code
+        framing = pretraining_framing(self.cfg, self.corpus.tokenizer)
+        extra = {"pretraining": summary, FRAMING: framing}
+        save_export(self.model, self.corpus.tokenizer, self.run_dir / "model", extra=extra)
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
