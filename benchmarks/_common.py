@@ -31,8 +31,12 @@ import torch
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
-# Peak HBM bandwidth (GB/s) and dense bf16 peak (TFLOP/s) by device-name substring.
+# Peak HBM bandwidth (GB/s) and dense bf16 peak (TFLOP/s) by device-name substring; first match wins,
+# so the form factors come first (as in cramming.perf): H100 NVL 3.9 TB/s and 835, PCIe 2.0 TB/s and 756.
 _DEVICE_TABLE = {
+    "H100 NVL": (3900.0, 835.0),
+    "H100 PCIe": (2000.0, 756.0),
+    "H200 NVL": (4800.0, 835.0),
     "H200": (4800.0, 989.0),
     "H100": (3350.0, 989.0),
     "A100": (2039.0, 312.0),

@@ -1,6 +1,8 @@
-"""benchmarks/run_gpu.sh, the one prepared GPU check: its plan (a dry run on CPU) and its report."""
+"""benchmarks/run_gpu.sh, the one prepared GPU check: its plan (a dry run on CPU), its report, and its
+offline install on a stand-in for the GPU machine's image (tests/test_run_gpu_install.py)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,42 +21,49 @@ def dry_run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_dry_run_plans_the_four_settings_within_the_device_limit():
-    """Catches a syntax error in the script, a file it names that does not exist, a setting whose
-    impl.compile/impl.kernels do not match its name, benchmark sweeps, and a deadline past 8 minutes."""
+def plan(stdout: str) -> dict[str, int]:
+    """{step: cap seconds} in the order the dry run lists them."""
+    found = re.findall(r"^  (\S+)\s+<=\s*(\d+)s", stdout, flags=re.M)
+    return {name: int(cap) for name, cap in found}
+
+
+def test_dry_run_plans_the_priorities_within_the_deadline():
+    """Catches a syntax error in the script, a file it names that does not exist, caps that add up past
+    the 480-s deadline (they once added to ~905 s), the headline compiled Triton run or the attention
+    benchmark placed behind the eager runs, and a setting whose overrides do not match its name."""
     result = dry_run()
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert "syntax ok; deadline 470 s" in lines[0]
-    runs = {line.split()[0]: line for line in lines if line.strip().startswith("train_")}
-    assert list(runs) == [
-        "train_eager_torch",
-        "train_eager_triton",
-        "train_compile_torch",
-        "train_compile_triton",
-    ]
-    for name, line in runs.items():
-        compile_, kernels = name.split("_")[1:]
+    steps = plan(result.stdout)
+    total = int(re.search(r"sum of caps: (\d+) s of the 480-s deadline", result.stdout).group(1))
+    assert total == sum(steps.values()) <= 480
+    order = list(steps)
+    assert order[:3] == ["install", "gpu_info", "kernel_tests"] and steps["kernel_tests"] <= 30
+    assert (
+        order.index("train_compile_triton")
+        < order.index("train_compile_torch")
+        < order.index("bench_attention")
+    )
+    assert (
+        order.index("bench_attention") < order.index("train_eager_triton") < order.index("bench_layer_norm")
+    )
+    assert order.index("bench_gelu") < order.index("slow_tests") and order[-1] == "pack"
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    for name in ("eager_torch", "eager_triton", "compile_torch", "compile_triton", "compile_triton_acc4"):
+        line = lines[f"train_{name}"]
+        compile_, kernels = name.split("_")[:2]
         assert f"impl.compile={'true' if compile_ == 'compile' else 'false'}" in line
         assert (
             f"impl.kernels={kernels}" in line
             and "arch=crammed-bert" in line
             and "impl.precision=bf16" in line
         )
-    benches = [line for line in lines if "benchmarks/bench_" in line]
-    assert len(benches) == 3 and all("--bert-only" in line for line in benches)
-    assert any("test_kernels_attention.py" in line for line in lines)
+        assert "train.log_every=1" in line and "seed=0" in line  # per-step losses, the same data
+    assert "train.batch_size=512" in lines["train_compile_triton_acc4"]  # 4 microbatches of 128
+    assert "test_torch_compile_forward_and_backward or test_autotuned_kernels_on_gpu" in lines["slow_tests"]
+    assert all("--bert-only" in lines[b] for b in ("bench_attention", "bench_layer_norm", "bench_gelu"))
 
 
-def test_quick_variant_and_bad_arguments():
-    """Catches --quick planning the full run (it must fit ~3.5 minutes) and an unknown flag being ignored."""
-    quick = dry_run("--quick")
-    assert quick.returncode == 0, quick.stderr
-    assert "deadline 210 s" in quick.stdout
-    assert [w.split()[0] for w in quick.stdout.splitlines() if w.strip().startswith("train_")] == [
-        "train_eager_torch",
-        "train_compile_triton",
-    ]
+def test_bad_arguments_are_refused():
     bad = dry_run("--fast")
     assert bad.returncode == 2 and "unknown argument '--fast'" in bad.stderr
 
@@ -67,16 +76,22 @@ def write_run(folder: Path, records: list[dict], summary: dict | None) -> None:
 
 
 def test_summary_leaves_out_the_compile_window_and_tolerates_missing_fields(tmp_path):
-    """Catches the first log window (compilation, warm-up) dragging down steady-state tokens/s and MFU,
-    a crash when data_wait (logged only once prefetching exists) or summary.json (a run cut by its
-    timeout) is missing, and settings listed out of order."""
+    """Catches the first log windows (compilation, autotuning) dragging down steady-state tokens/s and MFU,
+    a crash when data_wait or summary.json (a run cut by its timeout) is missing, and settings out of order."""
     first = {"step": 1, "tokens_per_s": 10.0, "mfu": 0.01, "mem_gb": 30.0, "data_wait": 0.9}
     steady = [{"step": s, "tokens_per_s": t, "mfu": m, "mem_gb": 40.0} for s, t, m in
               [(25, 1000.0, 0.40), (50, 1200.0, 0.44), (75, 1100.0, 0.42)]]  # fmt: skip
-    write_run(tmp_path / "runs" / "compile_triton", [first, *steady], {"compile_s": 61.5, "compiled": True})
+    kernels = {"layer_norm": "triton", "gelu": "triton", "attention": "triton"}
+    write_run(tmp_path / "runs" / "compile_triton", [first, *steady],
+              {"compile_s": 61.5, "compiled": True, "kernels": kernels})  # fmt: skip
     waited = [dict(r, data_wait=0.02) for r in steady]
     write_run(tmp_path / "runs" / "eager_torch", [first, *waited], None)
-    (tmp_path / "steps.tsv").write_text("step\tstatus\tseconds\ntrain_compile_triton\ttimed out\t120\n")
+    (tmp_path / "train_compile_triton.txt").write_text(
+        "V1205 Recompiling function forward in model.py\nGraph break in user code at ops.py:53\n"
+    )
+    (tmp_path / "steps.tsv").write_text(
+        "step\tstatus\tseconds\tcap\ntrain_compile_triton\ttimed out\t90\t90\n"
+    )
     result = run_gpu_report.summarize(tmp_path)
     eager, compiled = result["runs"]
     assert (eager["setting"], compiled["setting"]) == ("eager_torch", "compile_triton")
@@ -85,9 +100,43 @@ def test_summary_leaves_out_the_compile_window_and_tolerates_missing_fields(tmp_
     assert (
         compiled["peak_mem_gb"] == 40.0 and compiled["first_step_s"] == 61.5 and eager["first_step_s"] is None
     )
+    assert compiled["kernels"] == kernels  # what ran, from the run's own summary.json
+    assert (compiled["graph_breaks_logged"], compiled["recompiles_logged"]) == (1, 1)
+    assert eager["graph_breaks_logged"] is None
     table = (tmp_path / "summary.md").read_text()
-    assert "| compile_triton | 75 | 1,100 | 42.0% | n/a | 40.0 | 61.5 | True |" in table
-    assert "| train_compile_triton | timed out | 120 |" in table
+    assert "| compile_triton | 1 | 75 | 1,100 | 42.0% | n/a | 40.0 | 61.5 | True | 1 | 1 |" in table
+    assert "| train_compile_triton | timed out | 90 | 90 |" in table
+
+
+def test_summary_sets_losses_side_by_side_and_reads_the_checks(tmp_path):
+    """Catches per-step losses of the eager and compiled runs (same seed) not lined up by step, a missing
+    gap figure, and the env/dynamo/errors checks or benchmark JSON left out of summary.json/summary.md."""
+    for setting, shift in (("eager_torch", 0.0), ("compile_torch", 0.001)):
+        records = [{"step": s, "loss": 10.0 - s / 100 + shift, "tokens_per_s": 1.0} for s in range(1, 121)]
+        write_run(tmp_path / "runs" / setting, records, None)
+    (tmp_path / "env.json").write_text(json.dumps({"gpu": "NVIDIA H100 PCIe", "peak_bf16_tflops": 756.0,
+        "kernels": {"triton/compile": {"error": "RuntimeError: impl.kernels=triton: the attention kernel failed"}}}))  # fmt: skip
+    (tmp_path / "dynamo.json").write_text(
+        json.dumps({"auto": {"graphs": 1, "graph_breaks": 0, "break_reasons": []}})
+    )
+    (tmp_path / "errors.json").write_text(
+        json.dumps({"triton": {"geglu": {"fwd": {"max_abs": 0.01, "rel_rms": 0.002}}}})
+    )
+    (tmp_path / "bench").mkdir()
+    rows = [
+        {"provider": p, "mode": "fwd", "T": 128, "ms": ms} for p, ms in (("triton", 0.5), ("sdpa_flash", 0.4))
+    ]
+    (tmp_path / "bench" / "attention_h100_pcie.json").write_text(json.dumps({"rows": rows}))
+    result = run_gpu_report.summarize(tmp_path)
+    losses = result["losses"]
+    assert losses["step"] == list(range(1, 101)) and len(losses["compile_torch"]) == 100
+    assert losses["eager_torch"][9] == pytest.approx(9.9)
+    assert result["loss_gaps"]["eager_torch vs compile_torch"] == pytest.approx(0.001)
+    assert (tmp_path / "losses.tsv").read_text().splitlines()[0] == "step\teager_torch\tcompile_torch"
+    md = (tmp_path / "summary.md").read_text()
+    assert "NVIDIA H100 PCIe" in md and "the attention kernel failed" in md
+    assert "| auto | 1 | 0 |" in md and "geglu | triton | fwd 2.00e-03" in md
+    assert "| case | triton | sdpa_flash |" in md and "0.400" in md
 
 
 def test_synthetic_corpus_is_reproducible_and_in_the_local_format(tmp_path):
