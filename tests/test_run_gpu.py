@@ -148,3 +148,28 @@ def test_synthetic_corpus_is_reproducible_and_in_the_local_format(tmp_path):
     assert a.read_bytes() == b.read_bytes() and a.stat().st_size >= 0.05 * 2**20
     documents = a.read_text().split("\n\n")
     assert len(documents) > 3 and all(doc.strip() for doc in documents[:-1])
+
+
+def test_planned_training_runs_are_valid_configs(tmp_path):
+    """Catches an override the config does not know or refuses (a renamed key, a bad value): on the GPU
+    machine it would fail each training run after its start-up, minutes of the one device call."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from cramming.conf import CONF_PATH
+    from cramming.config import validate_run
+
+    lines = [line for line in dry_run().stdout.splitlines() if line.startswith("  train_")]
+    assert len(lines) == 5
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "train.txt").write_text("a few words.\n")  # the corpus step writes it there
+    for line in lines:
+        overrides = line.split(" -m cramming ", 1)[1].split()
+        overrides = [re.sub(r"/tmp/[^/\]]+", str(tmp_path), o) for o in overrides]  # the script's work folder
+        with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
+            cfg = compose("pretrain", overrides=overrides)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        validate_run(resolved)
+        assert resolved["train"]["log_every"] == 1 and resolved["seed"] == 0
+        micro, final = resolved["train"]["microbatch_size"], resolved["train"]["batch_size"]
+        assert final // micro == (4 if "acc4" in line else 1)
