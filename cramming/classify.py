@@ -431,6 +431,10 @@ def resolve_head(head: str, pretrained: Pretrained) -> str:
     fine-tuning does; the reference's ``crammed`` head otherwise. Other names are kept as given."""
     from cramming.model import CLASSIFIER_HEADS
 
+    if getattr(pretrained, "external", False):  # a transformers checkpoint (cramming.external)
+        from cramming.external import resolve_external_head
+
+        head = resolve_external_head(head, pretrained)
     if head == "auto":
         return "bert" if pretrained.recipe in ("bert", "roberta") else "crammed"
     if head not in CLASSIFIER_HEADS:
@@ -451,6 +455,10 @@ def build_finetune_model(
     from cramming.model import build_classifier
 
     config, head = pretrained.config, resolve_head(head, pretrained)
+    if getattr(pretrained, "external", False):  # a transformers checkpoint: AutoModel under the same head
+        from cramming.external import ExternalClassifier
+
+        return ExternalClassifier(pretrained, num_labels, dropout, head, attention_dropout)
     try:
         model = build_classifier(
             config["arch"],

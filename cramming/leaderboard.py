@@ -20,6 +20,7 @@ import csv
 import html
 import json
 import logging
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -116,9 +117,16 @@ def find_runs(outputs: Path) -> list[Path]:
 
 
 def run_status(run_dir: Path) -> tuple[str, str]:
-    """``finished`` (summary.json says finished: true), ``no-summary`` (GLUE results but no summary.json,
-    e.g. GLUE on an imported export) or ``unfinished``, with the reason shown in the tables."""
+    """``finished`` (summary.json says finished: true), ``external`` (GLUE on a transformers checkpoint),
+    ``no-summary`` (GLUE results but no summary.json, e.g. GLUE on an imported export) or ``unfinished``,
+    with the reason shown in the tables."""
     path = run_dir / "summary.json"
+    external = _read_json(run_dir / "glue" / "results.json").get("external")
+    if isinstance(external, dict):
+        return (
+            "external",
+            f"external checkpoint {external.get('model')} (transformers AutoModel, fine-tuned here)",
+        )
     if not path.is_file():
         if (run_dir / "glue" / "results.json").is_file():
             return "no-summary", "no summary.json (not pretrained here, e.g. an imported export)"
@@ -140,13 +148,17 @@ def run_row(run_dir: Path, outputs: Path) -> dict:
     scores, seeds = seed_medians(results)
     average = glue_average(scores) if seeds else results.get("average") or {}
     resolved = {key: results[key] for key in ("lr", "head") if key in results}  # what "auto" became
+    external = results.get("external") if isinstance(results.get("external"), dict) else None
+    report = run_dir / "report.html"
     return {
-        "kind": "measured",
+        "kind": "external" if external else "measured",
+        "report": report if report.is_file() else None,  # made relative to the page where it is linked
         "run": str(run_dir.relative_to(outputs)),
         "arch": arch if isinstance(arch, str) else (arch or {}).get("name", ""),
         "recipe": run_recipe(summary, config),
         "budget": _text(summary.get("budget")),
         "hardware": _text(summary.get("hardware") or summary.get("device")),
+        "parameters": summary.get("parameters") or (external or {}).get("parameters"),
         "tokens_seen": summary.get("tokens_seen"),
         "steps": summary.get("steps"),
         "final_mlm_loss": summary.get("final_mlm_loss"),
@@ -270,9 +282,14 @@ def _fmt(value, digits: int = 1) -> str:
     return str(value)
 
 
+def display_name(row: dict) -> str:
+    """The run's name, marked ``[external]`` for a transformers checkpoint fine-tuned here."""
+    return f"{row['run']} [external]" if row.get("kind") == "external" else row["run"]
+
+
 def table_cells(row: dict) -> list[str]:
     cells = [
-        row["run"], row["arch"] or "", row.get("recipe") or "", str(row["budget"] or ""), str(row["hardware"] or ""),
+        display_name(row), row["arch"] or "", row.get("recipe") or "", str(row["budget"] or ""), str(row["hardware"] or ""),
         _fmt(row.get("tokens_seen")), _fmt(row.get("steps")), _fmt(row.get("final_mlm_loss"), 3),
     ]  # fmt: skip
     cells += [_fmt(row["scores"].get(c)) for c in TASK_COLUMNS]
@@ -315,7 +332,9 @@ def write_csv(path: Path, rows: list[dict], references: list[dict]) -> None:
         writer.writerow(["kind", *HEADER, "source"])
         for kind, items in (("measured", rows), ("reference", references)):
             for row in items:
-                writer.writerow([kind, *csv_cells(row), row["source"]])
+                writer.writerow(
+                    [row.get("kind", kind) if kind == "measured" else kind, *csv_cells(row), row["source"]]
+                )
 
 
 def csv_cells(row: dict) -> list:
@@ -335,73 +354,175 @@ def csv_cells(row: dict) -> list:
                     row.get("note", "")]  # fmt: skip
 
 
+BAR_COLOURS = {"measured": "#3b6fb6", "external": "#d9822b"}
+
+
+def _label_width(labels: list[str], font_px: int = 13) -> int:
+    """Room for the longest label (about 0.6 em per character in a sans-serif font), so none is cut."""
+    return int(max((len(t) for t in labels), default=10) * font_px * 0.6) + 16
+
+
 def bar_chart_svg(rows: list[dict], references: list[dict]) -> str:
-    """Horizontal bars of the GLUE average; references hatched grey and labelled as such."""
-    items = [(r, False) for r in rows if r["average"] is not None] + [(r, True) for r in references]
-    bar_h, gap, left, width = 22, 8, 260, 420
-    height = max(1, len(items)) * (bar_h + gap) + 30
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" role="img">',
-        '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
-        '<rect width="6" height="6" fill="#ddd"/><line x1="0" y1="0" x2="0" y2="6" stroke="#999" stroke-width="3"/>'
-        "</pattern></defs>",
-    ]
-    for i, (row, is_ref) in enumerate(items):
-        y = 10 + i * (bar_h + gap)
-        value = max(0.0, min(100.0, float(row["average"])))
-        fill = "url(#hatch)" if is_ref else "#3b6fb6"
-        label = html.escape(f"{row['run']}{' [reference]' if is_ref else ''}")
-        parts.append(f'<text x="{left - 8}" y="{y + 16}" text-anchor="end" font-size="13">{label}</text>')
+    """Horizontal bars of the GLUE average in two groups: averages over all nine GLUE numbers, then
+    partial averages (fewer tasks: they do not compare) drawn pale and hatched under their own heading.
+    References are grey and hatched; external checkpoints orange."""
+    items = [(r, r.get("kind", "measured")) for r in rows if r["average"] is not None]
+    items += [(r, "reference") for r in references]
+    full = [(r, k) for r, k in items if r["coverage"] == f"{len(AVERAGE_COLUMNS)}/{len(AVERAGE_COLUMNS)}"]
+    partial = [(r, k) for r, k in items if (r, k) not in full]
+    label = lambda r, k: r["run"] + {"reference": " [reference]", "external": " [external]"}.get(k, "")  # noqa: E731
+    bar_h, gap, width = 20, 6, 420
+    left = _label_width([label(r, k) for r, k in items])
+    parts, y = [], 4
+    for title, group, pale in (("all 9 GLUE numbers", full, False),
+                               ("partial averages: fewer tasks, not comparable with the above", partial, True)):  # fmt: skip
+        if not group:
+            continue
         parts.append(
-            f'<rect x="{left}" y="{y}" width="{value / 100 * width:.1f}" height="{bar_h}" fill="{fill}"/>'
+            f'<text x="0" y="{y + 14}" font-size="13" font-weight="bold">{html.escape(title)}</text>'
         )
-        text = html.escape(f"{row['average']:.1f} ({row['coverage']})")
-        parts.append(
-            f'<text x="{left + value / 100 * width + 6:.1f}" y="{y + 16}" font-size="12">{text}</text>'
-        )
-    axis_y = 10 + len(items) * (bar_h + gap)
-    parts.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + width}" y2="{axis_y}" stroke="#444"/>')
+        y += 22
+        for row, kind in group:
+            parts += _bar(row, kind, label(row, kind), left, y, width, bar_h, pale)
+            y += bar_h + gap
+        y += 8
+    axis = [f'<line x1="{left}" y1="{y}" x2="{left + width}" y2="{y}" stroke="#444"/>']
     for tick in range(0, 101, 20):
         x = left + tick / 100 * width
-        parts.append(f'<text x="{x}" y="{axis_y + 14}" font-size="10" text-anchor="middle">{tick}</text>')
-    return "\n".join(parts + ["</svg>"])
+        axis.append(f'<text x="{x}" y="{y + 14}" font-size="10" text-anchor="middle">{tick}</text>')
+    axis.append(f'<text x="{left + width / 2}" y="{y + 28}" font-size="11" text-anchor="middle">'
+                "GLUE average (%, median over fine-tuning seeds)</text>")  # fmt: skip
+    head = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 130}" height="{y + 36}" role="img">'
+        '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
+        '<rect width="6" height="6" fill="#ddd"/><line x1="0" y1="0" x2="0" y2="6" stroke="#999" stroke-width="3"/>'
+        '</pattern><pattern id="partial" width="6" height="6" patternUnits="userSpaceOnUse" '
+        'patternTransform="rotate(45)"><rect width="6" height="6" fill="#e8eef8"/>'
+        '<line x1="0" y1="0" x2="0" y2="6" stroke="#9db3d9" stroke-width="2"/></pattern></defs>'
+    )
+    return "\n".join([head, *parts, *axis, "</svg>"])
 
 
-def to_html(rows: list[dict], references: list[dict], unranked: list[dict] = ()) -> str:
-    def table(items, css):
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
-        body = "".join(
-            f'<tr class="{css}">' + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(r)) + "</tr>"
-            for r in items
+def _bar(
+    row: dict, kind: str, label: str, left: int, y: int, width: int, bar_h: int, pale: bool
+) -> list[str]:
+    value = max(0.0, min(100.0, float(row["average"])))
+    fill = "url(#hatch)" if kind == "reference" else "url(#partial)" if pale else BAR_COLOURS[kind]
+    tip = html.escape(f"{label}: {row['average']:.1f} over {row['coverage']} GLUE numbers")
+    text = html.escape(f"{row['average']:.1f} ({row['coverage']} tasks)" if pale else f"{row['average']:.1f}")
+    return [
+        f"<g><title>{tip}</title>",
+        f'<text x="{left - 8}" y="{y + 15}" text-anchor="end" font-size="13">{html.escape(label)}</text>',
+        f'<rect x="{left}" y="{y}" width="{value / 100 * width:.1f}" height="{bar_h}" fill="{fill}"'
+        + (' stroke="#9db3d9"' if pale else "")
+        + "/>",
+        f'<text x="{left + value / 100 * width + 6:.1f}" y="{y + 15}" font-size="12"'
+        + (' fill="#777"' if pale else "")
+        + f">{text}</text></g>",
+    ]
+
+
+def protocol_codes(rows: list[dict]) -> dict[str, str]:
+    """A short code (P1, P2, ...) per distinct fine-tuning protocol, in order of first appearance."""
+    codes: dict[str, str] = {}
+    for row in rows:
+        text = row.get("protocol") or ""
+        if text and text not in codes:
+            codes[text] = f"P{len(codes) + 1}"
+    return codes
+
+
+def html_table(items: list[dict], codes: dict[str, str], link_from: Path | None) -> str:
+    """One table inside a horizontally scrolling box; the protocol as a code with the full text as a
+    tooltip; partial averages greyed; the run's name links to its report.html when there is one."""
+    protocol_index = HEADER.index("protocol")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+    body = []
+    for row in items:
+        cells = [html.escape(c) for c in table_cells(row)]
+        text = row.get("protocol") or ""
+        if text:
+            cells[protocol_index] = f'<abbr title="{html.escape(text)}">{codes[text]}</abbr>'
+        report = row.get("report")
+        if report is not None and link_from is not None:
+            href = html.escape(Path(os.path.relpath(report, link_from)).as_posix())
+            cells[0] = f'<a href="{href}">{cells[0]}</a>'
+        partial = (
+            row.get("average") is not None
+            and row["coverage"] != f"{len(AVERAGE_COLUMNS)}/{len(AVERAGE_COLUMNS)}"
         )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        css = f"{row.get('kind', 'reference')}{' partial' if partial else ''}"
+        body.append(f'<tr class="{css}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (
+        f'<div class="box"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    )
 
+
+PAGE_CSS = """
+body { font-family: system-ui, sans-serif; margin: 0 auto; padding: 1.5em 2em; max-width: 1340px; }
+.box { overflow-x: auto; max-width: 100%; margin-bottom: 1.5em; border: 1px solid #eee; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; white-space: nowrap; }
+td:first-child, th:first-child { text-align: left; position: sticky; left: 0; background: #fff; }
+tr.reference td { background: #f3f3f3; font-style: italic; color: #555; }
+tr.external td:first-child { border-left: 4px solid #d9822b; }
+tr.partial td { color: #888; }
+abbr { text-decoration: underline dotted; cursor: help; }
+.chart { overflow-x: auto; }
+dl.legend dt { font-weight: bold; float: left; clear: left; width: 3em; } dl.legend dd { margin-left: 3.5em; }
+"""
+
+# After loading: labels cut off at the chart's edges and page-wide horizontal overflow, into data-*
+# attributes of <body> (the browser test reads them; a person sees the page as it is).
+PAGE_CHECK = """
+window.addEventListener("load", function () {
+  var svg = document.querySelector("svg"), clipped = 0;
+  if (svg) {
+    var box = svg.getBoundingClientRect();
+    svg.querySelectorAll("text").forEach(function (t) {
+      var r = t.getBoundingClientRect();
+      if (r.left < box.left - 0.5 || r.right > box.right + 0.5) { clipped += 1; }
+    });
+  }
+  var rows = Array.prototype.map.call(document.querySelectorAll("tbody tr"), function (tr) {
+    return tr.getBoundingClientRect().height;
+  });
+  document.body.dataset.clippedLabels = String(clipped);
+  document.body.dataset.pageOverflow = String(document.documentElement.scrollWidth > window.innerWidth);
+  document.body.dataset.maxRowHeight = String(Math.round(Math.max.apply(null, rows.concat([0]))));
+});
+"""
+
+
+def to_html(
+    rows: list[dict], references: list[dict], unranked: list[dict] = (), link_from: Path | None = None
+) -> str:
+    codes = protocol_codes([*rows, *references])
+    legend = "".join(f"<dt>{c}</dt><dd>{html.escape(t)}</dd>" for t, c in codes.items())
     sources = "".join(f"<li>{html.escape(r['run'])}: {html.escape(r['source'])}</li>" for r in references)
-    measured = table(rows, "measured") if rows else "<p>(no finished runs found)</p>"
+    measured = html_table(rows, codes, link_from) if rows else "<p>(no finished runs found)</p>"
     if unranked:
         items = "".join(f"<li>{html.escape(r['run'])}: {html.escape(r['reason'])}</li>" for r in unranked)
         measured += f"\n<h3>Not ranked (unfinished or unreadable)</h3>\n<ul>{items}</ul>"
     return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>cramming leaderboard</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5em; font-size: 13px; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 7px; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }}
-tr.reference {{ background: #f3f3f3; font-style: italic; color: #555; }}
-</style></head><body>
+<html lang="en"><head><meta charset="utf-8"><title>cramming leaderboard</title><style>{PAGE_CSS}</style></head><body>
 <h1>cramming leaderboard</h1>
 <p>GLUE dev scores in percent, each the median over the run's fine-tuning seeds (<em>seeds</em> says how
 many). <em>coverage</em> is how many of the nine GLUE numbers the average covers; WNLI is never averaged.
+Averages over fewer than nine numbers are drawn apart and greyed: they do not compare with full ones.
+Rows marked <em>[external]</em> (orange) are transformers checkpoints fine-tuned here with the same protocol.
 The like-for-like reference is the crammedBERT paper's 78.6 (its median pretraining run); the model card's
-80.7 is the best of five pretraining runs.</p>
+80.7 is the best of five pretraining runs. A run's name links to its report.</p>
 <h2>GLUE average</h2>
-{bar_chart_svg(rows, references)}
+<div class="chart">{bar_chart_svg(rows, references)}</div>
 <h2>Measured runs</h2>
 {measured}
 <h2>Published references (not measured here)</h2>
-{table(references, "reference")}
+{html_table(references, codes, None)}
 <ul>{sources}</ul>
+<h2>Fine-tuning protocols</h2>
+<dl class="legend">{legend}</dl>
+<script>{PAGE_CHECK}</script>
 </body></html>
 """
 
@@ -429,7 +550,7 @@ def write_leaderboard(
     paths = {"md": out / "leaderboard.md", "csv": out / "leaderboard.csv", "html": out / "leaderboard.html"}
     paths["md"].write_text(to_markdown(rows, references, unranked), encoding="utf-8")
     write_csv(paths["csv"], rows, references)
-    paths["html"].write_text(to_html(rows, references, unranked), encoding="utf-8")
+    paths["html"].write_text(to_html(rows, references, unranked, link_from=out), encoding="utf-8")
     return paths
 
 

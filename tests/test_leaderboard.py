@@ -171,3 +171,26 @@ def test_headline_is_the_median_over_seeds_and_the_seed_count_is_shown(tmp_path)
     )
     md = write_leaderboard(tmp_path / "outputs", tmp_path / "lb")["md"].read_text()
     assert "| 85.0 | 2/9 | 3 | 5 ep," in md
+
+
+def test_page_reads_at_a_glance_in_chromium(outputs, tmp_path):
+    """Headless Chromium at 1400x1000. Bugs it guards (seen on the old page): bar labels cut off on the
+    left, the protocol column stretching rows to ten lines, the references table running off the right
+    edge, partial averages on the same footing as nine-task ones; and console errors."""
+    from _browser import body_data, render
+
+    (outputs / "good" / "report.html").write_text("<html></html>")
+    paths = write_leaderboard(outputs, tmp_path / "lb")
+    page = paths["html"].read_text()
+    chart = page[page.index("<svg") : page.index("</svg>")]
+    assert chart.index("all 9 GLUE numbers") < chart.index("crammedBERT paper (published) [reference]")
+    assert chart.index("partial averages") < chart.index(">good<")  # 2/9: drawn apart, below the heading
+    assert "50.0 (2/9 tasks)" in chart
+    assert '<abbr title="1 ep, lr 4e-05, head gelu' in page and "<dt>P1</dt>" in page
+    assert '<a href="../outputs/good/report.html">good</a>' in page
+    dom, console = render(paths["html"], tmp_path / "leaderboard.png")
+    assert console == []
+    data = body_data(dom)
+    assert data["clipped-labels"] == "0", data
+    assert data["page-overflow"] == "false", data
+    assert int(data["max-row-height"]) <= 40, data  # one line per row

@@ -41,6 +41,7 @@ from cramming.classify import (
     score_logits,
 )
 from cramming.conf import CONF_PATH, read_yaml
+from cramming.external import is_external, load_external, slug
 from cramming.files import atomic_write
 from cramming.glue import tasks as glue_data
 from cramming.glue.submission import write_submission, zip_submission
@@ -127,6 +128,8 @@ def check_model_dir(model_dir) -> Pretrained:
     """The export, read once; a ValueError (before any long work) when ``model_dir`` is not an export."""
     if model_dir in (None, "", "???"):
         raise ValueError("model is required: model=outputs/RUN/model (an exported model folder)")
+    if is_external(model_dir):  # a transformers folder or hub id: AutoModel + its own tokenizer
+        return load_external(model_dir)
     path = Path(str(model_dir))
     if not path.is_dir():
         raise ValueError(
@@ -343,9 +346,12 @@ def run_glue(model_dir, settings: Mapping | None = None, out_dir: str | Path | N
     positions = pretrained.arch.get("max_position_embeddings")
     if positions and settings["max_length"] > positions:
         raise ValueError(f"max_length={settings['max_length']} exceeds the model's {positions} positions")
-    model_dir = Path(str(model_dir)).resolve()
+    external = getattr(pretrained, "external", False)
+    model_dir = Path(str(model_dir)) if external else Path(str(model_dir)).resolve()
     names, skipped = plan_tasks(settings)
-    out_dir = Path(out_dir or settings["out_dir"] or model_dir.parent / "glue").resolve()
+    external_out = Path("outputs") / f"external-{slug(model_dir)}" / "glue"  # a run folder of its own
+    default_out = external_out if external else model_dir.parent / "glue"
+    out_dir = Path(out_dir or settings["out_dir"] or default_out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(out_dir / "log.txt"):
         return _run(model_dir, pretrained, settings, names, skipped, out_dir)
@@ -359,13 +365,16 @@ def _run(
     for name, reason in skipped.items():
         log.warning("%s skipped: %s", TASKS[name].title, reason)
     results = {
-        "model": str(model_dir), "run": model_dir.parent.name, "scale": "percent",
+        "model": str(model_dir), "run": out_dir.parent.name, "scale": "percent",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": {**settings, "model": str(model_dir)}, "device": str(device), "threads": threads,
         "lr": resolve_lr(settings["lr"], pretrained.arch["hidden_size"]),
         "head": resolve_head(settings["head"], pretrained),
         "arch": pretrained.arch.get("name"), "tasks": {}, "skipped": skipped,
     }  # fmt: skip
+    if getattr(pretrained, "external", False):  # ranked in the leaderboard beside the runs, marked external
+        results["external"] = {"model": str(model_dir), "family": pretrained.arch["name"],
+                               "parameters": pretrained.parameters(), "loader": "transformers AutoModel"}  # fmt: skip
     results["tasks"] = earlier_tasks(out_dir, results["settings"], names)
     results["merged"] = sorted(set(results["tasks"]) - set(names))
     log.info("GLUE on %s (%s, %d threads, lr %.3g, head %s) -> %s; tasks %s", model_dir, device, threads,
