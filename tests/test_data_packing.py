@@ -174,6 +174,45 @@ def test_seq_len_512_blocks(roberta_corpus, tmp_path):
     assert (blocks != pad).mean() > (corpus.train[:] != pad).mean(), "longer blocks leave less padding"
 
 
+def test_interrupted_full_sentence_preparation_resumes_exactly(roberta_corpus, tmp_path, monkeypatch):
+    """Catches: a resume carry that loses or reframes the blocks not yet written and the open block (the
+    stream packer's carry would turn them into a cut stream), so the resumed corpus differs from a clean one."""
+    import shutil
+
+    import cramming.data.prepare as prep
+
+    corpus, docs = roberta_corpus
+    path = tmp_path / "t.txt"
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    cfg = {"source": "local", "files": [str(path)], "seq_len": 64, "packing": "full-sentences",
+           "tokenizer": {"path": str(corpus.cache_dir / "tokenizer.json"), "kind": "bpe"}, "vocab_size": 400,
+           "filters": {"max_tokens_per_char": None, "min_doc_chars": 0, "dedup": False},
+           "cache_dir": str(tmp_path / "cache"), "num_workers": 1, "batch_documents": 3,
+           "shard_sequences": 24}  # fmt: skip
+    real_save, real_state, unwritten = prep.save_progress, FullSentencePacker.resume_state, []
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt("simulated interruption after the first shard")
+
+    def counted(packer, rows):
+        unwritten.append(len(rows))
+        return real_state(packer, rows)
+
+    monkeypatch.setattr(prep, "save_progress", save_then_crash)
+    monkeypatch.setattr(FullSentencePacker, "resume_state", counted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_corpus(cfg, log=None)
+    assert unwritten[0] > 0, "the interruption must leave closed blocks unwritten (change shard_sequences)"
+    monkeypatch.setattr(prep, "save_progress", real_save)
+    log = []
+    resumed = prepare_corpus(cfg, log=log.append)
+    assert any("resuming train from shard 1" in line for line in log)
+    shutil.rmtree(tmp_path / "cache")
+    clean = prepare_corpus(cfg, log=None)
+    assert len(resumed.train.shards) > 2 and np.array_equal(resumed.train[:], clean.train[:])
+
+
 @pytest.mark.parametrize(
     "change, words",
     [
