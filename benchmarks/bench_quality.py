@@ -1,37 +1,47 @@
-"""Recipes side by side at equal budget: held-out MLM loss and GLUE-lite for each named variant.
+"""Recipes side by side at equal budget, scored on one held-out text: a fair quality instrument.
 
-    python benchmarks/bench_quality.py --name order budget=10m arch=small data=local \\
+    python benchmarks/bench_quality.py --name mask budget=2e6tokens arch=small data=local \\
         data.files='[corpus/wikipedia_en/*.txt.gz]' data.validation_files='[corpus/wikipedia_en/valid.txt.gz]' \\
-        variants.base='' variants.sorted='data.ordering=sentence-length' --glue-dir glue_data --seeds 2
+        variants.base='' variants.m40='data.mlm_probability=0.4' --seeds 3 --eval-every-tokens 250000 --no-glue
+    python benchmarks/bench_quality.py --name lr ... variants.lr05='train.lr=5e-4' variants.lr2='train.lr=2e-3'
     python benchmarks/bench_quality.py --variants my_variants.yaml --glue-dir glue_data ...
     python benchmarks/bench_quality.py --smoke --glue-dir glue_data data.files='[tiny/train.txt]' ...
 
-Every argument of the form ``KEY=VALUE`` that does not start with ``variants.`` is a Hydra override of
+Every argument ``KEY=VALUE`` that does not start with ``variants.`` is a Hydra override of
 ``python -m cramming`` shared by all variants (budget, arch, data, threads...). ``variants.NAME='...'``
 names one variant by its extra overrides (space-separated, shell-quoted; ``''`` = the shared settings
 alone). A variant's overrides that start with ``glue.`` go to the GLUE fine-tuning instead (e.g.
 ``variants.wd='glue.weight_decay=0.01'``); variants with the same pretraining overrides share their
-pretrained runs, so a fine-tuning variant costs no pretraining. A YAML file given with ``--variants`` holds ``{NAME: [override, ...]}`` (or ``NAME: "a=1 b=2"``).
+pretrained runs. A YAML file given with ``--variants`` holds ``{NAME: [override, ...]}`` (or ``NAME: "a=1 b=2"``).
 
-Each variant is trained with the product's own code paths (``python -m cramming``, then
-``python -m cramming.glue``) in a subprocess, once per pretraining seed (``--seeds``), with the same
-budget, threads and held-out files. It is scored by
+Budgets: ``budget=2e6tokens`` (equal tokens: sample efficiency, immune to machine load), ``budget=10m``
+(equal wall clock) or ``budget=500steps``. Each variant is trained with the product's own code paths
+(``python -m cramming``, then ``python -m cramming.glue``) in a subprocess, once per pretraining seed
+(``--seeds``), variants alternating within each seed, and scored by
 
-- the held-out MLM loss on ``data.validation_files`` with the loop's fixed masking seed (comparable
-  across variants only when they share a tokenizer: the report says whether they do), and
-- GLUE-lite: SST-2, CoLA, STS-B, MRPC, RTE from local TSVs, at most ``--glue-examples`` training examples
-  each, ``--glue-seeds`` fine-tuning seeds (the median is taken per pretraining run).
+- the held-out text (``cramming/heldout.py``): the raw validation documents (``--heldout-chars`` of them,
+  0 = all), tokenized by each run's exported tokenizer, framed as its recipe frames input, masked at
+  ``--eval-mask-rate`` for every variant (``--eval-mask-style``, fixed seed), scored on the final
+  exported model in fp32: nats per masked token (comparable only within one tokenizer and masking;
+  the report says per pair) and bits per character (comparable across tokenizers);
+- time to target: with ``--eval-every-tokens N`` the training loop scores the same text every N tokens
+  (its time is not charged to the budget); the first training wall clock at which a run reaches the
+  target (``--target``, default the ``--baseline`` variant's mean final value of ``--target-metric``);
+- tokens seen and tokens/s; GLUE-lite (SST-2, CoLA, STS-B, MRPC, RTE from local TSVs) unless ``--no-glue``.
 
 Every figure is reported as the mean over pretraining seeds with its spread (min..max). Every variant's
-overrides are checked (composed and validated) before any training starts; a variant that fails later
-is reported as failed and the others still run.
+overrides are composed and validated before any training starts; a variant that fails later is
+reported as failed and the others still run.
 
-``--reuse`` keeps a finished run made by exactly the same pretraining command (e.g. to add fine-tuning
-variants or GLUE-lite later), and GLUE-lite results whose recorded settings match; any other earlier run
-folder of the same name is replaced.
+``--reuse`` keeps a finished run whose resolved config (the composed Hydra config, run name and folder
+aside) and code version (content hash of cramming/, kernels/, conf/ when the run started) match
+(``--reuse-across-code``: the config alone; each run's code version stays in the results); GLUE-lite
+results whose recorded settings match; and final held-out scores of the same model and text.
+Anything else is redone.
 
-Writes ``<out>/quality_<name>.json``, ``.md`` and ``.png`` (loss against wall-clock time for every run on
-one axis, GLUE-lite bars with the seed spread). ``--smoke`` is a seconds-long profile for tests.
+Writes ``<out>/quality_<name>.json``, ``.md`` and ``.png`` (held-out bits per character against wall
+clock and against tokens; GLUE-lite bars when there are any) with no machine paths in them, and prints
+a compact table. ``--smoke`` is a seconds-long profile for tests.
 """
 
 from __future__ import annotations
@@ -42,7 +52,6 @@ import json
 import os
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +59,10 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _quality_report as rep  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 GLUE_LITE = ("sst2", "cola", "stsb", "mrpc", "rte")
 SMOKE_SHARED = [
@@ -64,6 +77,7 @@ SMOKE_SHARED = [
     "impl.threads=1",
 ]
 SMOKE_GLUE = {"examples": 24, "eval_examples": 48, "seeds": 1, "epochs": 1, "tasks": ("sst2", "rte")}
+RUN_KEYS_IGNORED = ("name", "base_dir")  # where a run lives does not change what it computes
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str], dict[str, list[str]]]:
@@ -71,8 +85,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--name", default="quality", help="result files are quality_<name>.{json,md,png}")
     p.add_argument("--variants", type=Path, help="YAML file of {name: [override, ...]}")
     p.add_argument("--seeds", type=int, default=1, help="pretraining seeds per variant (seed=0, 1, ...)")
+    p.add_argument("--baseline", help="the variant whose final held-out value is the target (default: first)")
+    p.add_argument("--target", type=float, help="held-out value to reach (default: the baseline's final)")
+    p.add_argument("--target-metric", choices=sorted(rep.METRICS), default="bpc", help="bpc or nats")
+    p.add_argument("--heldout-chars", type=int, default=200_000, help="held-out characters (0 = all)")
+    p.add_argument("--eval-mask-rate", type=float, default=0.15, help="one masking rate for all variants")
+    p.add_argument("--eval-mask-style", choices=("mask", "bert"), default="mask", help="[MASK] or 80/10/10")
+    p.add_argument("--eval-seed", type=int, default=0, help="seed of the held-out masking")
+    p.add_argument("--eval-every-tokens", type=int, default=0, help="held-out curve every N tokens (0 = off)")
+    p.add_argument("--eval-batch-size", type=int, default=32, help="held-out sequences per forward pass")
     p.add_argument("--glue-dir", type=Path, help="local glue_data folder (CoLA/train.tsv, ...)")
-    p.add_argument("--no-glue", action="store_true", help="held-out MLM loss only")
+    p.add_argument("--no-glue", action="store_true", help="held-out scores only")
     p.add_argument("--glue-examples", type=int, default=2000, help="max training examples per task")
     p.add_argument("--glue-seeds", type=int, default=3, help="fine-tuning seeds per task (median)")
     p.add_argument("--glue-eval-examples", type=int, default=None, help="max dev examples per task")
@@ -81,10 +104,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--runs-dir", type=Path, default=Path("outputs/quality"), help="where the runs go")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON/MD/PNG results")
     p.add_argument("--smoke", action="store_true", help="tiny model, 3 steps, 2 small GLUE tasks")
-    p.add_argument("--reuse", action="store_true", help="keep finished runs made by the same command")
+    p.add_argument("--reuse", action="store_true", help="keep runs of the same resolved config and code")
+    p.add_argument("--reuse-across-code", action="store_true", help="with --reuse: ignore code changes")
     p.add_argument("--timeout", type=float, default=None, help="seconds before a run counts as failed")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE shared overrides and variants.NAME='...'")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # options may come between the overrides
     shared, variants = split_overrides(args.overrides)
     if args.variants:
         variants.update(read_variant_file(args.variants))
@@ -94,6 +118,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         p.error(f"--seeds and --glue-seeds must be at least 1 (got {args.seeds}, {args.glue_seeds})")
     if not args.no_glue and args.glue_dir is None:
         p.error("--glue-dir is required for GLUE-lite (or pass --no-glue)")
+    args.baseline = args.baseline or next(iter(variants))
+    if args.baseline not in variants:
+        p.error(f"--baseline {args.baseline!r} is not a variant; variants: {list(variants)}")
+    if not 0.0 < args.eval_mask_rate < 1.0 or args.heldout_chars < 0 or args.eval_every_tokens < 0:
+        p.error("--eval-mask-rate must lie in (0, 1); --heldout-chars and --eval-every-tokens must be >= 0")
     if args.smoke:
         shared = SMOKE_SHARED + shared
     return args, shared, variants
@@ -139,34 +168,78 @@ def read_variant_file(path: Path) -> dict[str, list[str]]:
     return variants
 
 
-def check_variants(shared: list[str], variants: dict[str, list[str]]) -> None:
-    """Compose and validate every variant's config before anything trains: a typo fails in seconds."""
+def split_variant(extra: list[str]) -> tuple[list[str], list[str]]:
+    """(pretraining overrides, GLUE overrides without their ``glue.`` prefix)."""
+    glue = [o.removeprefix("glue.") for o in extra if o.startswith("glue.")]
+    return [o for o in extra if not o.startswith("glue.")], glue
+
+
+def heldout_overrides(args) -> list[str]:
+    """The loop's periodic held-out scorer set like the bench's final one (same text and masking)."""
+    return [f"train.heldout.every_tokens={args.eval_every_tokens}", f"train.heldout.chars={args.heldout_chars}",
+            f"train.heldout.mask_rate={args.eval_mask_rate}", f"train.heldout.mask_style={args.eval_mask_style}",
+            f"train.heldout.seed={args.eval_seed}", f"train.heldout.batch_size={args.eval_batch_size}"]  # fmt: skip
+
+
+def plan_runs(args, shared: list[str], variants: dict[str, list[str]]) -> dict[tuple, dict]:
+    """Compose and validate every run's config before anything trains (a typo fails in seconds).
+
+    Returns {(pretraining overrides, seed): {"cmd", "name", "config"}}; ``config`` is the resolved
+    config the run will see, which keys ``--reuse``.
+    """
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from cramming.conf import CONF_DIR
     from cramming.config import validate_run
 
-    problems = []
+    plans, problems = {}, []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for name, extra in variants.items():
-            pretrain_overrides, glue_overrides = split_variant(extra)
+            pretrain, glue = split_variant(extra)
             try:
-                cfg = compose("pretrain", overrides=[*shared, *pretrain_overrides, "name=check"])
-                compose("glue", overrides=[*glue_overrides, "model=check"])
-                validate_run(OmegaConf.to_container(cfg, resolve=True))
+                compose("glue", overrides=[*glue, "model=check"])
+                for seed in range(args.seeds):
+                    if (tuple(pretrain), seed) in plans:  # differs from an earlier variant in glue.* only
+                        continue
+                    run = f"{args.name}_{name}_s{seed}"
+                    overrides = [*shared, *heldout_overrides(args), *pretrain, f"seed={seed}", f"name={run}",
+                                 f"base_dir={args.runs_dir}"]  # fmt: skip
+                    cfg = OmegaConf.to_container(compose("pretrain", overrides=overrides), resolve=True)
+                    validate_run(cfg)
+                    cmd = [sys.executable, "-m", "cramming", *overrides]
+                    plans[(tuple(pretrain), seed)] = {"cmd": cmd, "name": run, "config": cfg}
             except Exception as err:  # Hydra's and ours: each names the bad key or value
                 problems.append(f"variant {name!r} ({' '.join(extra) or 'shared settings'}): {err}")
     if problems:
         raise SystemExit(
             "bench_quality: error: bad variants, nothing was trained:\n  " + "\n  ".join(problems)
         )
+    return plans
 
 
-def split_variant(extra: list[str]) -> tuple[list[str], list[str]]:
-    """(pretraining overrides, GLUE overrides without their ``glue.`` prefix)."""
-    glue = [o.removeprefix("glue.") for o in extra if o.startswith("glue.")]
-    return [o for o in extra if not o.startswith("glue.")], glue
+def code_version() -> dict:
+    """Git revision (for the record) and a content hash of cramming/, kernels/ and conf/ (the key)."""
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    files = git("ls-files", "-co", "--exclude-standard", "--", "cramming", "kernels", "conf").splitlines()
+    if not files:  # not a git checkout: every source file
+        files = sorted(str(p.relative_to(REPO)) for d in ("cramming", "kernels", "conf")
+                       for p in (REPO / d).rglob("*") if p.is_file() and "__pycache__" not in p.parts)  # fmt: skip
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        path = REPO / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"revision": git("rev-parse", "--short", "HEAD") or None, "sources": digest.hexdigest()[:16]}
+
+
+def config_key(config: dict) -> str:
+    """What --reuse compares first: the resolved config, minus the run's name and folder."""
+    kept = {k: v for k, v in config.items() if k not in RUN_KEYS_IGNORED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def run_logged(cmd: list[str], log_path: Path, timeout: float | None, label: str) -> tuple[bool, str]:
@@ -182,7 +255,7 @@ def run_logged(cmd: list[str], log_path: Path, timeout: float | None, label: str
             line = line.rstrip()
             if line and not line.startswith("Set the environment variable HYDRA_FULL_ERROR"):
                 last = line
-            if " step " in line or "error" in line.lower() or "budget spent" in line:
+            if any(w in line for w in (" step ", "held-out", "budget spent")) or "error" in line.lower():
                 print(f"  [{label}] {line}", flush=True)
             if timeout and time.monotonic() - started > timeout:
                 proc.kill()
@@ -191,69 +264,101 @@ def run_logged(cmd: list[str], log_path: Path, timeout: float | None, label: str
     return code == 0, "" if code == 0 else last
 
 
-def file_hash(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+def reusable(run_dir: Path, key: str, code: dict | None) -> dict | None:
+    """The stamp of a finished earlier run made from the same resolved config and (unless ``code`` is
+    None: --reuse-across-code) the same code; None when there is no such run."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        stamp = json.loads((run_dir / "bench_quality.json").read_text())
+        same_code = code is None or stamp["code"]["sources"] == code["sources"]
+        return stamp if summary.get("finished") and stamp["config_key"] == key and same_code else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
-def pretrain_run(args, shared: list[str], name: str, extra: list[str], seed: int) -> dict:
-    run_name = f"{args.name}_{name}_s{seed}"
-    run_dir = args.runs_dir / run_name
-    cmd = [sys.executable, "-m", "cramming", *shared, *extra, f"seed={seed}", f"name={run_name}",
-           f"base_dir={args.runs_dir}"]  # fmt: skip
-    stamp = run_dir / "bench_quality.json"  # the exact pretraining command, for --reuse
-    if args.reuse and finished_with(run_dir, stamp, cmd[1:]):
-        print(f"== {name} seed {seed}: reusing the finished run {run_dir}", flush=True)
-        ok, error = True, ""
+def pretrain_run(args, plan: dict, name: str, extra: list[str], seed: int) -> dict:
+    """Train (or reuse) one run; the record of what it did, without its final held-out score yet."""
+    run_dir, key, code = args.runs_dir / plan["name"], config_key(plan["config"]), code_version()
+    record = {"variant": name, "seed": seed, "run": plan["name"], "overrides": extra, "config_key": key,
+              "ok": True, "_dir": run_dir, "_data": plan["config"]["data"]}  # fmt: skip
+    stamp = reusable(run_dir, key, None if args.reuse_across_code else code) if args.reuse else None
+    if stamp:
+        print(f"== {name} seed {seed}: reusing the finished run {plan['name']} (same config)", flush=True)
+        record["code"] = stamp["code"]  # the code that made it
     else:
         print(f"== {name} seed {seed}: pretraining ({' '.join(extra) or 'shared settings'})", flush=True)
-        if args.reuse and run_dir.exists():  # an unfinished or different earlier run: start afresh
+        if run_dir.exists():  # an unfinished or different earlier run: start afresh
             shutil.rmtree(run_dir)
-        ok, error = run_logged(
-            cmd, run_dir.parent / f"{run_name}.pretrain.log", args.timeout, f"{name}/{seed}"
-        )
-        if ok and run_dir.is_dir():
-            stamp.write_text(json.dumps({"command": cmd[1:]}) + "\n")
-    record = {"variant": name, "seed": seed, "run_dir": str(run_dir), "overrides": extra, "ok": ok}
-    if not ok:
-        record["error"] = error or "pretraining failed (see its log)"
-        return record
+        log_path = run_dir.parent / f"{plan['name']}.pretrain.log"
+        ok, error = run_logged(plan["cmd"], log_path, args.timeout, f"{name}/{seed}")
+        if not ok:
+            return {**record, "ok": False, "error": error or "pretraining failed (see its log)"}
+        record["code"] = code
+        if run_dir.is_dir():
+            stamp = {"config_key": key, "code": code}
+            (run_dir / "bench_quality.json").write_text(json.dumps(stamp) + "\n")
     if not (run_dir / "summary.json").is_file():  # e.g. stopped early on purpose: no finished model
-        record["ok"], record["error"] = False, "the run ended without summary.json (not finished)"
-        return record
+        return {**record, "ok": False, "error": "the run ended without summary.json (not finished)"}
     summary = json.loads((run_dir / "summary.json").read_text())
-    for key in ("valid_mlm_loss", "final_mlm_loss", "steps", "tokens_seen", "tokens_per_s", "elapsed_s"):
-        record[key] = summary.get(key)
-    record["tokenizer"] = file_hash(run_dir / "model" / "tokenizer.json")
-    record["curve"] = loss_curve(run_dir / "metrics.jsonl")
+    for k in ("valid_mlm_loss", "final_mlm_loss", "steps", "tokens_seen", "tokens_per_s", "elapsed_s"):
+        record[k] = summary.get(k)
+    record["curve"] = read_curves(run_dir / "metrics.jsonl")
     return record
 
 
-def finished_with(run_dir: Path, stamp: Path, command: list[str]) -> bool:
-    """A finished earlier run made by exactly this pretraining command (--reuse)."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        return bool(summary.get("finished")) and json.loads(stamp.read_text())["command"] == command
-    except (OSError, ValueError, KeyError):
-        return False
-
-
-def loss_curve(path: Path) -> dict[str, list]:
-    """Training and held-out loss against elapsed budget seconds, from the run's metrics.jsonl."""
-    curve = {"train": [], "valid": []}
+def read_curves(path: Path) -> dict[str, list]:
+    """Held-out [elapsed_s, tokens, nats, bpc] and training [elapsed_s, tokens, loss] rows of a run."""
+    curve = {"heldout": [], "train": []}
     if not path.is_file():
         return curve
     for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
-        if r.get("kind") in curve and r.get("loss") is not None and r.get("elapsed_s") is not None:
-            curve[r["kind"]].append([float(r["elapsed_s"]), float(r["loss"])])
+        r = json.loads(line) if line.strip() else {}
+        if r.get("kind") == "heldout":
+            curve["heldout"].append([r["elapsed_s"], r["tokens"], r["loss"], r["bits_per_char"]])
+        elif r.get("kind") == "train" and r.get("loss") is not None:
+            curve["train"].append([r.get("elapsed_s"), r.get("tokens"), r["loss"]])
     return curve
+
+
+def heldout_settings(args) -> dict:
+    return {"mask_rate": args.eval_mask_rate, "mask_style": args.eval_mask_style, "seed": args.eval_seed}
+
+
+def score_final(args, record: dict, documents: list[str]) -> None:
+    """The final exported model on the held-out text (fp32, eval mode); cached beside the run."""
+    from cramming.export import load_model, read_tokenizer
+    from cramming.files import file_sha256
+    from cramming.heldout import build_heldout, score
+
+    model_dir = record["_dir"] / "model"
+    tokenizer = read_tokenizer(model_dir)
+    heldout = build_heldout(documents, tokenizer, record["_data"], heldout_settings(args))
+    key = {"model": file_sha256(model_dir / "model.safetensors"), **heldout.info}
+    cache = record["_dir"] / "bench_quality_heldout.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached["key"] == key:
+            record["heldout"] = cached["result"]
+    except (OSError, ValueError, KeyError):
+        pass
+    if "heldout" not in record:
+        result = score(load_model(model_dir), heldout, args.eval_batch_size)
+        cache.write_text(json.dumps({"key": key, "result": result}) + "\n")
+        record["heldout"] = result
+    h = record["heldout"]
+    print(f"== {record['variant']} seed {record['seed']}: held-out {h['nats_per_masked_token']:.4f} nats/masked "
+          f"token, {h['bits_per_char']:.4f} bits/char", flush=True)  # fmt: skip
+    final = [record["elapsed_s"], record["tokens_seen"], h["nats_per_masked_token"], h["bits_per_char"]]
+    curve = record["curve"]["heldout"]
+    if curve and curve[-1][1] == final[1]:  # the loop scored the last step too: keep the export's figure
+        curve[-1] = final
+    else:
+        curve.append(final)
 
 
 def glue_lite(args, record: dict, glue: dict, overrides: list[str]) -> None:
     """Fine-tune the run's export on the GLUE-lite tasks; adds per-task headline numbers and their mean."""
-    run_dir = Path(record["run_dir"])
+    run_dir = record["_dir"]
     out_dir = run_dir / f"glue_lite_{record['variant']}"
     tasks = "[" + ",".join(glue["tasks"]) + "]"
     cmd = [sys.executable, "-m", "cramming.glue", f"model={run_dir / 'model'}", f"glue_dir={args.glue_dir}",
@@ -267,7 +372,7 @@ def glue_lite(args, record: dict, glue: dict, overrides: list[str]) -> None:
     cmd += overrides
     label = f"{record['variant']}/{record['seed']} glue"
     if args.reuse and glue_done_with(out_dir / "results.json", cmd[3:]):
-        print(f"== {label}: reusing {out_dir / 'results.json'}", flush=True)
+        print(f"== {label}: reusing its results.json", flush=True)
         ok, error = True, ""
     else:
         ok, error = run_logged(cmd, out_dir.with_suffix(".log"), args.timeout, label)
@@ -298,138 +403,90 @@ def glue_done_with(path: Path, overrides: list[str]) -> bool:
     return True
 
 
-def spread(values: list[float]) -> dict | None:
-    """Mean with min..max (and the sample std when there are two or more values)."""
-    values = [float(v) for v in values if v is not None]
-    if not values:
-        return None
-    out = {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "n": len(values)}
-    out["std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+def read_heldout_text(args, plans: dict) -> list[str]:
+    """The one held-out text: the validation documents of the baseline's data config."""
+    from cramming.heldout import heldout_documents
+
+    baseline = next(p for key, p in plans.items() if p["name"].startswith(f"{args.name}_{args.baseline}_"))
+    docs = heldout_documents(baseline["config"]["data"], args.heldout_chars)
+    if not docs:
+        raise SystemExit(
+            "bench_quality: error: no held-out text: give data.validation_files=[...] (or a hub source with "
+            "data.validation_split_documents > 0); a pre-tokenized corpus has no raw text to score"
+        )
+    return docs
+
+
+def set_threads(shared: list[str]) -> None:
+    """Score in this process with the runs' thread count (impl.threads), as fair as their training."""
+    import torch
+
+    for item in shared:
+        key, _, value = item.partition("=")
+        if key == "impl.threads" and value.isdigit() and int(value) > 0:
+            torch.set_num_threads(int(value))
+
+
+def public(record: dict) -> dict:
+    """A record for the result files: no private fields, no machine paths."""
+    out = {k: v for k, v in record.items() if not k.startswith("_")}
+    if "error" in out:
+        out["error"] = rep.clean(out["error"])
+    out["overrides"] = [rep.clean(o) for o in out["overrides"]]
     return out
 
 
-def summarize(records: list[dict], variants: dict[str, list[str]]) -> dict[str, dict]:
-    table = {}
-    for name, extra in variants.items():
-        runs = [r for r in records if r["variant"] == name]
-        good = [r for r in runs if r["ok"]]
-        row = {"overrides": extra, "runs": len(runs), "ok": len(good)}
-        row["failed"] = [f"seed {r['seed']}: {r['error']}" for r in runs if not r["ok"]]
-        for key in ("valid_mlm_loss", "final_mlm_loss", "tokens_per_s", "steps", "glue_average"):
-            row[key] = spread([r.get(key) for r in good])
-        columns = sorted({c for r in good for c in r.get("glue", {})})
-        row["glue"] = {c: spread([r["glue"].get(c) for r in good if "glue" in r]) for c in columns}
-        table[name] = row
-    return table
-
-
-def fmt(s: dict | None, digits: int = 3) -> str:
-    if s is None:
-        return "n/a"
-    if s["n"] == 1:
-        return f"{s['mean']:.{digits}f}"
-    return f"{s['mean']:.{digits}f} ({s['min']:.{digits}f}..{s['max']:.{digits}f})"
-
-
-def to_markdown(report: dict) -> str:
-    table, columns = report["variants"], report["glue_columns"]
-    lines = [f"# Quality benchmark `{report['name']}`", "",
-             f"Shared overrides: `{' '.join(report['shared']) or '(none)'}`; {report['seeds']} pretraining "
-             f"seed(s) per variant; figures are the mean over seeds with (min..max).", "",
-             report["comparability"], ""]  # fmt: skip
-    head = ["variant", "overrides", "held-out MLM loss", "train loss", "tok/s", "GLUE-lite avg", *columns]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, row in table.items():
-        if not row["ok"]:
-            cells = [name, f"`{' '.join(row['overrides'])}`", "FAILED: " + "; ".join(row["failed"])]
-            lines.append("| " + " | ".join(cells + [""] * (len(head) - 3)) + " |")
-            continue
-        cells = [name, f"`{' '.join(row['overrides']) or '-'}`", fmt(row["valid_mlm_loss"]),
-                 fmt(row["final_mlm_loss"]), fmt(row["tokens_per_s"], 0), fmt(row["glue_average"], 2),
-                 *[fmt(row["glue"].get(c), 1) for c in columns]]  # fmt: skip
-        if row["failed"]:
-            cells[1] += " (" + "; ".join(row["failed"]) + ")"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def comparability(records: list[dict]) -> str:
-    hashes = {r.get("tokenizer") for r in records if r["ok"]}
-    if len(hashes) <= 1:
-        return "All runs share one tokenizer: held-out MLM losses are directly comparable."
-    return (f"The runs use {len(hashes)} different tokenizers: held-out MLM losses are NOT directly "
-            "comparable across them (compare GLUE-lite instead).")  # fmt: skip
-
-
-def plot(report: dict, records: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_glue) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=[3, 2])
-    colors = {name: f"C{i}" for i, name in enumerate(report["variants"])}
-    for r in records:
-        if not r["ok"]:
-            continue
-        color, label = colors[r["variant"]], f"{r['variant']} s{r['seed']}"
-        train = r["curve"]["train"]
-        if train:
-            ax_loss.plot(
-                [t / 60 for t, _ in train], [v for _, v in train], color=color, alpha=0.8, label=label
-            )
-        valid = r["curve"]["valid"]
-        if valid:
-            ax_loss.plot([t / 60 for t, _ in valid], [v for _, v in valid], "o", color=color)
-    ax_loss.set_xlabel("budget used (minutes of training)")
-    ax_loss.set_ylabel("MLM loss (line: training, dots: held-out)")
-    ax_loss.grid(alpha=0.3)
-    ax_loss.legend(fontsize=7)
-    names = [n for n, row in report["variants"].items() if row["glue_average"]]
-    means = [report["variants"][n]["glue_average"]["mean"] for n in names]
-    low = [m - report["variants"][n]["glue_average"]["min"] for n, m in zip(names, means)]
-    high = [report["variants"][n]["glue_average"]["max"] - m for n, m in zip(names, means)]
-    ax_glue.bar(names, means, yerr=[low, high], capsize=4, color=[colors[n] for n in names])
-    ax_glue.set_ylabel("GLUE-lite average (min..max over seeds)")
-    ax_glue.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"quality benchmark {report['name']}: {' '.join(report['shared'])}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def run_all(args, shared: list[str], variants: dict[str, list[str]], plans: dict, glue: dict) -> list[dict]:
+    """Seed-major (variants alternate, so an early stop still leaves every variant measured)."""
+    documents = read_heldout_text(args, plans)
+    set_threads(shared)
+    records, pretrained = [], {}
+    for seed in range(args.seeds):
+        for name, extra in variants.items():
+            pretrain, glue_overrides = split_variant(extra)
+            key = (tuple(pretrain), seed)
+            if key not in pretrained:
+                pretrained[key] = pretrain_run(args, plans[key], name, pretrain, seed)
+                if pretrained[key]["ok"]:
+                    try:
+                        score_final(args, pretrained[key], documents)
+                    except Exception as err:  # a broken export fails this run, not the benchmark
+                        pretrained[key].update(ok=False, error=f"held-out scoring failed: {err}")
+            record = {**pretrained[key], "variant": name, "overrides": extra}
+            record["curve"] = pretrained[key].get("curve")
+            if record["ok"] and not args.no_glue:
+                glue_lite(args, record, glue, glue_overrides)
+            records.append(record)
+    return records
 
 
 def main(argv: list[str] | None = None) -> dict:
     args, shared, variants = parse_args(argv)
     args.shared = shared
-    check_variants(shared, variants)
+    plans = plan_runs(args, shared, variants)
     glue = {"examples": args.glue_examples, "eval_examples": args.glue_eval_examples,
             "seeds": args.glue_seeds, "epochs": args.glue_epochs,
             "tasks": tuple(t.strip() for t in args.glue_tasks.split(",") if t.strip())}  # fmt: skip
     if args.smoke:
         glue = dict(SMOKE_GLUE)
-    records, pretrained = [], {}
-    for seed in range(args.seeds):  # seed-major: an early stop still leaves every variant measured
-        for name, extra in variants.items():
-            pretrain_overrides, glue_overrides = split_variant(extra)
-            key = (tuple(pretrain_overrides), seed)
-            if key not in pretrained:
-                pretrained[key] = pretrain_run(args, shared, name, pretrain_overrides, seed)
-            record = {**pretrained[key], "variant": name, "overrides": extra}
-            if record["ok"] and not args.no_glue:
-                glue_lite(args, record, glue, glue_overrides)
-            records.append(record)
-    table = summarize(records, variants)
-    columns = sorted({c for row in table.values() for c in row["glue"]})
-    report = {"name": args.name, "shared": shared, "seeds": args.seeds, "glue": None if args.no_glue else glue,
-              "variants": table, "glue_columns": columns, "comparability": comparability(records),
-              "runs": records}  # fmt: skip
+    records = run_all(args, shared, variants, plans, glue)
+    target = rep.add_time_to_target(records, args.baseline, args.target_metric, args.target)
+    target["source"] = "given" if args.target is not None else f"the mean final value of {args.baseline}"
+    table = rep.summarize(records, variants)
+    heldout = {"chars": args.heldout_chars, "every_tokens": args.eval_every_tokens, **heldout_settings(args)}
+    report = {"name": args.name, "shared": [rep.clean(o) for o in shared], "seeds": args.seeds,
+              "glue": None if args.no_glue else glue, "heldout": heldout, "target": target,
+              "code": code_version(), "variants": table,
+              "glue_columns": sorted({c for row in table.values() for c in row["glue"]}),
+              "comparability": rep.comparability(records), "runs": [public(r) for r in records]}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"quality_{args.name}"
     Path(f"{stem}.json").write_text(json.dumps(report, indent=2, default=list) + "\n")
-    Path(f"{stem}.md").write_text(to_markdown(report))
-    plot(report, records, Path(f"{stem}.png"))
-    print(to_markdown(report))
-    print(f"wrote {stem}.json, .md and .png")
+    Path(f"{stem}.md").write_text(rep.to_markdown(report))
+    rep.plot(report, records, Path(f"{stem}.png"))
+    print(rep.to_markdown(report))
+    print(rep.compact_table(report))
+    print(f"wrote quality_{args.name}.json, .md and .png in {args.out}")
     return report
 
 

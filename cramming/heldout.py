@@ -254,11 +254,15 @@ class PeriodicScorer:
         self.next: int | None = None  # the token count of the next evaluation
         self.heldout: HeldoutSet | None | bool = None  # False: the config has no held-out text
 
+    def start(self, tokens: int) -> None:
+        """Training starts (or resumes) at ``tokens``: the next evaluation is at the next multiple."""
+        self.next = (tokens // self.every + 1) * self.every if self.every > 0 else None
+
     def due(self, tokens: int) -> bool:
         if self.every <= 0:
             return False
-        if self.next is None:  # a fresh or a resumed run: the next multiple of every_tokens
-            self.next = (tokens // self.every + 1) * self.every
+        if self.next is None:
+            self.start(0)
         if tokens < self.next:
             return False
         self.next = (tokens // self.every + 1) * self.every

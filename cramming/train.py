@@ -371,6 +371,7 @@ class Pretrainer:
         self.mfu = MFUMeter(self.flops_per_token, self.runtime.device, self.runtime.dtype)  # before the clock
         self.model.train()
         self.clock.start()
+        self.heldout.start(self.progress.tokens)  # a resumed run goes on from its next multiple
         self.loop_start = time.monotonic()  # the data-wait fraction's denominator starts with the clock
         self.new_window()
         self.last_ckpt_time = self.last_valid = time.monotonic()
