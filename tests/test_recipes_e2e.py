@@ -58,6 +58,21 @@ def test_recipe_trains_with_falling_loss_and_exports(runs, recipe):
     assert (run["run"] / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("recipe", ["bert", "roberta"])
+def test_export_records_how_pretraining_framed_the_inputs(runs, recipe, tmp_path):
+    """Catches an export (ours or the transformers folder) that does not say how the inputs were framed:
+    evaluation code could not rebuild the training layout (seq_len, [CLS] per sequence, masking, normaliser)."""
+    model_dir = runs[recipe]["run"] / "model"
+    framing = json.loads((model_dir / "config.json").read_text())["cramming_pretraining"]
+    assert framing["recipe"] == recipe and framing["seq_len"] == 48
+    assert framing["objective"] == ("nsp" if recipe == "bert" else "mlm")
+    assert (framing["masking"], framing["mlm_probability"]) == ("bert", 0.15)
+    assert framing["tokenizer_kind"] == ("wordpiece" if recipe == "bert" else "bpe")
+    assert "cls_per_sequence" in framing and "normalizer" in framing
+    hf = json.loads((export_hf(model_dir, tmp_path / "hf") / "config.json").read_text())
+    assert hf["cramming_pretraining"] == framing
+
+
 @pytest.mark.parametrize(
     "recipe, classes",
     [("bert", ("BertForPreTraining", "BertForMaskedLM", "AutoModel")), ("roberta", ("RobertaForMaskedLM",))],
