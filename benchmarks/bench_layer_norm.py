@@ -8,6 +8,11 @@ residual-fused variant. Bandwidth counts the bytes an ideal kernel must move (sa
 for every provider), so GB/s are comparable across providers:
 forward 2 MN (read x, write y), forward+backward 5 MN (plus read x, dy; write dx), times
 the element size; the residual variant moves 4 MN forward and 8 MN in total.
+``--as-used``: only what crammed-BERT's pretraining step runs, at one microbatch (128 x 128 = 16,384
+rows, width 768): LayerNorm of the fp32 residual stream, and add + LayerNorm with the bf16 branch output
+(autocast) added to the fp32 residual stream, fp32 weights, the normed output cast to bf16 for the next
+matmul (dtype ``bf16+fp32``: 12 bytes per element forward, read 2 + 4, write 4 + 2; 28 forward+backward).
+The Triton provider is the dispatch's path (cast the branch to fp32, fused kernel, cast the output).
 Results: <out>/layer_norm_<device>.csv|json|png.
 """
 
@@ -24,9 +29,16 @@ EPS = 1e-12
 TARGET_SHAPE = (65536, 768)
 
 
-def shapes(smoke: bool) -> list[tuple[str, int, int, torch.dtype, bool]]:
+MIXED = "bf16+fp32"  # the model's add + LayerNorm under autocast: bf16 branch, fp32 residual stream
+MIXED_BYTES = {"fwd": 12, "fwd+bwd": 28}  # per element, see the module docstring
+
+
+def shapes(smoke: bool, as_used: bool = False) -> list[tuple[str, int, int, torch.dtype | str, bool]]:
     """(group, rows, width, dtype, residual) cases; sized so a GPU run (one torch.compile per
     shape) stays around a minute."""
+    if as_used:
+        rows = 64 if smoke else 128 * 128  # one microbatch of 128 sequences
+        return [("as-used", rows, 768, torch.float32, False), ("as-used", rows, 768, MIXED, True)]
     if smoke:
         return [("bert", 64, 768, torch.bfloat16, False), ("bert", 64, 768, torch.bfloat16, True),
                 ("sweep", 64, 1000, torch.float32, False)]  # fmt: skip
@@ -36,9 +48,27 @@ def shapes(smoke: bool) -> list[tuple[str, int, int, torch.dtype, bool]]:
     return cases + [("sweep", rows, n, torch.bfloat16, False) for n in (256, 1024, 2048, 4096, 8192)]
 
 
-def providers(residual: bool) -> dict:
+def _as_used(add_norm):
+    """add + LayerNorm the way the model runs it: the branch promoted to the residual's fp32, the normed
+    output cast to bf16 (what the next matmul reads under autocast), the fp32 sum kept for the stream."""
+
+    def run(x, r, w, b, eps):
+        normed, summed = add_norm(x.to(r.dtype), r, w, b, eps)
+        return normed.to(torch.bfloat16), summed
+
+    return run
+
+
+def providers(residual: bool, mixed: bool = False) -> dict:
     from cramming.kernels import layer_norm, layer_norm_ref, layer_norm_residual, layer_norm_residual_ref
 
+    if mixed:
+        eager = _as_used(layer_norm_residual_ref)
+        return {
+            "triton": _as_used(layer_norm_residual),
+            "eager": eager,
+            "compile": torch.compile(eager, dynamic=False),
+        }
     if residual:
         return {
             "triton": layer_norm_residual,
@@ -67,15 +97,18 @@ def make_step(fn, mode: str, x, r, w, b):
 def bench_case(group, rows, width, dtype, residual, smoke, info) -> list[dict]:
     device = common.bench_device(smoke)
     torch.manual_seed(0)
-    x = torch.randn(rows, width, device=device, dtype=dtype, requires_grad=True)
-    r = torch.randn_like(x, requires_grad=True) if residual else None
-    w = torch.randn(width, device=device, dtype=dtype, requires_grad=True)
-    b = torch.randn(width, device=device, dtype=dtype, requires_grad=True)
+    mixed = dtype == MIXED
+    stream = torch.float32 if mixed else dtype  # the residual stream's and the weights' dtype
+    x = torch.randn(rows, width, device=device, dtype=torch.bfloat16 if mixed else dtype, requires_grad=True)
+    r = torch.randn(rows, width, device=device, dtype=stream, requires_grad=True) if residual else None
+    w = torch.randn(width, device=device, dtype=stream, requires_grad=True)
+    b = torch.randn(width, device=device, dtype=stream, requires_grad=True)
     moved = {"fwd": 4 if residual else 2, "fwd+bwd": 8 if residual else 5}
     results = []
-    for name, fn in providers(residual).items():
+    for name, fn in providers(residual, mixed).items():
         for mode in ("fwd", "fwd+bwd"):
-            num_bytes = moved[mode] * rows * width * x.element_size()
+            per_element = MIXED_BYTES[mode] if mixed else moved[mode] * x.element_size()
+            num_bytes = per_element * rows * width
             timed = common.time_bandwidth(make_step(fn, mode, x, r, w, b), num_bytes, smoke, info)
             results.append({
                 "op": "layer_norm_residual" if residual else "layer_norm", "group": group, "provider": name,
@@ -102,11 +135,13 @@ def report_targets(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = common.base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--as-used", action="store_true", help="only the cases the pretraining step runs")
+    args = parser.parse_args(argv)
     smoke = common.setup(args)
     info = common.device_info()
     rows = []
-    for group, m, n, dtype, residual in shapes(smoke):
+    for group, m, n, dtype, residual in shapes(smoke, args.as_used):
         if args.bert_only and group != "bert":
             continue
         rows += bench_case(group, m, n, dtype, residual, smoke, info)
@@ -120,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if row["op"] == "layer_norm" and (row["rows"], row["dtype"]) == (rows[0]["rows"], "bfloat16")
     ]
     title = f"LayerNorm bf16, {rows[0]['rows']} rows, {info['name']}"
-    common.save_width_sweep(rows, sweep, "layer_norm", args.out, smoke, title)
+    prefix = "layer_norm_as_used" if args.as_used else "layer_norm"
+    common.save_width_sweep(rows, sweep, prefix, args.out, smoke, title)
     return 0
 
 

@@ -157,13 +157,14 @@ step prepare 25 "$py" -m cramming prepare_only=true name=prepare "base_dir=$work
 train compile_triton 90 "$steps"
 train compile_torch 70 "$steps"
 step bench_attention 35 "$py" benchmarks/bench_attention.py --bert-only --out "$res/bench"
-train compile_triton_acc4 30 "$acc_steps" train.batch_size_start=512 train.batch_size=512  # 4 microbatches
+train compile_triton_acc4 25 "$acc_steps" train.batch_size_start=512 train.batch_size=512  # 4 microbatches
 train eager_triton 30 "$steps"
 train eager_torch 30 "$steps"
 step dynamo 20 "$py" benchmarks/gpu_checks.py dynamo "$res/dynamo.json"
 step errors 15 "$py" benchmarks/gpu_checks.py errors "$res/errors.json"
-step bench_layer_norm 15 "$py" benchmarks/bench_layer_norm.py --bert-only --out "$res/bench"
-step bench_gelu 15 "$py" benchmarks/bench_gelu.py --bert-only --out "$res/bench"
+# as the model runs them: add + LayerNorm with the bf16 branch and fp32 residual; GeGLU on bf16
+step bench_layer_norm 20 "$py" benchmarks/bench_layer_norm.py --as-used --out "$res/bench"
+step bench_gelu 15 "$py" benchmarks/bench_gelu.py --as-used --out "$res/bench"
 step slow_tests 20 "$py" -m pytest -q -p no:cacheprovider tests/test_kernels_attention.py \
     -k "test_torch_compile_forward_and_backward or test_autotuned_kernels_on_gpu"
 planned=$((planned + 5))  # pack: the summary and the tarball
