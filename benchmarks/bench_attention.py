@@ -2,6 +2,7 @@
 
     python benchmarks/bench_attention.py                 # GPU: T in {128, 512, 1024, 4096}, B*T = 65536
     python benchmarks/bench_attention.py --smoke         # tiny shapes through the interpreter
+    python benchmarks/bench_attention.py --bert-only     # crammed-BERT's shape only: B=128, T=128
 
 Providers: this kernel (``triton``); SDPA restricted to each backend in turn with
 ``torch.nn.attention.sdpa_kernel`` (``sdpa_flash``, ``sdpa_efficient``, ``sdpa_cudnn``, ``sdpa_math``;
@@ -123,8 +124,8 @@ def _kernel_error(table: dict, q, k, v, mask) -> float:
 
 def run(smoke: bool, dtype: torch.dtype, bert_only: bool = False) -> list[dict]:
     shapes = SMOKE_SHAPES if smoke else GPU_SHAPES
-    if bert_only:
-        shapes = {**shapes, "T": shapes["T"][:1]}  # T=128 on GPU: BERT's sequence length
+    if bert_only:  # T=128 on GPU: BERT's sequence length, one microbatch of 128 sequences (B=128)
+        shapes = {**shapes, "T": shapes["T"][:1], "tokens": shapes["tokens"] if smoke else 128 * 128}
     device = common.bench_device(smoke)
     peak = common.device_info()["peak_tflops"]
     table = providers()
