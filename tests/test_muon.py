@@ -170,10 +170,12 @@ def test_gradient_accumulation_gives_the_same_step_as_one_big_batch():
     halves = [{k: v[:2] for k, v in big.items()}, {k: v[2:] for k, v in big.items()}]
     model_a, opt_a = model_and_optimizer()
     model_b, opt_b = model_and_optimizer()
+    initial = {n: p.detach().clone() for n, p in model_a.named_parameters()}
     steps(model_a, opt_a, [big])
     steps(model_b, opt_b, halves, accum=2)
     for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=2e-5, msg=name)  # bf16 Newton-Schulz rounding
+        change = (a - initial[name]).norm()  # bf16 Newton-Schulz: float-order noise of ~1% (see the DDP test)
+        assert float((a - b).norm() / change) < 0.05, name
 
 
 def test_saved_and_reloaded_state_gives_the_identical_next_step():
@@ -259,3 +261,60 @@ def test_pretraining_with_muon_stops_and_resumes_like_an_uninterrupted_run(tiny_
         torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=0, msg=key)
     state = torch.load(part / "checkpoints" / "step_00000006.pt", weights_only=True)
     assert set(state["optimizer"]) == {"muon", "adamw"} and state["optimizer"]["muon"]["state"]
+
+
+def test_grad_scaler_and_a_non_finite_step_handle_both_optimizers():
+    """Catches the fp16 GradScaler unscaling only one half (AdamW's update would then be off by the
+    scale) and a non-finite step that still moves Muon's weights or momentum."""
+    b = batches(1)
+    plain, plain_opt = model_and_optimizer()
+    scaled, scaled_opt = model_and_optimizer()
+    runtime = Runtime(CPU, torch.float32)
+    steps(plain, plain_opt, b)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=True)
+    _, _, finite = optimizer_step(scaled, scaled_opt, lambda: b[0], 1, 1e-3, 0.5, runtime, scaler=scaler)
+    assert finite
+    for (name, a), c in zip(plain.named_parameters(), scaled.parameters()):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=2e-5, msg=name)
+    weights = {n: p.detach().clone() for n, p in scaled.named_parameters()}
+    momentum = scaled_opt.muon.state[scaled.encoder.blocks[0].attn.out.weight]["momentum_buffer"].clone()
+    _, _, finite = optimizer_step(scaled, scaled_opt, lambda: b[0], 1, 1e-3, 0.5, runtime, inject_nan=True)
+    assert not finite
+    for name, param in scaled.named_parameters():
+        assert torch.equal(param, weights[name]), name
+    assert torch.equal(
+        scaled_opt.muon.state[scaled.encoder.blocks[0].attn.out.weight]["momentum_buffer"], momentum
+    )
+
+
+def muon_rank(rank: int, init_file: str, out: str) -> None:
+    """tests/test_distributed.py's DDP worker (2 gloo ranks, accumulation 2) with train.optimizer=muon."""
+    import test_distributed
+
+    test_distributed.TRAIN = {**test_distributed.TRAIN, "optimizer": "muon"}
+    test_distributed.worker(rank, init_file, out)
+
+
+def test_two_ddp_ranks_with_muon_match_one_process(tmp_path):
+    """Catches Muon under DDP stepping on a rank's own gradient (before the all-reduce) or ranks that
+    drift apart: the update must be the one process's on the full batch. Muon's bf16 Newton-Schulz
+    makes float-order noise visible: reordering the microbatches of one process moves its 2-step
+    change by 0.6-1.7% (relative norm), stepping on one rank's half of the batch by 70-85%."""
+    import test_distributed as td
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "rank0.pt"
+    mp.spawn(muon_rank, args=(str(tmp_path / "init"), str(out)), nprocs=td.WORLD, join=True)
+    ddp = torch.load(out, weights_only=False)
+    td.TRAIN = {**td.TRAIN, "optimizer": "muon"}
+    try:
+        initial = td.fresh_model().state_dict()
+        model = td.fresh_model()
+        losses = td.train(model, model, td.microbatches())
+    finally:
+        td.TRAIN = {**td.TRAIN, "optimizer": "adamw"}
+    torch.testing.assert_close(torch.tensor(ddp["losses"]), torch.tensor(losses), rtol=1e-5, atol=1e-5)
+    for key, value in model.state_dict().items():
+        change = (value - initial[key]).norm()
+        if change > 0:
+            assert float((ddp["state"][key] - value).norm() / change) < 0.05, key
