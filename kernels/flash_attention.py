@@ -58,7 +58,7 @@ _UPCAST = INTERPRET  # the interpreter holds bf16 as raw uint16: compute in fp32
 
 _INTERPRET_BLOCK = 64  # every block size in the interpreter
 _FWD_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2),
-              (64, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 4)]  # fmt: skip
+              (64, 64, 4, 3), (64, 128, 4, 3), (64, 64, 4, 4), (64, 32, 4, 2)]  # fmt: skip
 _DKDV_TILES = [(32, 128, 8, 3), (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 3), (64, 64, 4, 3),
                (32, 64, 4, 4), (64, 64, 8, 3), (32, 64, 8, 3)]  # fmt: skip
 _DQ_TILES = [(128, 32, 8, 3), (128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3),
@@ -90,6 +90,24 @@ def _kernel_and_tile(kernel, tuned, tiles: list[tuple], names: tuple[str, ...] =
         return launch(tuned), {}
     tile = (_INTERPRET_BLOCK,) * len(names) + (4, 1) if INTERPRET else tiles[0]
     return launch(kernel), {**dict(zip(names, tile[:-2])), "num_warps": tile[-2], "num_stages": tile[-1]}
+
+
+# Shared memory a fixed forward tile may plan for: under the ~227 KB an H100 (and ~163 KB an A100) block
+# may use, with room for the compiler's own buffers. The autotuner drops configs that do not fit by
+# itself; a fixed tile (CRAMMING_AUTOTUNE=0, the self-check) has to fit on its own.
+_FWD_SMEM_BUDGET = 160 * 1024
+
+
+def _fwd_smem(tile: tuple, head_dim: int, elem_bytes: int) -> int:
+    """Bytes of shared memory a forward tile stages: the query block once, keys and values per stage."""
+    block_m, block_n, _, stages = tile
+    return (block_m + 2 * block_n * stages) * head_dim * elem_bytes
+
+
+def _fwd_tiles(head_dim: int, elem_bytes: int) -> list[tuple]:
+    """The forward tiles, those that fit the budget first: fp32 at D=128 would stage ~256 KB in the first."""
+    fits = [t for t in _FWD_TILES if _fwd_smem(t, head_dim, elem_bytes) <= _FWD_SMEM_BUDGET]
+    return fits + [t for t in _FWD_TILES if t not in fits]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -454,7 +472,7 @@ def _launch_fwd(
     o = torch.empty_like(q)
     lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)  # (B, H, T) or (1, H, total)
     mask, smb, smt, has_mask = _mask_args(q, key_padding_mask)
-    kernel, tile = _kernel_and_tile(_attn_fwd, _attn_fwd_tuned, _FWD_TILES)
+    kernel, tile = _kernel_and_tile(_attn_fwd, _attn_fwd_tuned, _fwd_tiles(q.shape[-1], q.element_size()))
     kernel[_grid(T, H, B, "BLOCK_M")](
         q, k, v, o, lse, mask, cu_seqlens if varlen else q,
         *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(o, varlen), smb, smt,

@@ -271,3 +271,15 @@ def test_base_offsets_are_64_bit():
     # every kernel addresses its (batch, head) through _base, none multiplies the raw program id
     source = inspect.getsource(fa)
     assert "bx * stride" not in source and "b * stride" not in source
+
+
+def test_fixed_forward_tile_fits_shared_memory():
+    """Catches the fixed (not autotuned) forward tile staging more shared memory than a GPU block has:
+    fp32 at D=128 in the first listed tile plans ~256 KB (an H100 block gets ~227 KB), so the self-check
+    and CRAMMING_AUTOTUNE=0 runs would fail to launch there; BERT's bf16 D=64 keeps the first tile."""
+    for head_dim in fa.HEAD_DIMS:
+        for elem_bytes in (2, 4):
+            tile = fa._fwd_tiles(head_dim, elem_bytes)[0]
+            assert fa._fwd_smem(tile, head_dim, elem_bytes) <= fa._FWD_SMEM_BUDGET, (head_dim, elem_bytes)
+    assert fa._fwd_tiles(64, 2)[0] == fa._FWD_TILES[0]
+    assert sorted(fa._fwd_tiles(128, 4)) == sorted(fa._FWD_TILES)  # the autotuner still sees every tile
