@@ -431,5 +431,5 @@ def test_unreachable_hub_dataset_is_a_clear_error():
     from cramming.data.sources import load_hub_stream
 
     # Tests run with HF_DATASETS_OFFLINE=1, so the hub cannot be reached.
-    with pytest.raises(ValueError, match=r"data.hub.path='someone/no-such-corpus'.*data=local"):
+    with pytest.raises(ValueError, match=r"data.hub.path='someone/no-such-corpus'.*data=sample.*data=local"):
         load_hub_stream({"path": "someone/no-such-corpus", "name": "en", "split": "train"})
