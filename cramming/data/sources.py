@@ -90,7 +90,8 @@ def load_hub_stream(hub: dict[str, Any]):
     except (ConnectionError, OSError) as err:  # offline, hub down, or no such dataset/config
         raise ValueError(
             f"cannot load the hub dataset data.hub.path={path!r} (name={name!r}, split={split!r}): {err}. "
-            "Without network access, train on local files (data=local data.files='[PATH_OR_GLOB,...]'), "
+            "Without network access, train on the sample corpus shipped with the package (data=sample) or on "
+            "local files (data=local data.files='[PATH_OR_GLOB,...]'), "
             "point data.hub.path at a local folder laid out like the hub dataset, or prepare the corpus on "
             "a machine that is online (prepare_only=true) and reuse its data.cache_dir."
         ) from err
