@@ -30,8 +30,9 @@ def _configure(kernels: str, compiled: bool) -> None:
     ops.configure({"kernels": kernels}, compiled=compiled)
 
 
-def env_report(device: str) -> dict:
-    """Versions, the device, its MFU peak, and per kernel choice what runs after the self-check."""
+def env_report(device: str, save=lambda partial: None) -> dict:
+    """Versions, the device, its MFU peak, and per kernel choice what runs after the self-check.
+    ``save(partial)`` after each stage, so a step cut by its time cap still leaves what it found."""
     import triton
 
     from cramming import ops, perf
@@ -51,7 +52,8 @@ def env_report(device: str) -> dict:
         info |= {"gpu": name, "capability": list(torch.cuda.get_device_capability(0)),
                  "sms": props.multi_processor_count, "memory_gb": props.total_memory / 2**30,
                  "peak_table_key": found and found[0], "peak_bf16_tflops": found and found[1]}  # fmt: skip
-    kernels = {}
+    kernels = info["kernels"] = {}
+    save(info)
     for choice in KERNEL_CHOICES:
         for compiled in (False, True):
             key = f"{choice}/{'compile' if compiled else 'eager'}"
@@ -62,7 +64,7 @@ def env_report(device: str) -> dict:
                 kernels[key] = {"ran": ops.describe(device), "self_check": ops.self_check_results()}
             except Exception as err:  # impl.kernels=triton with a failing kernel: the run would refuse
                 kernels[key] = {"error": f"{type(err).__name__}: {err}"[:400]}
-    info["kernels"] = kernels
+            save(info)
     info["float32_matmul_precision"] = torch.get_float32_matmul_precision()
     return info
 
@@ -85,12 +87,11 @@ def mlm_batch(batch: int, seq: int, vocab: int, device: str) -> dict:
     return {name: t.to(device) for name, t in collated.items()}
 
 
-def dynamo_report(device: str, arch: str, batch: int, dtype: torch.dtype) -> dict:
-    """Per kernel choice: Dynamo's graphs and breaks for the pretraining forward (as compiled runs see it),
-    and the frames compiled over three forward+backward calls of one shape (a count above the graph
-    count means a recompile)."""
+def dynamo_report(device: str, arch: str, batch: int, dtype: torch.dtype, save=lambda partial: None) -> dict:
+    """Per kernel choice (auto first: the default): Dynamo's graphs and breaks for the pretraining forward
+    as a compiled run traces it (``torch._dynamo.explain``). Recompiles show in the compiled training
+    runs' logs (TORCH_LOGS=recompiles), which run_gpu_report counts."""
     import torch._dynamo
-    from torch._dynamo.utils import counters
 
     vocab = 32768 if arch != "tiny" else 1024
     model = tiny_mlm(arch, vocab).to(device)
@@ -99,19 +100,14 @@ def dynamo_report(device: str, arch: str, batch: int, dtype: torch.dtype) -> dic
     for choice in KERNEL_CHOICES:
         _configure(choice, compiled=True)
         torch._dynamo.reset()
-        counters.clear()
         with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
             explained = torch._dynamo.explain(model)(**data)
-            counters.clear()
-            compiled = torch.compile(model, backend="eager", dynamic=False)
-            for _ in range(3):
-                compiled(**data)["loss"].backward()
         result[choice] = {
             "graphs": explained.graph_count,
             "graph_breaks": explained.graph_break_count,
             "break_reasons": [str(r.reason)[:200] for r in explained.break_reasons[:3]],
-            "unique_graphs_after_3_calls": counters["stats"]["unique_graphs"],
         }
+        save(result)
     _configure("auto", compiled=False)
     return result
 
@@ -130,7 +126,7 @@ def _with_grads(fn, inputs: list[torch.Tensor], upstream: torch.Tensor, dtype=No
     return [out.detach(), *torch.autograd.grad(out, leaves, upstream.to(out.dtype))]
 
 
-def errors_report(device: str, small: bool) -> dict:
+def errors_report(device: str, small: bool, save=lambda partial: None) -> dict:
     """bf16 error vs fp64 at BERT's shapes: attention (B=128, H=12, T=128, D=64, half the batch padded),
     add + LayerNorm as the model runs it (bf16 branch, fp32 residual stream, width 768) and GeGLU on the
     bf16 FFN output (16384 x 3072); the Triton kernel and the PyTorch reference, each in the given dtypes.
@@ -165,6 +161,7 @@ def errors_report(device: str, small: bool) -> dict:
             ours = _with_grads(fn, inputs, upstream)
             labels = ["fwd", *[f"bwd_{i}" for i in range(len(inputs))]]
             result[choice][name] = {lab: _error(a, e) for lab, a, e in zip(labels, ours, exact)}
+        save(result)
     _configure("auto", compiled=False)
     return result
 
@@ -176,16 +173,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--small", action="store_true", help="tiny shapes and arch (CPU smoke runs)")
     args = parser.parse_args(argv)
-    if args.command == "env":
-        result = env_report(args.device)
-    elif args.command == "dynamo":
-        arch, batch = ("tiny", 2) if args.small else ("crammed-bert", 32)
-        dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
-        result = dynamo_report(args.device, arch, batch, dtype)
-    else:
-        result = errors_report(args.device, args.small)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    def save(partial: dict) -> None:
+        args.out.write_text(json.dumps(partial, indent=2) + "\n")
+
+    if args.command == "env":
+        result = env_report(args.device, save)
+    elif args.command == "dynamo":
+        arch, batch = ("tiny", 2) if args.small else ("crammed-bert", 8)
+        dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
+        result = dynamo_report(args.device, arch, batch, dtype, save)
+    else:
+        result = errors_report(args.device, args.small, save)
+    save(result)
     print(json.dumps(result))
     return 0
 

@@ -35,6 +35,7 @@ res="$work/results"   # what is packed into $out at the end
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 WANDB_MODE=disabled HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 SECONDS=0
 planned=0 missing=0
+last_step=slow_tests  # may use every second left of the deadline (autotuning all attention tiles takes a while)
 
 # install: the carried wheels and the project, offline; then the one import that everything needs.
 install() {
@@ -83,7 +84,7 @@ step() {
         return 0
     fi
     local limit=$cap
-    [ "$limit" -gt "$left" ] && limit=$left
+    [ "$limit" -gt "$left" ] || [ "$name" = "$last_step" ] && limit=$left  # the last step: all that is left
     echo "== $name (<= ${limit} s): $*"
     local start=$SECONDS rc status=ok
     timeout -k 5 "$limit" "$@" >"$res/$name.txt" 2>&1
@@ -131,7 +132,7 @@ pack() {
 
 if [ "$dry" = 1 ]; then
     bash -n "$0" || exit 1
-    echo "run_gpu.sh --dry-run: syntax ok; deadline ${deadline} s; results would go to $out"
+    echo "run_gpu.sh --dry-run: syntax ok; deadline ${deadline} s (the last step, $last_step, may run on to it); results would go to $out"
     echo "  install                    <=  25s  pip install --no-index --no-deps --no-build-isolation $wheels/*.whl -e . (aborts in one line unless 'import cramming.kernels, hydra' works)"
 else
     mkdir -p "$res/bench" "$res/runs"
@@ -161,7 +162,8 @@ train compile_triton_acc4 25 "$acc_steps" train.batch_size_start=512 train.batch
 train eager_triton 30 "$steps"
 train eager_torch 30 "$steps"
 step dynamo 20 "$py" benchmarks/gpu_checks.py dynamo "$res/dynamo.json"
-step errors 15 "$py" benchmarks/gpu_checks.py errors "$res/errors.json"
+# fixed tiles: autotuning every config at these shapes would eat the cap (numerics barely differ)
+step errors 15 env CRAMMING_AUTOTUNE=0 "$py" benchmarks/gpu_checks.py errors "$res/errors.json"
 # as the model runs them: add + LayerNorm with the bf16 branch and fp32 residual; GeGLU on bf16
 step bench_layer_norm 20 "$py" benchmarks/bench_layer_norm.py --as-used --out "$res/bench"
 step bench_gelu 15 "$py" benchmarks/bench_gelu.py --as-used --out "$res/bench"

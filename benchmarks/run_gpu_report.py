@@ -167,9 +167,9 @@ def env_lines(env: dict) -> list[str]:
 
 
 def dynamo_lines(dynamo: dict) -> list[str]:
-    header = ["impl.kernels (compiled)", "graphs", "graph breaks", "frames after 3 fwd+bwd", "break reasons"]
-    body = [[k, v.get("graphs"), v.get("graph_breaks"), v.get("unique_graphs_after_3_calls"),
-             "; ".join(v.get("break_reasons", [])) or "-"] for k, v in dynamo.items()]  # fmt: skip
+    header = ["impl.kernels (compiled)", "graphs", "graph breaks", "break reasons"]
+    body = [[k, v.get("graphs"), v.get("graph_breaks"), "; ".join(v.get("break_reasons", [])) or "-"]
+            for k, v in dynamo.items()]  # fmt: skip
     return _table(header, body) if body else ["(no dynamo.json)"]
 
 
