@@ -207,3 +207,22 @@ def test_an_export_that_would_lose_or_invent_a_weight_is_refused(exported):
     without_pooler = {k: v for k, v in state.items() if not k.startswith("pooler.")}
     with pytest.raises(ValueError, match="start from random values: pooler.bias, pooler.weight"):
         check_carried(without_pooler, config)
+
+
+def test_a_fine_tuned_classifier_carries_its_encoders_framing(exported, tmp_path):
+    """Catches fine-tuning dropping the pretraining framing: the classifier export (and its transformers
+    folder) must say how the encoder's inputs were framed, not 'not recorded'."""
+    from tiny_export import finetune_cfg, write_csv
+
+    from cramming.finetune import run_finetune
+
+    rows = [{"text": t, "label": str(i % 2)} for i, t in enumerate(TEXTS + PAIRS)]
+    train = write_csv(tmp_path / "train.csv", rows)
+    cfg = finetune_cfg(
+        model=str(exported["crammed-mlm"]["src"]), train_file=str(train), out_dir=str(tmp_path / "ft")
+    )
+    run_finetune({**cfg, "epochs": 1, "max_length": 32})
+    source = json.loads((exported["crammed-mlm"]["src"] / "config.json").read_text())[FRAMING]
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())[FRAMING] == source
+    hf = json.loads((export_hf(tmp_path / "ft", tmp_path / "ft-hf") / "config.json").read_text())
+    assert hf[FRAMING] == source
