@@ -28,7 +28,8 @@ for arg in "$@"; do
 done
 py="${PYTHON:-python3}"
 wheels="${CRAMMING_GPU_WHEELS:-benchmarks/gpu_wheels}"
-deadline=480 steps=100 acc_steps=20 corpus_mb=4
+deadline="${RUN_GPU_DEADLINE:-480}"  # seconds; an override only for tests of the script's own mechanics
+steps=100 acc_steps=20 corpus_mb=4
 out="${OUT:-benchmarks/results/gpu_$(date +%Y%m%d_%H%M)}"
 work="$(mktemp -d)"   # corpus, cache, run folders (GBs of checkpoints): never brought back
 res="$work/results"   # what is packed into $out at the end

@@ -5,6 +5,8 @@ import json
 import re
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,45 @@ def test_planned_training_runs_are_valid_configs(tmp_path):
         assert resolved["train"]["log_every"] == 1 and resolved["seed"] == 0
         micro, final = resolved["train"]["microbatch_size"], resolved["train"]["batch_size"]
         assert final // micro == (4 if "acc4" in line else 1)
+
+
+def test_a_run_keeps_its_deadline_and_packs_at_most_8_files(tmp_path):
+    """Catches steps that run past the deadline (each is cut to what is left, later ones skipped), a run
+    whose results are not packed (the device tool brings back at most 8 files, 2 folders down), and a
+    summary missing a step. Every command is a stand-in that takes 2 s (training) or nothing; the
+    report is the real one."""
+    shim = tmp_path / "bin" / "python3"
+    shim.parent.mkdir()
+    shim.write_text(
+        "#!/usr/bin/env bash\n"
+        f'case "$1" in benchmarks/run_gpu_report.py) exec {sys.executable} "$@" ;; esac\n'
+        '[ "$1 $2" = "-m cramming" ] && sleep 2\n'
+        "exit 0\n"
+    )
+    shim.chmod(0o755)
+    out = tmp_path / "out"
+    env = {
+        "PATH": f"{shim.parent}:/usr/bin:/bin",
+        "PYTHON": str(shim),
+        "OUT": str(out),
+        "RUN_GPU_DEADLINE": "12",
+        "CRAMMING_GPU_WHEELS": str(tmp_path / "bin"),  # no wheels there
+    }
+    started = time.monotonic()
+    done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert time.monotonic() - started < 12 + 20  # the deadline, plus packing
+    assert sorted(p.name for p in out.iterdir()) == [
+        "results.tar.gz",
+        "run_gpu.log",
+        "summary.json",
+        "summary.md",
+    ]
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = tar.getnames()
+        steps = tar.extractfile("./steps.tsv").read().decode()
+    assert "./summary.md" in names and "./train_compile_triton.txt" in names
+    assert "train_compile_triton\tok" in steps and "skipped (deadline)" in steps
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["step"] for s in summary["steps"]][:3] == ["gpu_info", "kernel_tests", "env_check"]
+    assert "install: 0 wheels" in (out / "run_gpu.log").read_text()
