@@ -93,7 +93,10 @@ def run_row(run_dir: Path, out: Path | None = None) -> dict:
     row["data_wait"] = _median([r.get("data_wait") for r in steady])  # a fraction
     row["peak_mem_gb"] = max((r.get("mem_gb", 0.0) for r in train), default=None)
     summary = _read_json(run_dir / "summary.json")
-    row["first_step_s"] = summary.get("compile_s")
+    row["first_step_s"] = summary.get("compile_s")  # compiled runs: compile + autotune + the step
+    first = next((r for r in train if r.get("step") == 1 and r.get("tokens_per_s")), None)
+    if row["first_step_s"] is None and first and first.get("tokens"):  # eager: autotune + the step
+        row["first_step_s"] = first["tokens"] / first["tokens_per_s"]
     row["compiled"] = summary.get("compiled")
     row["finished"] = bool(summary.get("finished"))
     row["kernels"] = summary.get("kernels")

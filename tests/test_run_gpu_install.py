@@ -69,7 +69,7 @@ def run(cmd: list[str], env: dict, cwd: Path = REPO, timeout: int = 300) -> subp
 
 
 @pytest.mark.slow  # ~1-2 min: builds the wheels, the venv, installs, runs kernel tests in the interpreter
-def test_offline_install_on_a_standin_of_the_gpu_image(tmp_path):
+def test_offline_install_on_a_standin_of_the_gpu_image(tmp_path, tiny_corpus):
     """Catches run_gpu.sh needing a package index on the GPU machine (build isolation fetching
     setuptools, a dependency missing from the carried wheels: hydra-core, omegaconf, antlr4), a wheel
     folder too big to carry, an import failure that does not stop the run at once with one clear
@@ -109,11 +109,21 @@ def test_offline_install_on_a_standin_of_the_gpu_image(tmp_path):
     installed = run(["bash", "benchmarks/run_gpu.sh", "--install-only"], env)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert "install: 3 wheels" in installed.stdout and "project editable" in installed.stdout
-    check = "import cramming.kernels, cramming.runtime, hydra, omegaconf; print(cramming.__file__)"
+    check = (
+        "import cramming.kernels, cramming.cli, cramming.train, hydra, omegaconf; print(cramming.__file__)"
+    )
     elsewhere = run(
         [str(python), "-c", check], env, cwd=tmp_path
     )  # the install, not the checkout on sys.path
     assert elsewhere.returncode == 0 and elsewhere.stdout.startswith(str(REPO)), elsewhere.stderr
+
+    # a pretraining run there (wandb and datasets absent): 2 steps of the tiny arch, one thread
+    trained = run([str(python), "-m", "cramming", "arch=tiny", "train=cpu", "budget=2steps", "name=standin",
+                   f"base_dir={tmp_path / 'runs'}", "data=local", f"data.files=[{tiny_corpus['train']}]",
+                   "data.vocab_size=1024", f"data.cache_dir={tmp_path / 'cache'}", "impl.kernels=torch",
+                   "impl.threads=1", "impl.device=cpu", "eval=none", "train.validation_batches=1"], env)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert '"finished": true' in (tmp_path / "runs" / "standin" / "summary.json").read_text()
 
     planned = run(["bash", "benchmarks/run_gpu.sh", "--dry-run"], env)
     assert planned.returncode == 0 and "sum of caps: 480 s" in planned.stdout, planned.stderr
