@@ -98,7 +98,8 @@ def validate_train(train: Mapping) -> None:
             schedule_factor(train, 0.0)  # checks the warm-up and cool-down fractions and the shape
         except (TypeError, ValueError) as err:
             raise ConfigError(str(err)) from None
-    for key in ("microbatch_size", "batch_size", "batch_size_start"):
+    for key in ("batch_size", "batch_size_start") if train["microbatch_size"] == "auto" else (
+        "microbatch_size", "batch_size", "batch_size_start"):  # fmt: skip
         _require(
             _num(f"train.{key}", train[key], int) >= 1,
             f"train.{key}={train[key]!r} must be a positive integer",

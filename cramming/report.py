@@ -167,7 +167,7 @@ pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: 12px; max
 
 
 # After loading: count the figures that drew (decoded, with a size on screen) into data-plots /
-# data-plots-broken on <body>, and say so at the top of the page when one did not (a truncated file).
+# data-plots-broken on <body> (and the page's height into data-height, for full-page screenshots), and say so at the top of the page when one did not (a truncated file).
 CHECK_SCRIPT = """
 window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
@@ -177,6 +177,7 @@ window.addEventListener("load", function () {
   });
   document.body.dataset.plots = String(imgs.length);
   document.body.dataset.plotsBroken = String(broken.length);
+  document.body.dataset.height = String(document.documentElement.scrollHeight);
   if (broken.length) {
     var note = document.createElement("p");
     note.className = "card bad";
@@ -398,7 +399,8 @@ def glue_section(run: dict) -> str:
         where = f"{folder}/results.json" if folder != "." else "results.json"
         parts.append(f"<h2>GLUE ({esc(where)})</h2>")
         parts.append(
-            f"<p>Model {esc(results.get('model'))}; lr {esc(results.get('lr'))}, head {esc(results.get('head'))}, "
+            f"<p>Model {esc(results.get('model'))}; lr {esc(_num(results.get('lr'), '{:.3g}'))}, "
+            f"head {esc(results.get('head'))}, "
             f"{esc((results.get('settings') or {}).get('epochs'))} epochs. <b>{esc(average.get('label', ''))}</b></p>"
         )
         header = [

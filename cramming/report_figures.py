@@ -126,7 +126,8 @@ def wait_figure(train: list[dict]) -> str | None:
         xs, [r.get("mem_gb", float("nan")) for r in train], ".-", color="tab:gray", label="peak memory"
     )
     ax_mem.set_ylabel("peak memory (GB)")
-    ax_mem.set_ylim(bottom=0)
+    mem = [r["mem_gb"] for r in train if isinstance(r.get("mem_gb"), (int, float))]
+    ax_mem.set_ylim(0, 1.15 * max(mem, default=1.0) or 1.0)  # room above a flat line
     lines = ax_wait.get_lines() + ax_mem.get_lines()
     ax_wait.legend(lines, [line.get_label() for line in lines], loc="upper right")
     return _uri(fig)

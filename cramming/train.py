@@ -35,6 +35,7 @@ from cramming.data.bert_masking import build_collator as build_recipe_collator
 from cramming.data.prefetch import BatchStream
 from cramming.export import FRAMING, pretraining_framing, save_export
 from cramming.heldout import PeriodicScorer
+from cramming.microbatch import recover_from_oom, resolve_microbatch
 from cramming.model import build_mlm, count_parameters
 from cramming.optim import build_optimizer
 from cramming.perf import MFUMeter, flops_per_token
@@ -191,14 +192,6 @@ class Pretrainer:
         self.optimizer = build_optimizer(self.model, self.train_cfg, runtime.device)
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
         wrapped = distributed.wrap_ddp(self.model, runtime.device)
-        global_micro = int(self.train_cfg["microbatch_size"]) * runtime.world_size
-        most = max(accumulation_steps(p, global_micro, *self.ramp()) for p in (0.0, 1.0))  # the ramp's ends
-        # impl.compile, eager fallback; reduce-overhead is refused when steps accumulate microbatches
-        self.step = CompiledStep(wrapped, runtime, "pretraining step", max_microbatches=most)
-        micro = int(self.train_cfg["microbatch_size"])
-        self.loader = SequenceLoader(
-            corpus.train, micro, seed=int(cfg["seed"]), rank=runtime.rank, world_size=runtime.world_size
-        )
         if self.bert_family:
             self.collator = build_recipe_collator(
                 cfg["data"], corpus.tokenizer.get_vocab_size(), corpus.special_ids
@@ -207,6 +200,15 @@ class Pretrainer:
             self.collator = MLMCollator(
                 corpus.tokenizer.get_vocab_size(), corpus.special_ids, float(cfg["data"]["mlm_probability"])
             )
+        self.microbatch = resolve_microbatch(self)  # microbatch_size=auto: measured now, before the clock
+        global_micro = int(self.train_cfg["microbatch_size"]) * runtime.world_size
+        most = max(accumulation_steps(p, global_micro, *self.ramp()) for p in (0.0, 1.0))  # the ramp's ends
+        # impl.compile, eager fallback; reduce-overhead is refused when steps accumulate microbatches
+        self.step = CompiledStep(wrapped, runtime, "pretraining step", max_microbatches=most)
+        micro = int(self.train_cfg["microbatch_size"])
+        self.loader = SequenceLoader(
+            corpus.train, micro, seed=int(cfg["seed"]), rank=runtime.rank, world_size=runtime.world_size
+        )
         self.side_metrics: dict[str, float] = {}  # NSP accuracy etc. summed over the steps since the last log
         self.mask_generator = torch.Generator().manual_seed(int(cfg["seed"]) + runtime.rank)
         # Batches made ahead in a background thread (impl.dataloader_workers of them), pinned for the GPU.
@@ -431,7 +433,12 @@ class Pretrainer:
                 extras=step_metrics,
             )
 
-        result = self.step.run(one_step, self.next_microbatch)
+        try:
+            result = self.step.run(one_step, self.next_microbatch)
+        except torch.OutOfMemoryError as err:  # fragmentation late in a run: microbatch=auto halves it once
+            if not recover_from_oom(self, err):
+                raise
+            return True  # back at the last checkpoint with half the microbatch; the loop goes on
         if result is None:
             return False
         loss, grad_norm, finite = result
@@ -645,6 +652,7 @@ class Pretrainer:
             "compiled": self.step.module is not self.step.eager,
             "compile_s": self.step.compile_seconds,  # the first step's time, compilation included
             "kernels": ops.describe(self.runtime.device),  # what ran, for the run report
+            "microbatch": self.microbatch.as_dict(),  # the size used and why (train.microbatch_size=auto)
             "environment": environment(),  # versions and git revision
             "finished": True,
         }
