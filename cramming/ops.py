@@ -118,8 +118,10 @@ def self_check_results() -> dict[str, str]:
 
 def _use_triton(op: str, tensor: torch.Tensor) -> bool:
     use = _plan.get(tensor.device.type, {}).get(op, "torch") != "torch"
-    # no logging while torch.compile traces (a graph break); the eager first call warns
-    if not use and _choice[op] == "auto" and not _warned and not torch.compiler.is_compiling():
+    # no logging while torch.compile traces (a graph break); the eager first call warns. On CUDA auto's
+    # PyTorch choice is the compile rule (AUTO_UNDER_COMPILE), not a missing Triton path.
+    cpu_fallback = tensor.device.type != "cuda" and _choice[op] == "auto"
+    if not use and cpu_fallback and not _warned and not torch.compiler.is_compiling():
         _warned.add(op)
         logging.getLogger("cramming").warning(
             "impl.kernels=auto: no Triton path for %s tensors here (TRITON_INTERPRET=1 runs the interpreter); "
