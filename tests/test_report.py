@@ -111,3 +111,23 @@ def test_a_broken_figure_is_reported_by_the_page(tiny_run, tmp_path):
     broken.write_text(page[:start] + "AAAA" + page[page.index('"', start) :])
     dom, _ = render(broken)
     assert body_data(dom).get("plots-broken") == "1"
+
+
+def test_own_task_fine_tuning_adds_its_section(tiny_run, tmp_path):
+    """Bug it guards: cramming.finetune finishing without the run's page showing its scores and matrix."""
+    from tiny_export import finetune_cfg, write_csv
+
+    from cramming.finetune import run_finetune
+
+    run, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    rows = [{"text": f"{w} film number {i}", "label": w} for i, w in enumerate(["good", "bad", "dull"] * 12)]
+    train, dev = write_csv(tmp_path / "train.csv", rows), write_csv(tmp_path / "dev.csv", rows[:12])
+    cfg = finetune_cfg(model=str(copy / "model"), train_file=str(train), validation_file=str(dev), epochs=1)
+    cfg["impl"]["threads"] = 1
+    run_finetune(cfg)
+    page = (copy / "report.html").read_text()
+    assert "Own-task fine-tuning (finetuned)" in page and "validation accuracy" in page
+    matrix = json.loads((copy / "finetuned" / "validation_confusion.json").read_text())
+    assert sum(map(sum, matrix["matrix"])) == 12 and "<b>validation</b>" in page
