@@ -160,9 +160,21 @@ def to_markdown(report: dict) -> str:
              f"final exported model, fp32. Time to target: first training wall clock (evaluation excluded, "
              f"interpolated between evaluations every {h['every_tokens']:,} tokens) at which held-out "
              f"{target['metric']} ≤ {fmt_value(target['value'])} ({target['source']}).", "",
-             comparability_text(report["comparability"]), ""]  # fmt: skip
-    head = ["variant", "overrides", "tokens", "nats/masked tok", "bits/char", "tok/s", "time to target",
-            "GLUE-lite avg", *columns]  # fmt: skip
+             comparability_text(report["comparability"]), "",
+             f"Tokens are the sequence positions trained on (framing tokens included); tok/s = tokens / training "
+             f"wall clock (evaluation excluded). Code: revision {report['code']['revision']}, sources "
+             f"{report['code']['sources']} (each run's own in the JSON).", ""]  # fmt: skip
+    glue = ["GLUE-lite avg", *columns] if report["glue"] else []
+    head = [
+        "variant",
+        "overrides",
+        "tokens",
+        "nats/masked tok",
+        "bits/char",
+        "tok/s",
+        "time to target",
+        *glue,
+    ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in table.items():
         overrides = f"`{clean(' '.join(row['overrides'])) or '-'}`"
@@ -171,8 +183,9 @@ def to_markdown(report: dict) -> str:
             lines.append("| " + " | ".join(cells + [""] * (len(head) - 3)) + " |")
             continue
         cells = [name, overrides, fmt(row["tokens_seen"], 0), fmt(row["nats_per_masked_token"]),
-                 fmt(row["bits_per_char"], 4), fmt(row["tokens_per_s"], 0), fmt_target(row),
-                 fmt(row["glue_average"], 2), *[fmt(row["glue"].get(c), 1) for c in columns]]  # fmt: skip
+                 fmt(row["bits_per_char"], 4), fmt(row["tokens_per_s"], 0), fmt_target(row)]  # fmt: skip
+        if glue:
+            cells += [fmt(row["glue_average"], 2), *[fmt(row["glue"].get(c), 1) for c in columns]]
         if row["failed"]:
             cells[1] += " (" + clean("; ".join(row["failed"])) + ")"
         lines.append("| " + " | ".join(cells) + " |")

@@ -280,7 +280,7 @@ def pretrain_run(args, plan: dict, name: str, extra: list[str], seed: int) -> di
     """Train (or reuse) one run; the record of what it did, without its final held-out score yet."""
     run_dir, key, code = args.runs_dir / plan["name"], config_key(plan["config"]), code_version()
     record = {"variant": name, "seed": seed, "run": plan["name"], "overrides": extra, "config_key": key,
-              "ok": True, "_dir": run_dir, "_data": plan["config"]["data"]}  # fmt: skip
+              "ok": True, "_dir": run_dir, "_data": plan["config"]["data"], "_impl": plan["config"]["impl"]}  # fmt: skip
     stamp = reusable(run_dir, key, None if args.reuse_across_code else code) if args.reuse else None
     if stamp:
         print(f"== {name} seed {seed}: reusing the finished run {plan['name']} (same config)", flush=True)
@@ -342,7 +342,8 @@ def score_final(args, record: dict, documents: list[str]) -> None:
     except (OSError, ValueError, KeyError):
         pass
     if "heldout" not in record:
-        result = score(load_model(model_dir), heldout, args.eval_batch_size)
+        device = scoring_device(record["_impl"])
+        result = score(load_model(model_dir, device), heldout, args.eval_batch_size, device)
         cache.write_text(json.dumps({"key": key, "result": result}) + "\n")
         record["heldout"] = result
     h = record["heldout"]
@@ -415,6 +416,19 @@ def read_heldout_text(args, plans: dict) -> list[str]:
             "data.validation_split_documents > 0); a pre-tokenized corpus has no raw text to score"
         )
     return docs
+
+
+def scoring_device(impl: dict) -> str:
+    """The run's device (a GPU when it trained on one) and kernels, for scoring its export."""
+    import torch
+
+    from cramming import ops
+
+    ops.configure(impl)
+    wanted = str(impl.get("device") or "auto")
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
 
 
 def set_threads(shared: list[str]) -> None:

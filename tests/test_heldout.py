@@ -116,3 +116,34 @@ def test_paused_clock_does_not_charge_evaluation_time():
     with clock.paused():
         time.sleep(0.2)
     assert clock.elapsed() < 0.1
+
+
+@pytest.mark.parametrize("family", ["crammed", "bert-nsp"])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_score_matches_full_logits(valid_docs, wordpiece, family, sparse, restore_runtime_globals):
+    """Catches: NLL taken from the wrong logits rows (sparse prediction decodes only the labelled
+    positions, dense all of them), or the BERT-family model's NSP head getting in the way; the final
+    padded sequence's padding must not change the masked tokens' scores (it is masked out of attention)."""
+    from cramming import ops
+    from cramming.bert_family import BertForPreTraining
+    from cramming.conf import read_yaml
+    from cramming.model import BertForMLM
+
+    ops.configure({"kernels": "torch"})  # the PyTorch reference: the Triton interpreter would crawl
+    torch.manual_seed(0)
+    arch = {**read_yaml("arch", "tiny.yaml"), "sparse_prediction": sparse, "type_vocab_size": 2}
+    vocab = wordpiece.get_vocab_size()
+    model = BertForMLM(arch, vocab) if family == "crammed" else BertForPreTraining(arch, vocab, nsp=True)
+    data = {"seq_len": 128, "cls_per_sequence": False, "objective": "mlm" if family == "crammed" else "nsp"}
+    held = build_heldout(read_documents(valid_docs, 6000), wordpiece, data, SETTINGS)
+    assert not held.real[-1].all()  # the last sequence is padded
+    result = score(model, held, batch_size=3)
+    nll = 0.0
+    with torch.no_grad():
+        for ids, labels, real in zip(held.input_ids, held.labels, held.real):
+            logits = model(torch.as_tensor(ids[real])[None])["logits"][0]  # (t, V): no padding at all
+            picked = labels[real] != IGNORE_INDEX
+            target = torch.as_tensor(labels[real][picked])
+            nll += float(torch.nn.functional.cross_entropy(logits[picked], target, reduction="sum"))
+    assert result["nll_sum"] == pytest.approx(nll, rel=1e-4)
+    assert result["nats_per_masked_token"] == pytest.approx(nll / held.info["masked_tokens"], rel=1e-4)
