@@ -62,7 +62,17 @@ def test_installed_packages_named_like_root_folders_win(tmp_path):
 def test_wheel_holds_kernels_and_configs(tmp_path):
     """A wheel (pip install . / a release) must carry the kernels and every YAML under cramming/."""
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-w", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
     )
