@@ -432,11 +432,17 @@ def protocol_codes(rows: list[dict]) -> dict[str, str]:
     return codes
 
 
+# The page's column order: what ranks a run first (seen without scrolling at 1400 px), details after.
+HTML_ORDER = ["run", "average", "coverage", "seeds", *TASK_COLUMNS, "arch", "recipe", "budget", "hardware",
+              "tokens_seen", "steps", "final_mlm_loss", "protocol", "note"]  # fmt: skip
+
+
 def html_table(items: list[dict], codes: dict[str, str], link_from: Path | None) -> str:
     """One table inside a horizontally scrolling box; the protocol as a code with the full text as a
     tooltip; partial averages greyed; the run's name links to its report.html when there is one."""
     protocol_index = HEADER.index("protocol")
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADER)
+    order = [HEADER.index(h) for h in HTML_ORDER]
+    head = "".join(f"<th>{html.escape(HEADER[i])}</th>" for i in order)
     body = []
     for row in items:
         cells = [html.escape(c) for c in table_cells(row)]
@@ -452,7 +458,7 @@ def html_table(items: list[dict], codes: dict[str, str], link_from: Path | None)
             and row["coverage"] != f"{len(AVERAGE_COLUMNS)}/{len(AVERAGE_COLUMNS)}"
         )
         css = f"{row.get('kind', 'reference')}{' partial' if partial else ''}"
-        body.append(f'<tr class="{css}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        body.append(f'<tr class="{css}">' + "".join(f"<td>{cells[i]}</td>" for i in order) + "</tr>")
     return (
         f'<div class="box"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
     )
@@ -490,6 +496,10 @@ window.addEventListener("load", function () {
   document.body.dataset.clippedLabels = String(clipped);
   document.body.dataset.pageOverflow = String(document.documentElement.scrollWidth > window.innerWidth);
   document.body.dataset.maxRowHeight = String(Math.round(Math.max.apply(null, rows.concat([0]))));
+  var averages = Array.prototype.filter.call(document.querySelectorAll("th"), function (th) {
+    return th.textContent === "average" && th.getBoundingClientRect().right > window.innerWidth;
+  });
+  document.body.dataset.averageOffscreen = String(averages.length);
 });
 """
 

@@ -194,3 +194,4 @@ def test_page_reads_at_a_glance_in_chromium(outputs, tmp_path):
     assert data["clipped-labels"] == "0", data
     assert data["page-overflow"] == "false", data
     assert int(data["max-row-height"]) <= 40, data  # one line per row
+    assert data["average-offscreen"] == "0", data  # the ranking column is seen without scrolling
