@@ -3,10 +3,11 @@
 import os
 
 # Idle OpenMP threads sleep instead of spin-waiting. On a CPU shared with other jobs, spinning
-# threads steal the cores the busy ones need: a 12-step tiny pretraining run measured ~3x the
-# tokens/s with PASSIVE (see README, "Measured results"). The OpenMP runtime reads this once, when
-# torch loads it, so it is set here, before any module of the package imports torch; every entry
-# point (python -m cramming, cramming.glue, .finetune, .predict, the benchmarks) imports this first.
+# threads steal the cores the busy ones need (a short tiny pretraining run was faster with PASSIVE
+# on this project's shared 2-core machine; that measurement was not stored). The OpenMP runtime reads
+# this once, when torch loads it, so it is set here, before any module of the package imports torch;
+# every entry point (python -m cramming, cramming.glue, .finetune, .predict, the benchmarks) imports
+# this first.
 # A value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -11,7 +11,8 @@ runs is chosen per op from ``cfg.impl``:
 ``torch.compile`` (``configure(..., compiled=True)``) ``auto`` keeps LayerNorm and GELU in
 PyTorch, where Inductor fuses them with the neighbouring add, cast and matmul epilogue
 (``AUTO_UNDER_COMPILE``); an op moves to Triton there only once a GPU table shows the kernel faster.
-``impl`` may change speed and precision, never results.
+The choice changes the numbers only within floating-point tolerances (the kernel tests' rule: at most
+twice PyTorch's own error against a float64 reference), never the recipe.
 
 Everything is resolved in ``configure`` (once per process, or per entry point): the forward pass
 reads one plain dict, so it makes no ``importlib``/``os.environ`` call that ``torch.compile`` would
