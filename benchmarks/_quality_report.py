@@ -165,16 +165,8 @@ def to_markdown(report: dict) -> str:
              f"wall clock (evaluation excluded). Code: revision {report['code']['revision']}, sources "
              f"{report['code']['sources']} (each run's own in the JSON).", ""]  # fmt: skip
     glue = ["GLUE-lite avg", *columns] if report["glue"] else []
-    head = [
-        "variant",
-        "overrides",
-        "tokens",
-        "nats/masked tok",
-        "bits/char",
-        "tok/s",
-        "time to target",
-        *glue,
-    ]
+    head = ["variant", "overrides", "tokens", "nats/masked tok", "bits/char", "tok/s", "time to target",
+            "tokens to target", *glue]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in table.items():
         overrides = f"`{clean(' '.join(row['overrides'])) or '-'}`"
@@ -183,7 +175,8 @@ def to_markdown(report: dict) -> str:
             lines.append("| " + " | ".join(cells + [""] * (len(head) - 3)) + " |")
             continue
         cells = [name, overrides, fmt(row["tokens_seen"], 0), fmt(row["nats_per_masked_token"]),
-                 fmt(row["bits_per_char"], 4), fmt(row["tokens_per_s"], 0), fmt_target(row)]  # fmt: skip
+                 fmt(row["bits_per_char"], 4), fmt(row["tokens_per_s"], 0), fmt_target(row),
+                 fmt(row["tokens_to_target"], 0)]  # fmt: skip
         if glue:
             cells += [fmt(row["glue_average"], 2), *[fmt(row["glue"].get(c), 1) for c in columns]]
         if row["failed"]:
@@ -209,16 +202,24 @@ def plot(report: dict, records: list[dict], path: Path) -> int:
     panels = 3 if has_glue else 2
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.8))
     colors = {name: f"C{i % 10}" for i, name in enumerate(report["variants"])}
-    for ax, column, label in ((axes[0], 0, "training wall clock (minutes)"), (axes[1], 1, "tokens seen")):
-        scale = 60.0 if column == 0 else 1.0
+    longest = max((p[0] for r in good for p in r["curve"]["heldout"]), default=0.0)
+    minutes = longest >= 120
+    clock = f"training wall clock ({'minutes' if minutes else 'seconds'}, evaluation excluded)"
+    for ax, column, label in ((axes[0], 0, clock), (axes[1], 1, "tokens seen")):
+        scale = 60.0 if column == 0 and minutes else 1.0
         for r in good:
             pts = r["curve"]["heldout"]
-            ax.plot([p[column] / scale for p in pts], [p[3] for p in pts], "o-", ms=3,
-                    color=colors[r["variant"]], label=f"{r['variant']} s{r['seed']}")  # fmt: skip
+            name = (
+                r["variant"]
+                if r["seed"] == min(x["seed"] for x in good if x["variant"] == r["variant"])
+                else None
+            )
+            ax.plot([p[column] / scale for p in pts], [p[3] for p in pts], "o-", ms=3, alpha=0.8,
+                    color=colors[r["variant"]], label=name)  # fmt: skip
         if report["target"]["value"] is not None and report["target"]["metric"] == "bpc":
-            ax.axhline(report["target"]["value"], color="grey", ls="--", lw=0.8)
+            ax.axhline(report["target"]["value"], color="grey", ls="--", lw=0.8, label=None)
         ax.set_xlabel(label)
-        ax.set_ylabel("held-out bits per character")
+        ax.set_ylabel("held-out bits per character (one line per seed)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     if has_glue:

@@ -404,11 +404,11 @@ def glue_done_with(path: Path, overrides: list[str]) -> bool:
     return True
 
 
-def read_heldout_text(args, plans: dict) -> list[str]:
+def read_heldout_text(args, plans: dict, variants: dict[str, list[str]]) -> list[str]:
     """The one held-out text: the validation documents of the baseline's data config."""
     from cramming.heldout import heldout_documents
 
-    baseline = next(p for key, p in plans.items() if p["name"].startswith(f"{args.name}_{args.baseline}_"))
+    baseline = plans[(tuple(split_variant(variants[args.baseline])[0]), 0)]
     docs = heldout_documents(baseline["config"]["data"], args.heldout_chars)
     if not docs:
         raise SystemExit(
@@ -452,7 +452,7 @@ def public(record: dict) -> dict:
 
 def run_all(args, shared: list[str], variants: dict[str, list[str]], plans: dict, glue: dict) -> list[dict]:
     """Seed-major (variants alternate, so an early stop still leaves every variant measured)."""
-    documents = read_heldout_text(args, plans)
+    documents = read_heldout_text(args, plans, variants)
     set_threads(shared)
     records, pretrained = [], {}
     for seed in range(args.seeds):
