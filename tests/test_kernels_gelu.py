@@ -7,6 +7,8 @@ PyTorch's own low-precision error against the float64 reference, plus a tiny eps
 import pytest
 import torch
 from _kernel_checks import DEVICE, compare
+
+import cramming.ops as ops
 from cramming.kernels import (
     GELU,
     BiasGELU,
@@ -18,8 +20,6 @@ from cramming.kernels import (
     gelu,
     gelu_ref,
 )
-
-import cramming.ops as ops
 
 pytestmark = pytest.mark.interpreter
 

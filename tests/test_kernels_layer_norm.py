@@ -11,6 +11,8 @@ import os
 import pytest
 import torch
 from _kernel_checks import DEVICE, compare
+
+import cramming.ops as ops
 from cramming.kernels import (
     LayerNorm,
     layer_norm,
@@ -18,8 +20,6 @@ from cramming.kernels import (
     layer_norm_residual,
     layer_norm_residual_ref,
 )
-
-import cramming.ops as ops
 
 pytestmark = pytest.mark.interpreter
 

@@ -81,7 +81,9 @@ def package_path(pattern: str) -> Path:
 
         return Path(str(files(package))) / rest
     except (ImportError, TypeError) as err:
-        raise ValueError(f"{pattern!r} names the package {package!r}, which cannot be imported ({err}).") from err
+        raise ValueError(
+            f"{pattern!r} names the package {package!r}, which cannot be imported ({err})."
+        ) from err
 
 
 def expand_paths(patterns: list[str], key: str) -> list[Path]:
