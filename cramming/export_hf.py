@@ -176,28 +176,12 @@ def check_carried(state: Mapping[str, torch.Tensor], config: Mapping) -> None:
         )
 
 
-def refuse_unsupported(arch: Mapping) -> None:
-    """A ValueError naming an arch switch neither the remote code nor transformers' BERT computes
-    (their weights would load with a different model, or be dropped with only a warning)."""
-    switches = []
-    if arch.get("position_embedding") == "rotary":
-        switches.append("arch.position_embedding=rotary")
-    if arch.get("qk_norm"):
-        switches.append("arch.qk_norm=true")
-    if switches:
-        raise ValueError(
-            f"the transformers export does not support {' and '.join(switches)} yet; the cramming export "
-            "folder itself does (cramming.export.load_model, python -m cramming.glue, cramming.predict)"
-        )
-
-
 def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     """Write a transformers-loadable folder for the cramming export at ``model_dir``; returns ``out_dir``."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if out_dir.resolve() == model_dir.resolve():
         raise ValueError(f"out={out_dir} is the model folder itself; choose another folder")
     config = read_config(model_dir)
-    refuse_unsupported(config["arch"])
     model = load_model(model_dir)
     tokenizer = read_tokenizer(model_dir)
     family = native_family(config, is_bpe(tokenizer), special_ids(tokenizer)["pad"])

@@ -28,6 +28,8 @@ VARIANTS = {
                           "linear_bias": True, "prediction_head": True, "final_norm": False, "type_vocab_size": 2},
     "gelu-tanh-no-norm-bias": {"activation": "gelu_tanh", "norm_bias": False, "embedding_norm": False, "final_norm": False},
     "untied-with-head": {"tie_embeddings": False, "prediction_head": True, "norm_eps": 1e-5},
+    "rotary-qk-norm": {"position_embedding": "rotary", "qk_norm": True},
+    "rotary-post-ln": {"position_embedding": "rotary", "norm_position": "post", "final_norm": False},
 }  # fmt: skip
 
 

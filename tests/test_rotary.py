@@ -137,9 +137,28 @@ def test_export_round_trip_is_strict_and_exact(tmp_path):
     b = batch()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**b)["logits"], m(**b)["logits"], rtol=0, atol=0)
-    with pytest.raises(ValueError, match=r"arch.position_embedding=rotary and arch.qk_norm=true"):
-        export_hf(tmp_path / "model", tmp_path / "hf")
-    assert not (tmp_path / "hf").exists()
+
+
+def test_transformers_export_computes_rotary_and_qk_norm(tmp_path):
+    """Catches the remote code ignoring rotary or QK-norm (or loading with the tables left unbuilt on
+    transformers' meta device): the transformers model must give our logits."""
+    from transformers import AutoModelForMaskedLM
+
+    m = model(**NEW).eval()
+    with torch.no_grad():  # q/k norm weights away from their ones-init, so a dropped weight shows
+        for block in m.encoder.blocks:
+            block.attn.q_norm.weight.uniform_(0.5, 1.5)
+            block.attn.k_norm.weight.uniform_(0.5, 1.5)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials)}, unk_token="[UNK]"))
+    save_export(m, tokenizer, tmp_path / "model")
+    export_hf(tmp_path / "model", tmp_path / "hf")
+    theirs = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    b = batch()
+    with torch.no_grad():
+        want = m(b["input_ids"])["logits"]  # no labels: logits at every position, as transformers gives
+        got = theirs(input_ids=b["input_ids"]).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_classifier_with_rotary_handles_padding():

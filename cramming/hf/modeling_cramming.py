@@ -39,6 +39,42 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight over the last dimension, in fp32 (QK-norm's per-head norm)."""
+
+    def __init__(self, width: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings on q and k (GPT-NeoX layout: feature i pairs with i + D/2), fp32."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        self.head_dim, self.max_len, self.base = head_dim, max_len, base
+        cos, sin = self.tables()
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (T, D); recomputed by _init_weights (transformers may build on meta)."""
+        inverse = self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim)
+        angles = torch.outer(torch.arange(self.max_len, dtype=torch.float64), inverse)  # (T, D/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (T, D)
+        return angles.cos().float(), angles.sin().float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, half = x.shape[-2], x.shape[-1] // 2
+        first, second = x.float().split(half, dim=-1)
+        rotated = torch.cat([-second, first], dim=-1)  # (B, H, T, D)
+        return (x.float() * self.cos[:T] + rotated * self.sin[:T]).to(x.dtype)
+
+
 def sinusoid_table(width: int, max_len: int) -> torch.Tensor:
     position = torch.arange(max_len).unsqueeze(1)
     div_term = torch.exp(torch.arange(0, width, 2) * (-math.log(10000.0) / width))
@@ -77,6 +113,8 @@ class Embeddings(nn.Module):
         self.word = nn.Embedding(vocab_size, width)
         if arch["position_embedding"] == "scaled-sinusoidal":
             self.position = ScaledSinusoidal(width, max_len)
+        elif arch["position_embedding"] == "rotary":
+            self.position = None  # positions enter in the attention (SelfAttention.rotary)
         else:
             self.position = LearnedPositions(width, max_len)
         types = arch.get("type_vocab_size", 0)
@@ -88,7 +126,9 @@ class Embeddings(nn.Module):
         seq_len = input_ids.shape[1]
         if seq_len > self.max_len:
             raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings={self.max_len}")
-        x = self.word(input_ids) + self.position(seq_len)  # (B, T, H)
+        x = self.word(input_ids)  # (B, T, H)
+        if self.position is not None:
+            x = x + self.position(seq_len)
         if self.token_type is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
@@ -105,11 +145,20 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width, bias=arch["linear_bias"])
         self.out = nn.Linear(width, width, bias=arch["linear_bias"])
         self.attention_dropout = arch["attention_dropout"]
+        head_dim = width // self.num_heads
+        self.q_norm = RMSNorm(head_dim) if arch.get("qk_norm", False) else None
+        self.k_norm = RMSNorm(head_dim) if arch.get("qk_norm", False) else None
+        rotary = arch["position_embedding"] == "rotary"
+        self.rotary = Rotary(head_dim, arch["max_position_embeddings"]) if rotary else None
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
         mask = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None  # (B, 1, 1, T)
         dropout_p = self.attention_dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
@@ -176,6 +225,12 @@ class CrammingPreTrainedModel(PreTrainedModel):
         elif isinstance(module, ScaledSinusoidal):
             module.table.copy_(sinusoid_table(*module.table.shape[::-1]))
             nn.init.constant_(module.scale, 1.0 / math.sqrt(module.table.shape[1]))
+        elif isinstance(module, Rotary):
+            cos, sin = module.tables()
+            module.cos.copy_(cos)
+            module.sin.copy_(sin)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
 
 
 class CrammingModel(CrammingPreTrainedModel):
