@@ -131,6 +131,10 @@ def hf_state_dict(model, family: str) -> dict[str, torch.Tensor]:
         out[f"{head}.{dense}.{part}"] = state[f"head.dense.{part}"]
         out[f"{head}.{norm}.{part}"] = state[f"head.norm.{part}"]
     out[f"{head}.bias"] = state["decoder_bias"]
+    if family == "roberta":
+        # transformers 4.x ties lm_head.bias to lm_head.decoder.bias after loading, so a folder without
+        # the second name loads the decoder bias as zeros there; v5 accepts both names as one tensor.
+        out[f"{head}.decoder.bias"] = state["decoder_bias"]
     if family == "bert" and model.nsp:
         for part in ("weight", "bias"):
             out[f"bert.pooler.dense.{part}"] = state[f"pooler.{part}"]
