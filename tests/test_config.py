@@ -39,9 +39,21 @@ def test_defaults_follow_the_recipe():
     train = cfg["train"]
     assert train["lr"] == 1e-3 and train["betas"] == [0.9, 0.98] and train["eps"] == 1e-12
     assert train["weight_decay"] == 0.01 and train["grad_clip"] == 0.5
-    assert train["schedule"] == "budget-triangle2" and train["batch_size"] == 8192
+    assert train["schedule"] == "wsd" and train["batch_size"] == 8192
     assert cfg["data"]["vocab_size"] == 32768 and cfg["data"]["seq_len"] == 128
-    assert cfg["data"]["mlm_probability"] == 0.25
+    assert cfg["data"]["mlm_probability"] == 0.4 and cfg["arch"]["position_embedding"] == "rotary"
+
+
+def test_crammed_paper_recipe_restores_the_papers_settings():
+    """Catches recipe=crammed-paper drifting from crammedBERT (the default recipe=crammed changed three
+    keys after the recipe search), on the 24-hour and the CPU recipe alike."""
+    for arch, lr in (("crammed-bert", 1e-3), ("small", 1e-3)):
+        cfg = compose_pretrain(["recipe=crammed-paper", f"arch={arch}"])
+        assert cfg["recipe"] == "crammed-paper" and cfg["train"]["schedule"] == "budget-triangle2"
+        assert cfg["train"]["lr"] == lr and cfg["data"]["mlm_probability"] == 0.25
+        assert cfg["arch"]["position_embedding"] == "scaled-sinusoidal"
+    ours = compose_pretrain(["arch=small"])
+    assert ours["train"]["lr"] == 2e-3 and ours["train"]["schedule"] == "wsd"
 
 
 def test_crammed_bert_has_the_reference_size():

@@ -353,7 +353,7 @@ def test_distilbert_recipe_switch_sets_the_released_settings_and_user_overrides_
     assert (cfg.train.warmup_fraction, cfg.train.batch_ramp_fraction) == (0.05, 0.0)
     default = compose_distill([f"teacher={exports['mlm']}"])
     assert default.distill.recipe == "crammed" and default.distill.soft_targets == "masked"
-    assert default.data.mlm_probability == 0.25 and default.train.lr == 1e-3
+    assert default.data.mlm_probability == 0.4 and default.train.lr == 2e-3  # the tiny teacher's CPU recipe
     mine = compose_distill([f"teacher={exports['mlm']}", "distill.recipe=distilbert", "train.lr=1e-3"])
     assert mine.train.lr == 1e-3 and mine.distill.soft_targets == "all"
     with pytest.raises(ValueError, match="distill.recipe='distil' is not one of"):

@@ -182,7 +182,7 @@ def test_config_records_how_pretraining_framed_the_inputs(exported, kind):
     assert framing == source
     assert framing["recipe"] == recipe and framing["seq_len"] == 128 and framing["cls_per_sequence"] is False
     assert framing["objective"] == ("nsp" if recipe == "bert" else "mlm")
-    assert framing["mlm_probability"] == (0.25 if recipe == "crammed" else 0.15)
+    assert framing["mlm_probability"] == (0.4 if recipe == "crammed" else 0.15)
     assert framing["masking"] == ("crammed" if recipe == "crammed" else "bert") and framing["masking_scheme"]
     assert framing["tokenizer_kind"] == tok_name
     if tok_name == "wordpiece":
