@@ -44,7 +44,7 @@ def test_smoke_two_variants_and_a_failing_one(tmp_path, tiny_corpus, glue_dir):
     rows = report["variants"]
     assert rows["base"]["ok"] == 1 and rows["const"]["ok"] == 1
     assert rows["broken"]["ok"] == 0 and "not finished" in rows["broken"]["failed"][0]
-    for name, schedule in (("base", "budget-triangle2"), ("const", "constant")):
+    for name, schedule in (("base", "wsd"), ("const", "constant")):  # base: the default schedule
         run = next(r for r in report["runs"] if r["variant"] == name)
         config = yaml.safe_load((tmp_path / "runs" / f"t_{name}_s0" / "config.yaml").read_text())
         assert config["train"]["schedule"] == schedule  # the variant's override reached the run
