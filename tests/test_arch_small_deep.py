@@ -27,7 +27,10 @@ def test_small_deep_has_the_flops_per_token_of_small_and_its_cpu_recipe():
         flops[name] = flops_per_token(cfg["arch"], params[name], 128, 0.25, 32768)
     assert composed("small-deep")["train"] == composed("small")["train"]
     assert flops["small-deep"] == pytest.approx(flops["small"], rel=0.03)
-    assert (params["small"], params["small-deep"]) == (11_015_168, 9_247_488)  # as its comment says (rotary: no position scale)
+    assert (params["small"], params["small-deep"]) == (
+        11_015_168,
+        9_247_488,
+    )  # as its comment says (rotary: no position scale)
     deep = composed("small-deep")["arch"]
     assert deep["num_layers"] == 2 * composed("small")["arch"]["num_layers"]
     assert deep["hidden_size"] // deep["num_heads"] == 64  # the same head size as small

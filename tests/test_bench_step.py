@@ -41,12 +41,14 @@ def restore_globals():
 def loop_losses(steps: int) -> list[float]:
     """Losses of ``steps`` calls of the loop's optimizer_step on seed-0 weights and seeded batches."""
     with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
-        train = OmegaConf.to_container(compose("pretrain", overrides=["arch=tiny"]).train, resolve=True)
+        cfg = compose("pretrain", overrides=["arch=tiny"])
+        train = OmegaConf.to_container(cfg.train, resolve=True)
+        mlm_probability = float(cfg.data.mlm_probability)
     arch = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))
     torch.manual_seed(0)
     model = build_mlm(arch, VOCAB).train()
     optimizer = build_optimizer(model, train, torch.device("cpu"))
-    collator = MLMCollator(VOCAB, SPECIALS, 0.25)
+    collator = MLMCollator(VOCAB, SPECIALS, mlm_probability)
     ids_gen, mask_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
 
     def next_microbatch():
@@ -63,8 +65,8 @@ def loop_losses(steps: int) -> list[float]:
 
 
 def test_bench_step_times_the_loops_optimizer_step(tmp_path, restore_globals):
-    """Catches the benchmark drifting from the product again: its own masking (exact 25% of the
-    positions), its own clipping or optimizer, or hyper-parameters other than cfg.train's — any of
+    """Catches the benchmark drifting from the product again: its own masking (a rate other than
+    data.mlm_probability), its own clipping or optimizer, or hyper-parameters other than cfg.train's — any of
     which changes the losses — and a JSON that does not say what it timed."""
     bench = load_bench()
     argv = [

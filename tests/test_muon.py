@@ -126,7 +126,9 @@ def test_update_rms_matches_adamw_scale_and_muon_lr_scales_only_muon():
 
 
 def qkv_update_sizes(split: bool) -> list[float]:
-    model, optimizer = model_and_optimizer({**MUON, "muon": {**TRAIN["muon"], "split_qkv": split}})
+    # the scaled sinusoid the figures below were measured on (rotary reshapes Q's and K's gradients)
+    train = {**MUON, "muon": {**TRAIN["muon"], "split_qkv": split}}
+    model, optimizer = model_and_optimizer(train, position_embedding="scaled-sinusoidal")
     before = model.encoder.blocks[0].attn.qkv.weight.detach().clone()
     steps(model, optimizer, batches(1, size=8))
     parts = (model.encoder.blocks[0].attn.qkv.weight.detach() - before).chunk(3)  # Q, K, V rows

@@ -238,6 +238,7 @@ def test_nonfinite_streak_restores_last_checkpoint_with_lower_lr(tiny_corpus, wo
         "train.max_nonfinite_steps=2",
         "train.nonfinite_lr_factor=0.5",
         "train.schedule=constant",
+        "train.lr=1e-3",  # pinned: the halving below is checked against it
         budget="6steps",
     )
     summary = run_in_process(args)

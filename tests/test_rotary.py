@@ -182,14 +182,17 @@ def test_forward_with_rotary_and_qk_norm_is_one_graph(kernels):
     assert explanation.graph_count == 1
 
 
-def test_default_arch_is_unchanged():
-    """Catches the switches leaking into today's default: scaled-sinusoidal positions, no QK-norm, no
-    new parameters or buffers."""
+def test_default_arch_is_rotary_without_qk_norm_and_the_sinusoid_still_builds():
+    """Catches the default losing rotary positions (the recipe search's winner) or gaining QK-norm, and
+    the scaled sinusoid of recipe=crammed-paper leaking rotary tables or QK-norm weights."""
     m = model()
-    assert arch()["position_embedding"] == "scaled-sinusoidal" and arch()["qk_norm"] is False
-    assert m.encoder.embeddings.position is not None
-    assert not any("norm" in n or "rotary" in n for n, _ in m.encoder.blocks[0].attn.named_modules() if n)
-    assert not any("rotary" in n for n, _ in m.named_buffers())
+    assert arch()["position_embedding"] == "rotary" and arch()["qk_norm"] is False
+    assert m.encoder.embeddings.position is None and m.encoder.blocks[0].attn.rotary is not None
+    assert not any("norm" in n for n, _ in m.encoder.blocks[0].attn.named_modules() if n)
+    paper = model(position_embedding="scaled-sinusoidal")
+    assert paper.encoder.embeddings.position is not None
+    assert not any("norm" in n or "rotary" in n for n, _ in paper.encoder.blocks[0].attn.named_modules() if n)
+    assert not any("rotary" in n for n, _ in paper.named_buffers())
 
 
 @pytest.mark.parametrize(

@@ -42,11 +42,15 @@ def test_wsd_without_warmup_starts_at_the_peak_and_a_full_decay_is_a_straight_li
     assert [lr_factor("wsd", p, 0.0, 1.0) for p in (0.0, 0.25, 0.5)] == pytest.approx([1.0, 0.75, 0.5])
 
 
-def test_the_default_schedule_is_still_budget_triangle2():
-    """Catches the new keys changing today's default: budget-triangle2 = min(0.25 + p, 4 - 4p)."""
-    assert TRAIN["schedule"] == "budget-triangle2"
+def test_the_default_schedule_is_wsd_and_the_paper_recipe_keeps_budget_triangle2():
+    """Catches the default losing its measured schedule (wsd: warm-up 10%, flat, linear cool-down over the
+    last 20%), and the triangle2 path of recipe=crammed-paper breaking: min(0.25 + p, 4 - 4p)."""
+    assert TRAIN["schedule"] == "wsd"
+    for p, want in ((0.0, 0.0), (0.05, 0.5), (0.1, 1.0), (0.5, 1.0), (0.8, 1.0), (0.9, 0.5), (1.0, 0.0)):
+        assert schedule_factor(TRAIN, p) == pytest.approx(want, abs=1e-12), p
+    paper = {**TRAIN, "schedule": "budget-triangle2"}
     for p in (0.0, 0.3, 0.75, 0.9, 1.0):
-        assert schedule_factor(TRAIN, p) == pytest.approx(max(0.0, min(0.25 + p, 4 - 4 * p)), abs=1e-12)
+        assert schedule_factor(paper, p) == pytest.approx(max(0.0, min(0.25 + p, 4 - 4 * p)), abs=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -73,6 +77,7 @@ def test_the_training_loop_follows_the_wsd_keys(tiny_corpus, tmp_path):
         "train.decay_fraction=0.5",
         "train.decay_shape=1-sqrt",
         "train.log_every=1",
+        f"train.lr={TRAIN['lr']}",  # pinned to the peak the expected values use
     ]
     run_in_process(overrides(tiny_corpus, tmp_path, "wsd", *extra, budget="10steps"))
     lines = (tmp_path / "outputs" / "wsd" / "metrics.jsonl").read_text().splitlines()
