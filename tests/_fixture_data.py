@@ -1,4 +1,4 @@
-"""Test data made at fixture time, so that no test needs ../shared.
+"""Test data made at fixture time, so that no test needs any data folder outside the repository.
 
 - ``write_tiny_corpus``: a plain-text train/valid slice of the sample corpus shipped in the package
   (cramming/data/sample: public-domain books; valid is two books that train does not hold).

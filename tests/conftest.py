@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-# Test data is made here, from files in the repository only (no ../shared): see tests/_fixture_data.py.
+# Test data is made here, from files in the repository only (nothing outside the checkout): see tests/_fixture_data.py.
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> dict:
     """{"train", "valid"}: plain-text slices of the shipped sample corpus (80 and 10 documents)."""
