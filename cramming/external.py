@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from cramming.model import CRAMMED_HEAD_WIDTH
+from cramming.model import CRAMMED_HEAD_WIDTH, classification_output
 
 # Config attributes that hold the hidden / attention dropout, by family (set where the config has them).
 HIDDEN_DROPOUT = ("hidden_dropout_prob", "dropout", "mlp_dropout", "embedding_dropout")
@@ -149,13 +149,7 @@ class ExternalClassifier(nn.Module):
         else:
             pooled = self.dropout(torch.tanh(self.pooler(first)))
         logits = self.classifier(pooled)  # (B, num_labels)
-        out = {"logits": logits}
-        if labels is not None:
-            if self.num_labels == 1:
-                out["loss"] = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
-                out["loss"] = F.cross_entropy(logits.float(), labels, weight=class_weights)
-        return out
+        return classification_output(logits, labels, class_weights)
 
 
 def encoder_with_dropout(pretrained: ExternalPretrained, hidden: float, attention: float) -> nn.Module:

@@ -384,13 +384,7 @@ class BertForSequenceClassification(nn.Module):
     ) -> dict[str, torch.Tensor]:
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         logits = self.classifier(self.pool(hidden))  # (B, num_labels)
-        out = {"logits": logits}
-        if labels is not None:
-            if self.num_labels == 1:
-                out["loss"] = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
-                out["loss"] = F.cross_entropy(logits.float(), labels, weight=class_weights)
-        return out
+        return classification_output(logits, labels, class_weights)
 
 
 def build_mlm(arch: Mapping, vocab_size: int) -> BertForMLM:
@@ -417,3 +411,16 @@ def build_classifier(
 def count_parameters(model: nn.Module) -> int:
     """Unique parameters (tied weights counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def classification_output(
+    logits: torch.Tensor, labels: torch.Tensor | None, class_weights: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """``{"logits", "loss"}`` of a classifier: MSE for one output (regression), else weighted cross-entropy."""
+    out = {"logits": logits}
+    if labels is not None:
+        if logits.shape[-1] == 1:
+            out["loss"] = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        else:
+            out["loss"] = F.cross_entropy(logits.float(), labels, weight=class_weights)
+    return out

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tiny_export import REPO_ROOT, tiny_arch, train_tokenizer
+from tiny_export import REPO_ROOT, perturbed, tiny_arch, train_tokenizer
 
 from cramming import ops
 from cramming.bert_family import BertForPreTraining
@@ -42,15 +42,6 @@ SMALL = {
 def small_arch(name: str, **extra) -> dict:
     arch = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / f"{name}.yaml"))
     return {**arch, **SMALL, "dropout": 0.0, "attention_dropout": 0.0, **extra}
-
-
-def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every parameter moved off its initial value (zeros and ones included), deterministically."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.eval()
 
 
 def run_cfg(recipe: str, bpe: bool) -> dict:

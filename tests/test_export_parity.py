@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_export import tiny_arch
+from tiny_export import perturbed, tiny_arch
 
 from cramming import ops
 from cramming.bert_family import BertForPreTraining
@@ -38,14 +38,6 @@ def _torch_ops():
     ops.configure({"kernels": "torch"})
     yield
     ops.configure({"kernels": "auto"})
-
-
-def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.eval()
 
 
 def padded_batch(types: bool) -> dict[str, torch.Tensor]:

@@ -90,3 +90,12 @@ def finetune_cfg(**overrides) -> dict:
 
 # Overrides that keep CLI runs in tests on the CPU reference ops (conftest sets TRITON_INTERPRET=1).
 CLI_IMPL = ["impl.kernels=torch", "impl.device=cpu", "impl.threads=2"]
+
+
+def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every parameter moved off its initial value (zeros and ones included), deterministically."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.eval()
