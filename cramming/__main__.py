@@ -1,3 +1,3 @@
-from cramming.cli import main
+from cramming.pretrain import main
 
 main()

@@ -23,7 +23,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cramming.bert_family import uses_bert_family
-from cramming.cli import fail, pretrain_main, run_app
+from cramming.commands import fail, run_app
+from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.distillation import (
     DISTILBERT,

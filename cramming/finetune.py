@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from cramming import classify, metrics
-from cramming.cli import cli_errors
+from cramming.commands import cli_errors
 from cramming.conf import CONF_PATH
 from cramming.export import CONFIG, FRAMING, save_export
 from cramming.model import CLASSIFIER_HEADS

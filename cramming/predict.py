@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from cramming import classify
-from cramming.cli import cli_errors
+from cramming.commands import cli_errors
 from cramming.conf import CONF_PATH
 from cramming.export import load_model, read_config, read_tokenizer
 from cramming.runtime import make_runtime

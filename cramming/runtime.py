@@ -198,6 +198,21 @@ def make_runtime(impl: Mapping | None) -> Runtime:
     return Runtime(device, dtype, rank, world, threads, compile, impl["compile_mode"])
 
 
+def seed_everything(seed: int) -> None:
+    """The one place that seeds the global RNGs (Python, NumPy, torch on every device).
+
+    Jobs that need a private stream (masking, batch order) build their own generator from the
+    same seed instead, so extra draws elsewhere cannot shift them.
+    """
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def allow_tf32() -> None:
     """fp32 matmuls (the fp32 parts outside autocast: optimizer-side math, fp32 runs, evaluation heads)
     on TF32 tensor cores, 10 mantissa bits instead of 23, as Inductor and most training code assume.

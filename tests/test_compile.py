@@ -12,7 +12,7 @@ import torch._dynamo
 from hydra import compose, initialize_config_dir
 
 from cramming import ops, runtime
-from cramming.cli import pretrain_main
+from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.data import MLMCollator
 from cramming.model import build_mlm

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 import cramming.microbatch as microbatch
 import cramming.train
-from cramming.cli import pretrain_main
+from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.microbatch import candidates, choose_microbatch
 

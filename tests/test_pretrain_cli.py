@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 import cramming
 import cramming.train
 from cramming.checkpoint import load_checkpoint
-from cramming.cli import pretrain_main
+from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.data import prepare_corpus
 

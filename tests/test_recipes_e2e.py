@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from cramming import ops
 from cramming.classify import build_finetune_model, collate, encode_examples, load_pretrained
-from cramming.cli import pretrain_main
+from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.export import load_model, load_tokenizer
 from cramming.export_hf import export_hf

@@ -8,7 +8,7 @@ import pytest
 from _browser import body_data, png_size, render
 from hydra import compose, initialize_config_dir
 
-from cramming.cli import pretrain_main
+from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.files import file_sha256
 from cramming.glue import run_glue

@@ -1,4 +1,4 @@
-"""`python -m cramming ...`: compose the config, check it, pretrain, optionally evaluate on GLUE."""
+"""The pretraining command, `python -m cramming ...`: compose the config, check it, pretrain, then GLUE if asked."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cramming import distributed
+from cramming.commands import fail, run_app
 from cramming.conf import CONF_PATH
 from cramming.config import validate_run
 from cramming.tracking import setup_logging
@@ -19,28 +20,6 @@ log = logging.getLogger("cramming")
 
 def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.base_dir) / str(cfg.name)
-
-
-def fail(err: Exception) -> None:
-    """Bad input: one paragraph on stderr, exit status 2, no traceback."""
-    print(f"cramming: error: {err}", file=sys.stderr)
-    sys.exit(2)
-
-
-def cli_errors(fn):
-    """Run ``fn`` on a Hydra config; a ValueError (bad input or option) becomes one ``error:`` line, exit 2."""
-
-    def wrapper(cfg: DictConfig):
-        try:
-            missing = sorted(OmegaConf.missing_keys(cfg))
-            if missing:
-                raise ValueError(f"missing required option(s): {', '.join(k + '=...' for k in missing)}")
-            return fn(OmegaConf.to_container(cfg, resolve=True))
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-
-    return wrapper
 
 
 def check_run_folder(run_dir: Path, resume: bool) -> None:
@@ -94,20 +73,6 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     run_app(hydra_main)
-
-
-def run_app(app) -> None:
-    """Entry point; under torchrun, joins the process group and makes all ranks use one run name."""
-    _, world = distributed.setup()
-    try:
-        if world > 1 and not any(arg.startswith("name=") for arg in sys.argv[1:]):
-            # The default name is ${now:...}, which each rank would resolve on its own.
-            sys.argv.append(f"name={distributed.agreed_run_name()}")
-        app()
-    except BaseException:
-        distributed.teardown(wait_for_others=False)
-        raise
-    distributed.teardown()
 
 
 if __name__ == "__main__":
