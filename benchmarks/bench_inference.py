@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from cramming import ops
 from cramming.export import load_model
+from cramming.kernels import dispatch
 from cramming.model import build_classifier, count_parameters
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ops.configure({"kernels": args.kernels})
+    dispatch.configure({"kernels": args.kernels})
     folders = {"teacher": Path(args.teacher), "student": Path(args.student)}
     result = {"batch": args.batch, "seq_len": args.seq_len, "threads": torch.get_num_threads()}
     result.update(torch=torch.__version__, argv=sys.argv, models={}, timings={})

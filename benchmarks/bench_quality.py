@@ -422,9 +422,9 @@ def scoring_device(impl: dict) -> str:
     """The run's device (a GPU when it trained on one) and kernels, for scoring its export."""
     import torch
 
-    from cramming import ops
+    from cramming.kernels import dispatch
 
-    ops.configure(impl)
+    dispatch.configure(impl)
     wanted = str(impl.get("device") or "auto")
     if wanted == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -38,10 +38,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cramming import ops, perf
+from cramming import perf
 from cramming.conf import CONF_DIR
 from cramming.data import MLMCollator
 from cramming.data.tokenizer import SPECIAL_TOKENS
+from cramming.kernels import dispatch
 from cramming.model import build_mlm, count_parameters
 from cramming.optim import build_optimizer, implementation_of
 from cramming.perf import flops_per_token
@@ -70,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 GPU, 2 CPU)")
     p.add_argument("--rounds", type=int, default=None, help="peak measurements between step chunks")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--kernels", choices=ops.CHOICES, default="auto", help="cfg.impl.kernels")
+    p.add_argument("--kernels", choices=dispatch.CHOICES, default="auto", help="cfg.impl.kernels")
     p.add_argument("--vocab-size", type=int, default=32768)
     p.add_argument("--device", default=None, help="cuda or cpu (default cuda when available)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON result")
@@ -222,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
         "seq_len": args.seq_len,
         "vocab_size": args.vocab_size,
         "compile": args.compile,
-        "kernels": ops.describe(args.device),  # what runs per op, after the auto choice
+        "kernels": dispatch.describe(args.device),  # what runs per op, after the auto choice
         **facts,
         "mlm_probability": mlm_probability,
         "model_flops_per_token": fpt,

@@ -25,9 +25,9 @@ KERNEL_CHOICES = ("auto", "triton", "torch")
 
 
 def _configure(kernels: str, compiled: bool) -> None:
-    from cramming import ops
+    from cramming.kernels import dispatch
 
-    ops.configure({"kernels": kernels}, compiled=compiled)
+    dispatch.configure({"kernels": kernels}, compiled=compiled)
 
 
 def env_report(device: str, save=lambda partial: None) -> dict:
@@ -35,7 +35,8 @@ def env_report(device: str, save=lambda partial: None) -> dict:
     ``save(partial)`` after each stage, so a step cut by its time cap still leaves what it found."""
     import triton
 
-    from cramming import ops, perf
+    from cramming import perf
+    from cramming.kernels import dispatch
     from cramming.runtime import make_runtime
 
     info = {
@@ -61,7 +62,7 @@ def env_report(device: str, save=lambda partial: None) -> dict:
                 threads = 1 if device == "cpu" else None
                 impl = {"device": device, "kernels": choice, "compile": compiled, "precision": "bf16"}
                 make_runtime({**impl, "threads": threads})
-                kernels[key] = {"ran": ops.describe(device), "self_check": ops.self_check_results()}
+                kernels[key] = {"ran": dispatch.describe(device), "self_check": dispatch.self_check_results()}
             except Exception as err:  # impl.kernels=triton with a failing kernel: the run would refuse
                 kernels[key] = {"error": f"{type(err).__name__}: {err}"[:400]}
             save(info)
@@ -131,7 +132,7 @@ def errors_report(device: str, small: bool, save=lambda partial: None) -> dict:
     add + LayerNorm as the model runs it (bf16 branch, fp32 residual stream, width 768) and GeGLU on the
     bf16 FFN output (16384 x 3072); the Triton kernel and the PyTorch reference, each in the given dtypes.
     Per op: ``fwd`` and ``bwd_<i>`` (gradient of input i) as max abs and relative RMS error."""
-    from cramming import ops
+    from cramming.kernels import dispatch
 
     B, H, T, D, N, F = (2, 2, 40, 32, 64, 96) if small else (128, 12, 128, 64, 768, 3072)
     g = torch.Generator(device=device).manual_seed(0)
@@ -143,12 +144,12 @@ def errors_report(device: str, small: bool, save=lambda partial: None) -> dict:
     mask = torch.arange(T, device=device)[None, :] < lengths[:, None]  # (B, T)
     fp32 = torch.float32
     cases = {  # name: (fn, inputs)
-        "attention": (lambda q, k, v: ops.attention(q, k, v, key_padding_mask=mask),
+        "attention": (lambda q, k, v: dispatch.attention(q, k, v, key_padding_mask=mask),
                       [rand(B, H, T, D), rand(B, H, T, D), rand(B, H, T, D)]),
-        "add_layer_norm": (lambda x, r, w, b: ops.layer_norm_residual(x, r, w, b, 1e-12)[0],
+        "add_layer_norm": (lambda x, r, w, b: dispatch.layer_norm_residual(x, r, w, b, 1e-12)[0],
                            [rand(B * T, N), rand(B * T, N, dtype=fp32), 1 + 0.1 * rand(N, dtype=fp32),
                             0.1 * rand(N, dtype=fp32)]),
-        "geglu": (lambda h: ops.geglu(h), [rand(B * T, F)]),
+        "geglu": (lambda h: dispatch.geglu(h), [rand(B * T, F)]),
     }  # fmt: skip
     result: dict = {"triton": {}, "torch": {}}
     for name, (fn, inputs) in cases.items():

@@ -1,6 +1,6 @@
 """crammed-BERT and the original BERT shape, built from ``cfg.arch`` alone.
 
-The layers call ``cramming.ops`` for LayerNorm, GELU and attention, so the
+The layers call ``cramming.kernels.dispatch`` for LayerNorm, GELU and attention, so the
 Triton kernels plug in without the model knowing which implementation runs.
 """
 
@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cramming import ops
 from cramming.data.collator import IGNORE_INDEX
+from cramming.kernels import dispatch
 
 
 class LayerNorm(nn.Module):
@@ -25,11 +25,11 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(width)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.layer_norm(x, self.weight, self.bias, self.eps)
+        return dispatch.layer_norm(x, self.weight, self.bias, self.eps)
 
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(LN(x + residual), x + residual), fused into one pass by the Triton kernel."""
-        return ops.layer_norm_residual(x, residual, self.weight, self.bias, self.eps)
+        return dispatch.layer_norm_residual(x, residual, self.weight, self.bias, self.eps)
 
 
 class RMSNorm(nn.Module):
@@ -154,7 +154,7 @@ class SelfAttention(nn.Module):
         if self.rotary is not None:  # before the attention call, so every kernel sees rotated q, k
             q, k = self.rotary(q), self.rotary(k)
         dropout_p = self.attention_dropout if self.training else 0.0
-        y = ops.attention(q, k, v, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+        y = dispatch.attention(q, k, v, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, H*D)
         return self.out(y)
 
@@ -172,7 +172,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.inp(x)
-        h = ops.geglu(h, self.approximate) if self.glu else ops.gelu(h, self.approximate)
+        h = dispatch.geglu(h, self.approximate) if self.glu else dispatch.gelu(h, self.approximate)
         return self.out(h)
 
 
@@ -242,7 +242,7 @@ class PredictionHead(nn.Module):
         self.norm = LayerNorm(width, arch["norm_eps"], arch["norm_bias"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(ops.gelu(self.dense(x)))
+        return self.norm(dispatch.gelu(self.dense(x)))
 
 
 class BertForMLM(nn.Module):
@@ -371,7 +371,7 @@ class BertForSequenceClassification(nn.Module):
         """(B, T, H) -> the head's (B, inner) features of the first token, dropout applied."""
         first = hidden[:, 0]
         if self.head == "gelu":
-            return self.dropout(ops.gelu(self.pooler(self.dropout(first))))
+            return self.dropout(dispatch.gelu(self.pooler(self.dropout(first))))
         return self.dropout(torch.tanh(self.pooler(first)))
 
     def forward(

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cramming import distributed, ops
+from cramming import distributed
 from cramming.conf import read_yaml
+from cramming.kernels import dispatch
 
 log = logging.getLogger("cramming")
 
@@ -90,9 +91,9 @@ def resolve_impl(impl: Mapping | None) -> dict:
     check_compile(merged["compile"], merged["compile_mode"])
     check_threads(merged["threads"])
     kernels = [merged["kernels"], *(merged.get("ops") or {}).values()]
-    bad = [k for k in kernels if k is not None and k not in ops.CHOICES]
+    bad = [k for k in kernels if k is not None and k not in dispatch.CHOICES]
     if bad:
-        raise ValueError(f"impl.kernels (or impl.ops.*)={bad[0]!r} is not one of {list(ops.CHOICES)}")
+        raise ValueError(f"impl.kernels (or impl.ops.*)={bad[0]!r} is not one of {list(dispatch.CHOICES)}")
     return merged
 
 
@@ -189,11 +190,11 @@ def make_runtime(impl: Mapping | None) -> Runtime:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     compile = resolve_compile(impl["compile"], device)
-    ops.configure(impl, compiled=compile)  # auto leaves LayerNorm/GELU to Inductor under compile
+    dispatch.configure(impl, compiled=compile)  # auto leaves LayerNorm/GELU to Inductor under compile
     dtype = resolve_precision(impl["precision"], device)
     if device.type == "cuda":
         allow_tf32()
-        ops.self_check(device, dtype)
+        dispatch.self_check(device, dtype)
     rank, world = distributed.rank(), distributed.world_size()
     return Runtime(device, dtype, rank, world, threads, compile, impl["compile_mode"])
 

@@ -1,7 +1,7 @@
 """The pretraining loop: MLM steps until the budget is spent, then validation and export.
 
 The loop sees the model, the optimizer and batches; it never knows which kernels
-run (``cramming.ops``) or how the corpus was prepared (``cramming.data``).
+run (``cramming.kernels.dispatch``) or how the corpus was prepared (``cramming.data``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cramming import distributed, ops
+from cramming import distributed
 from cramming.bert_family import build_pretraining, uses_bert_family
 from cramming.budget import Budget, BudgetClock, accumulation_steps, schedule_factor
 from cramming.checkpoint import (
@@ -35,6 +35,7 @@ from cramming.data.bert_masking import build_collator as build_recipe_collator
 from cramming.data.prefetch import BatchStream
 from cramming.export import FRAMING, pretraining_framing, save_export
 from cramming.heldout import PeriodicScorer
+from cramming.kernels import dispatch
 from cramming.microbatch import recover_from_oom, resolve_microbatch
 from cramming.model import build_mlm, count_parameters
 from cramming.optim import build_optimizer
@@ -651,7 +652,7 @@ class Pretrainer:
             "data_wait": self.batches.waited / max(self.loop_seconds, 1e-9),  # this process's loop
             "compiled": self.step.module is not self.step.eager,
             "compile_s": self.step.compile_seconds,  # the first step's time, compilation included
-            "kernels": ops.describe(self.runtime.device),  # what ran, for the run report
+            "kernels": dispatch.describe(self.runtime.device),  # what ran, for the run report
             "microbatch": self.microbatch.as_dict(),  # the size used and why (train.microbatch_size=auto)
             "environment": environment(),  # versions and git revision
             "finished": True,
@@ -690,7 +691,7 @@ def pretrain(cfg: Mapping, run_dir: Path, budget: Budget, trainer_class: type | 
         "device %s, precision %s, kernels %s, %d process(es)",
         runtime.device,
         runtime.dtype,
-        ops.describe(runtime.device),
+        dispatch.describe(runtime.device),
         runtime.world_size,
     )
     start = time.monotonic()

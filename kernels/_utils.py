@@ -24,7 +24,7 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Autotuned kernels autotune (GPU only); False launches each kernel's first listed tile. Read once, not
 # at each launch: the launchers run inside torch.compile's trace. CRAMMING_AUTOTUNE=0 keeps short GPU
-# test runs from compiling every config for every shape; cramming.ops' self-check turns it off for its
+# test runs from compiling every config for every shape; the dispatch's self-check turns it off for its
 # tiny probes, which must not fill the autotune cache for the real shapes.
 AUTOTUNE = os.environ.get("CRAMMING_AUTOTUNE", "1") != "0"
 
@@ -93,7 +93,7 @@ def check_device(name: str, t: torch.Tensor, like: torch.Tensor | None = None) -
     if t.device.type == "cpu" and not INTERPRET:
         raise ValueError(
             f"{name} is a CPU tensor: the Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set "
-            "before cramming.kernels is imported; use the *_ref functions (or cramming.ops) instead"
+            "before cramming.kernels is imported; use the *_ref functions (or cramming.kernels.dispatch) instead"
         )
 
 

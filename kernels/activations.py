@@ -333,7 +333,7 @@ class GELU(nn.Module):
     """``gelu(x)`` as a module.
 
     Public API (``cramming.kernels.GELU``) for using the kernel in other models; cramming's own
-    model calls the functions through ``cramming.ops`` instead.
+    model calls the functions through ``cramming.kernels.dispatch`` instead.
     """
 
     def __init__(self, approximate: str = "none") -> None:
@@ -369,7 +369,7 @@ class BiasGELU(nn.Module):
 
 class GeGLU(GELU):
     """(..., 2H) -> (..., H): ``gelu(a) * b``. Public API (``cramming.kernels.GeGLU``); cramming's model
-    calls ``cramming.ops`` instead."""
+    calls ``cramming.kernels.dispatch`` instead."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return geglu(x, self.approximate)

@@ -725,7 +725,7 @@ class Attention(nn.Module):
     """Thin module around :func:`attention` (no parameters).
 
     Public API (``cramming.kernels.Attention``) for using the kernel in other models; cramming's own
-    model calls the function through ``cramming.ops`` instead.
+    model calls the function through ``cramming.kernels.dispatch`` instead.
     """
 
     def __init__(self, scale: float | None = None, layout: str = "bhtd") -> None:

@@ -292,7 +292,7 @@ class LayerNorm(nn.Module):
     returns ``(LN(x + residual), x + residual)``.
 
     Public API (``cramming.kernels.LayerNorm``) for using the kernel in other models; cramming's own
-    model calls the functions through ``cramming.ops`` instead.
+    model calls the functions through ``cramming.kernels.dispatch`` instead.
     """
 
     def __init__(

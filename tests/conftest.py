@@ -103,7 +103,7 @@ def pytest_terminal_summary(terminalreporter):
 @pytest.fixture
 def restore_runtime_globals():
     """Entry points set torch's thread count and the ops dispatch, as a CLI would; undo that afterwards."""
-    from cramming import ops
+    from cramming.kernels import dispatch as ops
 
     threads = torch.get_num_threads()
     yield

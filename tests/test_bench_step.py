@@ -9,9 +9,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cramming import ops
 from cramming.conf import CONF_PATH
 from cramming.data import MLMCollator
+from cramming.kernels import dispatch
 from cramming.model import build_mlm
 from cramming.optim import adamw_implementation, build_optimizer
 from cramming.runtime import Runtime
@@ -35,7 +35,7 @@ def restore_globals():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-    ops.configure({"kernels": "auto"})
+    dispatch.configure({"kernels": "auto"})
 
 
 def loop_losses(steps: int) -> list[float]:

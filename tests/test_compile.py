@@ -11,11 +11,12 @@ import torch
 import torch._dynamo
 from hydra import compose, initialize_config_dir
 
-from cramming import ops, runtime
-from cramming.pretrain import pretrain_main
+from cramming import runtime
 from cramming.conf import CONF_PATH
 from cramming.data import MLMCollator
+from cramming.kernels import dispatch as ops
 from cramming.model import build_mlm
+from cramming.pretrain import pretrain_main
 from cramming.runtime import CompiledStep, Runtime, make_runtime
 from cramming.train import optimizer_step
 

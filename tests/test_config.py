@@ -108,7 +108,7 @@ def test_non_numbers_name_their_key(section, key, value):
 
 
 def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
-    from cramming import ops
+    from cramming.kernels import dispatch as ops
 
     cfg = compose_pretrain(["arch=tiny", "impl.kernels=triton", "impl.device=cpu"])
     monkeypatch.setenv("TRITON_INTERPRET", "0")

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
 import cramming.conf
-from cramming import ops
+from cramming.kernels import dispatch as ops
 from cramming.model import build_mlm
 from cramming.optim import build_optimizer
 from cramming.runtime import Runtime

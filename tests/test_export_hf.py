@@ -13,9 +13,9 @@ import pytest
 import torch
 from tiny_export import build_tiny_classifier, build_tiny_export
 
-from cramming import ops
 from cramming.export import load_model, load_tokenizer
 from cramming.export_hf import export_hf, main
+from cramming.kernels import dispatch as ops
 
 transformers = pytest.importorskip("transformers")
 

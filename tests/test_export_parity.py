@@ -11,7 +11,6 @@ import pytest
 import torch
 from tiny_export import perturbed, tiny_arch
 
-from cramming import ops
 from cramming.bert_family import BertForPreTraining
 from cramming.hf.configuration_cramming import CrammingConfig
 from cramming.hf.modeling_cramming import (
@@ -19,6 +18,7 @@ from cramming.hf.modeling_cramming import (
     CrammingForPreTraining,
     CrammingForSequenceClassification,
 )
+from cramming.kernels import dispatch as ops
 from cramming.model import BertForMLM, build_classifier
 
 VOCAB = 97

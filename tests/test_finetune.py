@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from tiny_export import CLI_IMPL, build_tiny_export, finetune_cfg, read_glue_tsv, write_csv
 
-from cramming import classify, ops
+from cramming import classify
 from cramming.export import load_model, read_config
 from cramming.finetune import (
     canonical_label,
@@ -26,6 +26,7 @@ from cramming.finetune import (
     run_finetune,
     sort_labels,
 )
+from cramming.kernels import dispatch as ops
 from cramming.tabular import load_examples, read_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,6 @@ import pytest
 import torch
 from _glue_fixtures import tiny_arch, train_tokenizer
 
-from cramming import ops
 from cramming.classify import (
     FinetuneConfig,
     collate,
@@ -16,6 +15,7 @@ from cramming.classify import (
     prepare_tokenizer,
     softmax,
 )
+from cramming.kernels import dispatch as ops
 from cramming.metrics import accuracy
 from cramming.model import build_classifier
 

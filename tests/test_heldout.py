@@ -124,9 +124,9 @@ def test_score_matches_full_logits(valid_docs, wordpiece, family, sparse, restor
     """Catches: NLL taken from the wrong logits rows (sparse prediction decodes only the labelled
     positions, dense all of them), or the BERT-family model's NSP head getting in the way; the final
     padded sequence's padding must not change the masked tokens' scores (it is masked out of attention)."""
-    from cramming import ops
     from cramming.bert_family import BertForPreTraining
     from cramming.conf import read_yaml
+    from cramming.kernels import dispatch as ops
     from cramming.model import BertForMLM
 
     ops.configure({"kernels": "torch"})  # the PyTorch reference: the Triton interpreter would crawl

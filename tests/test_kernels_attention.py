@@ -17,8 +17,7 @@ import triton
 import triton.language as tl
 from _kernel_checks import DEVICE
 
-from cramming import ops
-from cramming.kernels import Attention, attention, attention_ref, attention_varlen
+from cramming.kernels import Attention, attention, attention_ref, attention_varlen, dispatch
 from cramming.kernels import _utils as kernel_utils
 from cramming.kernels import flash_attention as fa
 
@@ -195,12 +194,12 @@ def test_dispatch_uses_kernel_and_matches_torch():
     q, k, v, _ = (x.float() for x in _inputs(2, 2, 33, 32))
     mask = _mask(2, 33)
     try:
-        ops.configure({"kernels": "torch"})
-        expected = ops.attention(q, k, v, key_padding_mask=mask)
-        ops.configure({"kernels": "triton"})
-        got = ops.attention(q, k, v, key_padding_mask=mask)
+        dispatch.configure({"kernels": "torch"})
+        expected = dispatch.attention(q, k, v, key_padding_mask=mask)
+        dispatch.configure({"kernels": "triton"})
+        got = dispatch.attention(q, k, v, key_padding_mask=mask)
     finally:
-        ops.configure({"kernels": "auto"})
+        dispatch.configure({"kernels": "auto"})
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got, attention(q, k, v, key_padding_mask=mask), atol=0, rtol=0)
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from _kernel_checks import DEVICE, compare
 
-import cramming.ops as ops
 from cramming.kernels import (
     LayerNorm,
+    dispatch,
     layer_norm,
     layer_norm_ref,
     layer_norm_residual,
@@ -197,18 +197,18 @@ def test_ops_dispatch_triton_matches_torch():
     weight, bias = make_params(768)
     x, r = torch.randn(7, 768), torch.randn(7, 768)
     try:
-        assert ops.configure({"kernels": "triton"})["layer_norm"] == "triton"
+        assert dispatch.configure({"kernels": "triton"})["layer_norm"] == "triton"
         triton_out = (
-            ops.layer_norm(x, weight, bias, 1e-12),
-            *ops.layer_norm_residual(x, r, weight, bias, 1e-12),
+            dispatch.layer_norm(x, weight, bias, 1e-12),
+            *dispatch.layer_norm_residual(x, r, weight, bias, 1e-12),
         )
-        ops.configure({"kernels": "torch"})
+        dispatch.configure({"kernels": "torch"})
         torch_out = (
-            ops.layer_norm(x, weight, bias, 1e-12),
-            *ops.layer_norm_residual(x, r, weight, bias, 1e-12),
+            dispatch.layer_norm(x, weight, bias, 1e-12),
+            *dispatch.layer_norm_residual(x, r, weight, bias, 1e-12),
         )
     finally:
-        ops.configure({"kernels": "auto"})
+        dispatch.configure({"kernels": "auto"})
     for a, b in zip(triton_out, torch_out):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from cramming import ops
 from cramming.data import IGNORE_INDEX, MLMCollator
+from cramming.kernels import dispatch as ops
 from cramming.model import build_mlm
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}

@@ -2,29 +2,29 @@
 
 import pytest
 
-from cramming import ops
+from cramming.kernels import dispatch
 
 
 @pytest.fixture(autouse=True)
 def restore_dispatch():
     yield
-    ops.configure({"kernels": "auto"})
+    dispatch.configure({"kernels": "auto"})
 
 
 def test_torch_choice_runs_the_reference_everywhere():
-    ops.configure({"kernels": "torch"})
-    assert ops.describe("cpu") == {"layer_norm": "torch", "gelu": "torch", "attention": "torch"}
-    assert ops.describe("cuda") == {"layer_norm": "torch", "gelu": "torch", "attention": "torch"}
+    dispatch.configure({"kernels": "torch"})
+    assert dispatch.describe("cpu") == {"layer_norm": "torch", "gelu": "torch", "attention": "torch"}
+    assert dispatch.describe("cuda") == {"layer_norm": "torch", "gelu": "torch", "attention": "torch"}
 
 
 def test_auto_uses_the_interpreter_on_cpu_when_asked(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    ops.configure({"kernels": "auto"})
-    assert set(ops.describe("cpu").values()) == {"triton-interpreter"}
-    assert set(ops.describe("cuda").values()) == {"triton"}
+    dispatch.configure({"kernels": "auto"})
+    assert set(dispatch.describe("cpu").values()) == {"triton-interpreter"}
+    assert set(dispatch.describe("cuda").values()) == {"triton"}
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    ops.configure({"kernels": "auto"})
-    assert set(ops.describe("cpu").values()) == {"torch"}
+    dispatch.configure({"kernels": "auto"})
+    assert set(dispatch.describe("cpu").values()) == {"torch"}
 
 
 def test_choice_is_resolved_once_not_in_the_forward(monkeypatch):
@@ -35,7 +35,7 @@ def test_choice_is_resolved_once_not_in_the_forward(monkeypatch):
 
     import torch
 
-    ops.configure({"kernels": "auto"})
+    dispatch.configure({"kernels": "auto"})
 
     def fail(*args, **kwargs):
         raise AssertionError("the dispatch looked something up at call time")
@@ -43,31 +43,31 @@ def test_choice_is_resolved_once_not_in_the_forward(monkeypatch):
     class Environ:
         get = __getitem__ = __contains__ = fail
 
-    monkeypatch.setattr(ops, "importlib", SimpleNamespace(util=SimpleNamespace(find_spec=fail)))
-    monkeypatch.setattr(ops, "os", SimpleNamespace(environ=Environ()))
+    monkeypatch.setattr(dispatch, "importlib", SimpleNamespace(util=SimpleNamespace(find_spec=fail)))
+    monkeypatch.setattr(dispatch, "os", SimpleNamespace(environ=Environ()))
     x, w = torch.randn(4, 8), torch.ones(8)
-    assert ops.describe("cpu")["layer_norm"] in ("triton-interpreter", "torch")
-    ops.layer_norm(x, w, None, 1e-12)
-    ops.gelu(x)
+    assert dispatch.describe("cpu")["layer_norm"] in ("triton-interpreter", "torch")
+    dispatch.layer_norm(x, w, None, 1e-12)
+    dispatch.gelu(x)
     q = torch.randn(1, 1, 4, 32)
-    ops.attention(q, q, q)
+    dispatch.attention(q, q, q)
 
 
 def test_auto_leaves_layer_norm_and_gelu_to_inductor_under_compile():
     """Catches auto running the Triton LayerNorm/GELU inside a compiled step on a GPU, where Inductor's
     fused add + LayerNorm + cast (and its fused GELU epilogues) move fewer bytes; attention stays Triton,
     and naming Triton explicitly still gets Triton."""
-    ops.configure({"kernels": "auto"}, compiled=True)
-    assert ops.describe("cuda") == {"layer_norm": "torch", "gelu": "torch", "attention": "triton"}
-    ops.configure({"kernels": "auto"}, compiled=False)
-    assert set(ops.describe("cuda").values()) == {"triton"}
-    ops.configure({"kernels": "triton"}, compiled=True)
-    assert set(ops.describe("cuda").values()) == {"triton"}
+    dispatch.configure({"kernels": "auto"}, compiled=True)
+    assert dispatch.describe("cuda") == {"layer_norm": "torch", "gelu": "torch", "attention": "triton"}
+    dispatch.configure({"kernels": "auto"}, compiled=False)
+    assert set(dispatch.describe("cuda").values()) == {"triton"}
+    dispatch.configure({"kernels": "triton"}, compiled=True)
+    assert set(dispatch.describe("cuda").values()) == {"triton"}
 
 
 def test_per_op_override():
-    ops.configure({"kernels": "triton", "ops": {"attention": "torch"}})
-    assert ops.describe("cuda") == {"layer_norm": "triton", "gelu": "triton", "attention": "torch"}
+    dispatch.configure({"kernels": "triton", "ops": {"attention": "torch"}})
+    assert dispatch.describe("cuda") == {"layer_norm": "triton", "gelu": "triton", "attention": "torch"}
 
 
 @pytest.mark.parametrize(
@@ -80,20 +80,20 @@ def test_per_op_override():
 )
 def test_bad_choices_are_named(impl, fragment):
     with pytest.raises(ValueError, match=fragment):
-        ops.configure(impl)
+        dispatch.configure(impl)
 
 
 def test_self_check_passes_working_kernels_in_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    ops.configure({"kernels": "auto"})
-    assert set(ops.self_check("cpu").values()) == {"triton-interpreter"}
+    dispatch.configure({"kernels": "auto"})
+    assert set(dispatch.self_check("cpu").values()) == {"triton-interpreter"}
 
 
 def test_self_check_falls_back_when_a_kernel_breaks(monkeypatch, caplog):
     import cramming.kernels as kernels
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    ops.configure({"kernels": "auto"})
+    dispatch.configure({"kernels": "auto"})
 
     def broken(*args, **kwargs):
         raise RuntimeError("PassManager::run failed")
@@ -104,10 +104,10 @@ def test_self_check_falls_back_when_a_kernel_breaks(monkeypatch, caplog):
     monkeypatch.setattr(kernels, "attention", broken, raising=False)
     monkeypatch.setattr(kernels, "layer_norm", wrong, raising=False)
     with caplog.at_level("WARNING", logger="cramming"):
-        choices = ops.self_check("cpu")
+        choices = dispatch.self_check("cpu")
     assert choices == {"layer_norm": "torch", "gelu": "triton-interpreter", "attention": "torch"}
     assert "PassManager::run failed" in caplog.text and "differ" in caplog.text
-    checks = ops.self_check_results()
+    checks = dispatch.self_check_results()
     assert checks["gelu"] == "passed" and checks["attention"].startswith("failed: RuntimeError")
 
 
@@ -117,12 +117,12 @@ def test_self_check_failure_is_fatal_when_triton_is_asked_for(monkeypatch):
     import cramming.kernels as kernels
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    ops.configure({"kernels": "triton", "ops": {"gelu": "torch", "attention": "torch"}})
+    dispatch.configure({"kernels": "triton", "ops": {"gelu": "torch", "attention": "torch"}})
     monkeypatch.setattr(kernels, "layer_norm", lambda x, w, b=None, eps=1e-12: x * 2.0, raising=False)
     with pytest.raises(
         RuntimeError, match=r"impl.kernels=triton.*layer_norm kernel failed.*impl.ops.layer_norm=torch"
     ):
-        ops.self_check("cpu")
+        dispatch.self_check("cpu")
 
 
 def test_self_check_never_autotunes(monkeypatch):
@@ -132,7 +132,7 @@ def test_self_check_never_autotunes(monkeypatch):
     from cramming.kernels import _utils
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    ops.configure({"kernels": "auto", "ops": {"gelu": "torch", "layer_norm": "torch"}})
+    dispatch.configure({"kernels": "auto", "ops": {"gelu": "torch", "layer_norm": "torch"}})
     seen = []
 
     def recording(*args, **kwargs):
@@ -141,5 +141,5 @@ def test_self_check_never_autotunes(monkeypatch):
 
     monkeypatch.setattr(_utils, "AUTOTUNE", True)
     monkeypatch.setattr(kernels, "attention", recording, raising=False)
-    assert ops.self_check("cpu")["attention"] == "triton-interpreter"
+    assert dispatch.self_check("cpu")["attention"] == "triton-interpreter"
     assert seen == [False] and _utils.AUTOTUNE is True

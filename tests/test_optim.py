@@ -8,9 +8,9 @@ import torch
 from omegaconf import OmegaConf
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from cramming import ops
 from cramming.budget import lr_factor
 from cramming.classify import EncodedExamples, FinetuneConfig, finetune
+from cramming.kernels import dispatch as ops
 from cramming.model import build_classifier, build_mlm, count_parameters
 from cramming.optim import adamw_implementation, build_adamw, build_optimizer, implementation_of, param_groups
 from cramming.runtime import Runtime

@@ -82,12 +82,13 @@ def test_wheel_holds_kernels_and_configs(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         archive.extractall(site)
-    assert "cramming/kernels/flash_attention.py" in names
+    assert "cramming/kernels/flash_attention.py" in names and "cramming/kernels/dispatch.py" in names
     assert "cramming/conf/pretrain.yaml" in names and "cramming/conf/arch/tiny.yaml" in names
     assert not any(n.startswith(("kernels/", "conf/")) for n in names), "top-level folders leaked"
     code = (
         "import cramming.kernels as k, cramming.conf as c\n"
         "from cramming.kernels.norm_ref import layer_norm_ref\n"
+        "from cramming.kernels.dispatch import configure\n"
         f"assert k.__path__[0].startswith({str(site)!r}), k.__path__\n"
         f"assert str(c.CONF_DIR).startswith({str(site)!r}), c.CONF_DIR\n"
         "print(c.read_yaml('impl', 'default.yaml')['kernels'])\n"

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from cramming import ops, perf
+from cramming import perf
+from cramming.kernels import dispatch
 from cramming.model import build_mlm, count_parameters
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ def test_flops_per_token_matches_torchs_flop_counter(sparse):
     on every token under sparse prediction (or at the masked share without it), a missing 3x for backward.
     """
     arch, vocab, batch, seq_len, p = {**TINY, "sparse_prediction": sparse}, 512, 2, 32, 0.25
-    ops.configure({"kernels": "torch", "ops": {}})
+    dispatch.configure({"kernels": "torch", "ops": {}})
     torch.manual_seed(0)
     model = build_mlm(arch, vocab)
     ids = torch.randint(5, vocab, (batch, seq_len))

@@ -14,7 +14,7 @@ import pytest
 import torch
 from tiny_export import CLI_IMPL, build_tiny_classifier, build_tiny_export, read_glue_tsv, write_csv
 
-from cramming import ops
+from cramming.kernels import dispatch as ops
 from cramming.predict import Predictor, run_predict, stdin_examples
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -6,12 +6,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from cramming import ops
 from cramming.classify import build_finetune_model, collate, encode_examples, load_pretrained
-from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.export import load_model, load_tokenizer
 from cramming.export_hf import export_hf
+from cramming.kernels import dispatch as ops
+from cramming.pretrain import pretrain_main
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow  # two short pretraining runs: ~1 min on a free CPU, ~3.5 min on a busy one
