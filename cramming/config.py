@@ -153,12 +153,13 @@ def validate_train_resilience(train: Mapping) -> None:
 
 def validate_impl(impl: Mapping) -> None:
     """The impl group's values (device, precision, threads, kernels, dataloader workers)."""
-    from cramming import ops, runtime
+    from cramming import runtime
     from cramming.data.prefetch import check_workers
+    from cramming.kernels import dispatch
 
     try:
         check_workers(runtime.resolve_impl(impl)["dataloader_workers"])
-        choices = ops.configure(impl)
+        choices = dispatch.check_kernels(impl)  # validates only: the runtime configures
     except ValueError as err:
         raise ConfigError(str(err)) from None
     on_cpu = impl["device"] == "cpu" or not torch.cuda.is_available()

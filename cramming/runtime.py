@@ -190,11 +190,11 @@ def make_runtime(impl: Mapping | None) -> Runtime:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     compile = resolve_compile(impl["compile"], device)
-    dispatch.configure(impl, compiled=compile)  # auto leaves LayerNorm/GELU to Inductor under compile
     dtype = resolve_precision(impl["precision"], device)
     if device.type == "cuda":
         allow_tf32()
-        dispatch.self_check(device, dtype)
+    # once per process: auto leaves LayerNorm/GELU to Inductor under compile; the GPU self-check runs here
+    dispatch.configure(impl, compiled=compile, device=device, dtype=dtype)
     rank, world = distributed.rank(), distributed.world_size()
     return Runtime(device, dtype, rank, world, threads, compile, impl["compile_mode"])
 

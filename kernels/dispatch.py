@@ -14,9 +14,10 @@ PyTorch, where Inductor fuses them with the neighbouring add, cast and matmul ep
 The choice changes the numbers only within floating-point tolerances (the kernel tests' rule: at most
 twice PyTorch's own error against a float64 reference), never the recipe.
 
-Everything is resolved in ``configure`` (once per process, or per entry point): the forward pass
-reads one plain dict, so it makes no ``importlib``/``os.environ`` call that ``torch.compile`` would
-have to trace (on torch < 2.12 such a call breaks the graph at every kernel).
+Everything is resolved in ``configure`` (once per process: ``runtime.make_runtime`` calls it with the
+job's device, and on a GPU the self-check runs there); ``check_kernels`` only validates a config.
+The forward pass reads one plain dict, so it makes no ``importlib``/``os.environ`` call that
+``torch.compile`` would have to trace (on torch < 2.12 such a call breaks the graph at every kernel).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import os
 from collections.abc import Mapping
 
 import torch
-
 from cramming.kernels.activations_ref import bias_gelu_ref, geglu_ref, gelu_ref
 from cramming.kernels.flash_attention_ref import attention_ref
 from cramming.kernels.norm_ref import layer_norm_ref, layer_norm_residual_ref
@@ -50,12 +50,9 @@ _checks: dict[str, str] = {}  # op -> "passed" | "failed: <why>" from the last s
 _warned: set[str] = set()
 
 
-def configure(impl_cfg: Mapping | None, compiled: bool = False) -> dict[str, str]:
-    """Set the implementation of every op from an ``impl`` config; returns the choice per op.
-
-    ``compiled``: the model runs under ``torch.compile`` (``auto`` then follows ``AUTO_UNDER_COMPILE``).
-    """
-    global _compiled
+def check_kernels(impl_cfg: Mapping | None) -> dict[str, str]:
+    """The choice per op (``auto``, ``triton`` or ``torch``) an ``impl`` config asks for, validated only:
+    nothing is configured (config validation calls this; ``configure`` is the runtime's)."""
     impl_cfg = impl_cfg or {}
     default = str(impl_cfg.get("kernels", "auto"))
     overrides = impl_cfg.get("ops") or {}
@@ -70,10 +67,29 @@ def configure(impl_cfg: Mapping | None, compiled: bool = False) -> dict[str, str
         choice[op] = value
     if any(v == "triton" for v in choice.values()) and not triton_available():
         raise ValueError("impl.kernels=triton asks for Triton, but the triton package is not importable")
+    return choice
+
+
+def configure(
+    impl_cfg: Mapping | None,
+    compiled: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, str]:
+    """Resolve every op once for this process from an ``impl`` config; returns the choice per op.
+
+    ``compiled``: the model runs under ``torch.compile`` (``auto`` then follows ``AUTO_UNDER_COMPILE``).
+    ``device``: the job's device; on a GPU each Triton op is checked against its reference there first
+    (``self_check`` at ``dtype``). ``runtime.make_runtime`` is the caller; the forward only reads the result.
+    """
+    global _compiled
+    choice = check_kernels(impl_cfg)
     _choice.update(choice)
     _compiled = bool(compiled)
     _checks.clear()
     _build_plan()
+    if device is not None and torch.device(device).type == "cuda":
+        self_check(device, dtype)
     return dict(_choice)
 
 
@@ -103,8 +119,6 @@ def _build_plan() -> None:
 
 def resolve(op: str, device: torch.device | str) -> str:
     """What runs for ``op`` on tensors of ``device``: ``triton``, ``triton-interpreter`` or ``torch``."""
-    if not _plan:
-        _build_plan()
     return _plan.get(torch.device(device).type, {}).get(op, "torch")
 
 
@@ -287,4 +301,4 @@ def _fixed_tiles():
         _utils.AUTOTUNE = previous
 
 
-_build_plan()  # the environment at import; configure() resolves again
+_build_plan()  # auto, from the environment at import; configure() resolves again

@@ -65,6 +65,27 @@ def test_pretraining_forward_is_one_graph(kernels):
     assert explanation.graph_count == 1
 
 
+def test_auto_forward_and_backward_trace_whole_after_make_runtime():
+    """Catches the kernel choice being re-resolved inside the compiled step (a find_spec or environment
+    lookup per kernel call, a graph break on torch < 2.12) or a kernel whose backward cannot be traced:
+    under impl.kernels=auto, as make_runtime configures it, the forward is one graph with no breaks, and
+    fullgraph compilation of forward + backward (AOTAutograd traces the backward) raises on any break."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    make_runtime({"device": device, "kernels": "auto", "threads": 1})
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        assert set(ops.describe(device).values()) == {"triton-interpreter"}  # the kernels are what is traced
+    model = tiny_model().to(device)
+    batch = {name: t.to(device) for name, t in batches(1)[0].items()}
+    explanation = torch._dynamo.explain(model)(**batch)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False)
+    compiled(**batch)["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
 def test_finetuning_forward_with_attention_dropout_is_one_graph():
     """Catches the one-time 'attention dropout is not fused' warning being logged while Dynamo traces
     (GLUE fine-tunes with attention dropout 0.1): a graph break, then a recompile once it has fired."""

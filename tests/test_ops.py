@@ -1,6 +1,7 @@
 """The dispatch point: which implementation runs for each op, per impl config and device."""
 
 import pytest
+import torch
 
 from cramming.kernels import dispatch
 
@@ -51,6 +52,29 @@ def test_choice_is_resolved_once_not_in_the_forward(monkeypatch):
     dispatch.gelu(x)
     q = torch.randn(1, 1, 4, 32)
     dispatch.attention(q, q, q)
+
+
+def test_check_kernels_validates_without_configuring():
+    """Catches config validation changing the process's kernel choice: only the runtime configures."""
+    dispatch.configure({"kernels": "torch"})
+    assert dispatch.check_kernels({"kernels": "auto", "ops": {"gelu": "torch"}}) == {
+        "layer_norm": "auto",
+        "gelu": "torch",
+        "attention": "auto",
+    }
+    assert set(dispatch.describe("cpu").values()) == {"torch"}
+    with pytest.raises(ValueError, match="'fast'"):
+        dispatch.check_kernels({"kernels": "fast"})
+
+
+def test_configure_runs_the_self_check_on_the_jobs_gpu_only(monkeypatch):
+    """Catches make_runtime's one configure call skipping the GPU start-up check (or running it on CPU)."""
+    seen = []
+    monkeypatch.setattr(dispatch, "self_check", lambda device, dtype: seen.append((str(device), dtype)))
+    dispatch.configure({"kernels": "auto"}, device="cpu")
+    assert seen == []
+    dispatch.configure({"kernels": "auto"}, device="cuda", dtype=torch.bfloat16)
+    assert seen == [("cuda", torch.bfloat16)]
 
 
 def test_auto_leaves_layer_norm_and_gelu_to_inductor_under_compile():
