@@ -8,7 +8,7 @@ What is timed is the training loop's own step, ``cramming.train.optimizer_step``
 backward, gradient clipping at ``cfg.train.grad_clip`` and the AdamW step, with the model from
 ``cramming.model.build_mlm``, the optimizer from ``cramming.optim.build_optimizer`` (its
 per-device implementation, recorded in the JSON), the runtime from ``cramming.runtime.make_runtime``
-(threads, kernels, precision) and each microbatch masked by ``cramming.data.MLMCollator``, as the
+(device, threads, kernels, precision), ``--compile`` through the loop's ``CompiledStep``, and each microbatch masked by ``cramming.data.MLMCollator``, as the
 loop draws it. ``cfg.arch``, ``cfg.train`` and ``cfg.data`` are composed exactly as
 ``python -m cramming arch=ARCH`` composes them. One step is one microbatch (no accumulation). Only
 the corpus is synthetic: random token ids stand in for the loader's memory-mapped sequences.
@@ -46,7 +46,7 @@ from cramming.kernels import dispatch
 from cramming.model import build_mlm, count_parameters
 from cramming.optim import build_optimizer, implementation_of
 from cramming.perf import flops_per_token
-from cramming.runtime import Runtime, make_runtime
+from cramming.runtime import CompiledStep, Runtime, make_runtime, resolve_device
 from cramming.train import optimizer_step, to_device
 
 TIMED = "cramming.train.optimizer_step"
@@ -70,14 +70,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 30 GPU, 8 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 GPU, 2 CPU)")
     p.add_argument("--rounds", type=int, default=None, help="peak measurements between step chunks")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true", help="torch.compile the step (the loop's CompiledStep)")
     p.add_argument("--kernels", choices=dispatch.CHOICES, default="auto", help="cfg.impl.kernels")
     p.add_argument("--vocab-size", type=int, default=32768)
     p.add_argument("--device", default=None, help="cuda or cpu (default cuda when available)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON result")
     p.add_argument("--smoke", action="store_true", help="tiny sizes; timings not comparable")
     args = p.parse_args(argv)
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    args.device = resolve_device(args.device or "auto")  # as make_runtime resolves impl.device
     gpu = args.device.type == "cuda"
     defaults = {
         "arch": "crammed-bert",
@@ -137,17 +137,19 @@ def make_step(args: argparse.Namespace, cfg: dict, runtime: Runtime) -> tuple[Ca
     model = build_mlm(cfg["arch"], args.vocab_size).to(runtime.device).train()
     optimizer = build_optimizer(model, cfg["train"], runtime.device)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
-    step_model = torch.compile(model) if args.compile else model
+    # the loop's compiled step: impl.compile_mode, one graph per shape, eager once if compiling fails
+    compiled = CompiledStep(model, runtime, what="benchmark step")
     # The tokenizer trained by cramming.data.tokenizer numbers its special tokens first, in this order.
     special_ids = {name: index for index, name in enumerate(SPECIAL_TOKENS)}
     collator = MLMCollator(args.vocab_size, special_ids, float(cfg["data"]["mlm_probability"]))
     next_microbatch = microbatches(args, collator, runtime)
     lr, grad_clip = float(cfg["train"]["lr"]), float(cfg["train"]["grad_clip"])
 
+    def one_step(module: torch.nn.Module, next_batch: Callable):
+        return optimizer_step(module, optimizer, next_batch, 1, lr, grad_clip, runtime, scaler=scaler)
+
     def step() -> float:
-        loss, _, _ = optimizer_step(
-            step_model, optimizer, next_microbatch, 1, lr, grad_clip, runtime, scaler=scaler
-        )
+        loss, _, _ = compiled.run(one_step, next_microbatch)
         return float(loss)  # the loop reads the loss back after every step, so the timing does too
 
     facts = {
@@ -188,32 +190,13 @@ def measure_peak(args: argparse.Namespace) -> dict[str, float | None]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Build the loop's step from the recipe, time it (see the module docstring) and describe the run."""
     cfg = recipe(args.arch)
     runtime = runtime_for(args, cfg["impl"])
     step, facts = make_step(args, cfg, runtime)
     mlm_probability = float(cfg["data"]["mlm_probability"])
     fpt = flops_per_token(cfg["arch"], facts["parameters"], args.seq_len, mlm_probability, args.vocab_size)
-
-    start = time.perf_counter()
-    _, _, losses = time_steps(step, args.warmup, args.device)
-    warmup_s = time.perf_counter() - start
-    # Interleave peak and step measurements so both see the same machine load.
-    peaks, times, cpu_times = [measure_peak(args)], [], []
-    chunks = [args.steps // args.rounds + (i < args.steps % args.rounds) for i in range(args.rounds)]
-    for n in chunks:
-        wall, cpu, chunk_losses = time_steps(step, n, args.device)
-        times, cpu_times, losses = times + wall, cpu_times + cpu, losses + chunk_losses
-        peaks.append(measure_peak(args))
-
-    tokens = args.microbatch * args.seq_len
-    median_s = statistics.median(times)
-    cpu_peaks = [p["cpu"] for p in peaks if p["cpu"] is not None]
-    peaks = [p["wall"] for p in peaks]
-    peak, peak_source = max(peaks), f"measured {args.precision} matmul, best of {len(peaks)} interleaved runs"
-    tabled = perf.table_peak_flops(args.device)
-    if args.precision == "bf16" and tabled is not None and not args.smoke:
-        peak, peak_source = tabled, "table (dense bf16); peak_gflops_all holds the measured matmuls"
-    return {
+    setup = {
         "arch": args.arch,
         "device": device_name(args.device),
         "smoke": args.smoke,
@@ -227,10 +210,45 @@ def run(args: argparse.Namespace) -> dict:
         **facts,
         "mlm_probability": mlm_probability,
         "model_flops_per_token": fpt,
+    }
+    return {**setup, **summarise(args, measure(args, step), fpt)}
+
+
+def measure(args: argparse.Namespace, step: Callable) -> dict[str, list | float]:
+    """Warm-up, then step chunks interleaved with peak measurements so both see the same machine load."""
+    start = time.perf_counter()
+    _, _, losses = time_steps(step, args.warmup, args.device)
+    warmup_s = time.perf_counter() - start
+    peaks, times, cpu_times = [measure_peak(args)], [], []
+    chunks = [args.steps // args.rounds + (i < args.steps % args.rounds) for i in range(args.rounds)]
+    for n in chunks:
+        wall, cpu, chunk_losses = time_steps(step, n, args.device)
+        times, cpu_times, losses = times + wall, cpu_times + cpu, losses + chunk_losses
+        peaks.append(measure_peak(args))
+    return {"warmup_s": warmup_s, "times": times, "cpu_times": cpu_times, "losses": losses, "peaks": peaks}
+
+
+def chosen_peak(args: argparse.Namespace, peaks: list[float]) -> tuple[float, str]:
+    """(FLOP/s, where it came from): the best measured matmul, or the bf16 table value on a listed GPU."""
+    tabled = perf.table_peak_flops(args.device)
+    if args.precision == "bf16" and tabled is not None and not args.smoke:
+        return tabled, "table (dense bf16); peak_gflops_all holds the measured matmuls"
+    return max(peaks), f"measured {args.precision} matmul, best of {len(peaks)} interleaved runs"
+
+
+def summarise(args: argparse.Namespace, measured: dict, fpt: float) -> dict:
+    """Step times, throughput and MFU (wall clock and CPU clock) from ``measure``'s record."""
+    times, cpu_times, losses = measured["times"], measured["cpu_times"], measured["losses"]
+    tokens = args.microbatch * args.seq_len
+    median_s = statistics.median(times)
+    cpu_peaks = [p["cpu"] for p in measured["peaks"] if p["cpu"] is not None]
+    peaks = [p["wall"] for p in measured["peaks"]]
+    peak, peak_source = chosen_peak(args, peaks)
+    return {
         "tokens_per_step": tokens,
         "steps": len(times),
         "warmup_steps": args.warmup,
-        "warmup_s": warmup_s,
+        "warmup_s": measured["warmup_s"],
         "step_s_median": median_s,
         "step_s_p20": quantile(times, 0.2),
         "step_s_p80": quantile(times, 0.8),
