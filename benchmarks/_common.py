@@ -31,18 +31,18 @@ import torch
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
-# Peak HBM bandwidth (GB/s) and dense bf16 peak (TFLOP/s) by device-name substring; first match wins,
-# so the form factors come first (as in cramming.perf): H100 NVL 3.9 TB/s and 835, PCIe 2.0 TB/s and 756.
-_DEVICE_TABLE = {
-    "H100 NVL": (3900.0, 835.0),
-    "H100 PCIe": (2000.0, 756.0),
-    "H200 NVL": (4800.0, 835.0),
-    "H200": (4800.0, 989.0),
-    "H100": (3350.0, 989.0),
-    "A100": (2039.0, 312.0),
-    "L40S": (864.0, 362.0),
-    "A10G": (600.0, 125.0),
-    "RTX 4090": (1008.0, 165.0),
+# Peak HBM bandwidth (GB/s) by device-name substring; first match wins, so the form factors come first
+# (H100 NVL 3.9 TB/s, PCIe 2.0 TB/s). The dense bf16 peaks are cramming.perf's table (the run's MFU).
+_BANDWIDTH_GBS = {
+    "H100 NVL": 3900.0,
+    "H100 PCIe": 2000.0,
+    "H200 NVL": 4800.0,
+    "H200": 4800.0,
+    "H100": 3350.0,
+    "A100": 2039.0,
+    "L40S": 864.0,
+    "A10G": 600.0,
+    "RTX 4090": 1008.0,
 }
 
 
@@ -87,16 +87,23 @@ def _raise_compile_cache_limit(limit: int = 256) -> None:
 
 
 def bench_device(smoke: bool) -> torch.device:
-    return torch.device("cpu" if smoke else "cuda")
+    """The runtime's device (CPU in smoke mode, else the GPU), built as every entry point builds it. The
+    benchmarks call the kernels directly, so the dispatch is left to PyTorch and nothing is self-checked."""
+    from cramming.runtime import make_runtime
+
+    return make_runtime({"device": "cpu" if smoke else "cuda", "kernels": "torch", "compile": False}).device
 
 
 def device_info() -> dict:
     """Name of the device and its peak bandwidth / FLOP rate where known (else None)."""
     if not torch.cuda.is_available():
         return {"name": "cpu", "tag": "cpu", "bandwidth_gbs": None, "peak_tflops": None}
+    from cramming.perf import gpu_table_peak
+
     name = torch.cuda.get_device_name()
-    bandwidth, tflops = next((v for k, v in _DEVICE_TABLE.items() if k in name), (None, None))
-    tag = next((k for k in _DEVICE_TABLE if k in name), name).lower().replace(" ", "_")
+    bandwidth = next((v for k, v in _BANDWIDTH_GBS.items() if k in name), None)
+    tflops = (gpu_table_peak(name) or (None, None))[1]
+    tag = next((k for k in _BANDWIDTH_GBS if k in name), name).lower().replace(" ", "_")
     return {"name": name, "tag": tag, "bandwidth_gbs": bandwidth, "peak_tflops": tflops}
 
 

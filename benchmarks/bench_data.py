@@ -173,7 +173,7 @@ def run_child(kind: str, files: list[str], cache: Path, extra: list[str]) -> dic
     return result
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--vocab", type=int, default=32768)
@@ -187,7 +187,11 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--files", nargs="*", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.child:
         result = child_ours(args) if args.child == "ours" else child_reference(args)
         print(json.dumps(result))
@@ -204,6 +208,18 @@ def main() -> None:
         "vocab_size": args.vocab,
         "seq_len": 128,
     }
+    measure_all(args, files, report)
+    report["load_avg_end"] = os.getloadavg()
+    out = args.out or REPO / "benchmarks" / "results" / f"data_prep_{host}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = summary(report)  # before writing: it adds peak_rss_all_processes_mb to the report
+    out.write_text(json.dumps(report, indent=1))
+    print(f"[bench_data] wrote {out}")
+    print(text)
+
+
+def measure_all(args: argparse.Namespace, files: list[str], report: dict) -> None:
+    """Every measurement in its own subprocess (see the module docstring), added to ``report``."""
     vocab = ["--vocab", str(args.vocab)]
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         tmp = Path(tmp)
@@ -228,13 +244,6 @@ def main() -> None:
             report["cpu_efficiency_vs_reference"] = (
                 report["ours"]["mb_per_cpu_s"] / report["reference"]["mb_per_cpu_s"]
             )
-    report["load_avg_end"] = os.getloadavg()
-    out = args.out or REPO / "benchmarks" / "results" / f"data_prep_{host}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = summary(report)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"[bench_data] wrote {out}")
-    print(text)
 
 
 def summary(r: dict) -> str:

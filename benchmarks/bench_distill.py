@@ -61,12 +61,11 @@ def plan(args, work: Path) -> dict[str, list[str]]:
 
 def score_all(work: Path, names: list[str], chars: int) -> dict[str, dict]:
     """Every export on one held-out text: the teacher's data config frames it (all share its tokenizer)."""
-    from cramming.kernels.dispatch import configure
-
     from cramming.export import load_model, read_tokenizer
     from cramming.heldout import build_heldout, heldout_documents, score
+    from cramming.runtime import make_runtime
 
-    configure({"kernels": "torch"})
+    make_runtime({"device": "cpu", "kernels": "torch", "threads": 1})  # as the CLIs run (common)
     data_cfg = yaml.safe_load((work / "outputs" / "teacher" / "config.yaml").read_text())["data"]
     docs = heldout_documents(data_cfg, chars)
     teacher_dir = work / "outputs" / "teacher" / "model"

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from cramming.conf import CONF_PATH
 from cramming.model import build_mlm, count_parameters
 from cramming.optim import IMPLEMENTATIONS, build_adamw
+from cramming.runtime import make_runtime
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -46,7 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.arch, args.vocab_size, args.rounds, args.steps = "tiny", 512, 1, 1
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     for name in ("rounds", "steps", "threads", "vocab_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
@@ -66,7 +66,9 @@ def sync(device: torch.device) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
+    # the loop's runtime (device, threads); no model forward runs, so no kernel choice to check
+    impl = {"device": args.device or "auto", "threads": args.threads, "kernels": "torch"}
+    args.device = make_runtime(impl).device  # main names the result file after it
     arch, train = recipe(args.arch)
     torch.manual_seed(0)
     model = build_mlm(arch, args.vocab_size).to(args.device)

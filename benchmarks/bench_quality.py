@@ -419,26 +419,11 @@ def read_heldout_text(args, plans: dict, variants: dict[str, list[str]]) -> list
 
 
 def scoring_device(impl: dict) -> str:
-    """The run's device (a GPU when it trained on one) and kernels, for scoring its export."""
-    import torch
+    """The run's runtime (its device, a GPU when it trained on one; its threads and kernels) for scoring
+    its export in this process; scoring runs eager, so the kernel choice is the uncompiled one."""
+    from cramming.runtime import make_runtime
 
-    from cramming.kernels import dispatch
-
-    dispatch.configure(impl)
-    wanted = str(impl.get("device") or "auto")
-    if wanted == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return wanted
-
-
-def set_threads(shared: list[str]) -> None:
-    """Score in this process with the runs' thread count (impl.threads), as fair as their training."""
-    import torch
-
-    for item in shared:
-        key, _, value = item.partition("=")
-        if key == "impl.threads" and value.isdigit() and int(value) > 0:
-            torch.set_num_threads(int(value))
+    return str(make_runtime({**impl, "compile": False}).device)
 
 
 def public(record: dict) -> dict:
@@ -450,10 +435,9 @@ def public(record: dict) -> dict:
     return out
 
 
-def run_all(args, shared: list[str], variants: dict[str, list[str]], plans: dict, glue: dict) -> list[dict]:
+def run_all(args, variants: dict[str, list[str]], plans: dict, glue: dict) -> list[dict]:
     """Seed-major (variants alternate, so an early stop still leaves every variant measured)."""
     documents = read_heldout_text(args, plans, variants)
-    set_threads(shared)
     records, pretrained = [], {}
     for seed in range(args.seeds):
         for name, extra in variants.items():
@@ -483,7 +467,7 @@ def main(argv: list[str] | None = None) -> dict:
             "tasks": tuple(t.strip() for t in args.glue_tasks.split(",") if t.strip())}  # fmt: skip
     if args.smoke:
         glue = dict(SMOKE_GLUE)
-    records = run_all(args, shared, variants, plans, glue)
+    records = run_all(args, variants, plans, glue)
     target = rep.add_time_to_target(records, args.baseline, args.target_metric, args.target)
     target["source"] = "given" if args.target is not None else f"the mean final value of {args.baseline}"
     table = rep.summarize(records, variants)
