@@ -146,14 +146,22 @@ def _bias_gelu_bwd_kernel(
 
 
 @triton.jit
+def _load_halves(X, row, col, M, N):
+    """The (row, col) tile of both halves of X (M, 2N) = [a | b] in fp32, its mask, and a's offsets
+    (X + a_offs + N addresses b): all (BLOCK_M, BLOCK_N)."""
+    mask = (row < M)[:, None] & (col < N)[None, :]
+    a_offs = row[:, None].to(tl.int64) * (2 * N) + col[None, :]
+    a = tl.load(X + a_offs, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(X + a_offs + N, mask=mask, other=0.0).to(tl.float32)
+    return a, b, mask, a_offs
+
+
+@triton.jit
 def _geglu_fwd_kernel(X, Y, M, N, TANH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """X: (M, 2N) holding [a | b]; Y: (M, N) = gelu(a) * b."""
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (row < M)[:, None] & (col < N)[None, :]
-    a_offs = row[:, None].to(tl.int64) * (2 * N) + col[None, :]  # (BLOCK_M, BLOCK_N)
-    a = tl.load(X + a_offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(X + a_offs + N, mask=mask, other=0.0).to(tl.float32)
+    a, b, mask, _ = _load_halves(X, row, col, M, N)
     y = a * _cdf(a, TANH) * b
     store(Y + row[:, None].to(tl.int64) * N + col[None, :], y, mask)
 
@@ -163,10 +171,7 @@ def _geglu_bwd_kernel(DY, X, DX, M, N, TANH: tl.constexpr, BLOCK_M: tl.constexpr
     """da = dy * b * gelu'(a), db = dy * gelu(a), written as DX = [da | db]."""
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (row < M)[:, None] & (col < N)[None, :]
-    a_offs = row[:, None].to(tl.int64) * (2 * N) + col[None, :]  # (BLOCK_M, BLOCK_N)
-    a = tl.load(X + a_offs, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(X + a_offs + N, mask=mask, other=0.0).to(tl.float32)
+    a, b, mask, a_offs = _load_halves(X, row, col, M, N)
     dy = tl.load(DY + row[:, None].to(tl.int64) * N + col[None, :], mask=mask, other=0.0).to(tl.float32)
     cdf, grad = _cdf_and_grad(a, TANH)
     store(DX + a_offs, dy * b * grad, mask)
