@@ -149,6 +149,22 @@ def frame_pairs(examples: list[tuple[list[int], list[int], int]], seq_len: int, 
     return rows
 
 
+def _enough_documents(name: str, total_docs: int, filt: DocumentFilter, log) -> bool:
+    """Whether a split has the two documents "random next" segments need; train must, others may not."""
+    if total_docs >= 2:
+        return True
+    if name != "train":  # documented fallback: no held-out pairs, no validation loss
+        if log is not None:
+            log(f"data: {name}: fewer than two documents survived the filters; no sentence pairs held out")
+        return False
+    raise ValueError(
+        f"data.objective=nsp (recipe=bert) needs at least two documents in the {name} split to draw "
+        f"random 'next' segments from, but {total_docs} survived the filters "
+        f"({filt.stats.to_dict()['removed']}); give more documents (blank lines separate them in .txt "
+        "files), or use data.objective=mlm."
+    )
+
+
 def build_pair_split(
     name: str,
     documents: Iterable[str],
@@ -187,19 +203,8 @@ def build_pair_split(
                 total_docs += len(window)
                 previous, window = window, []
         total_docs += len(window)
-        if total_docs < 2 and name != "train":  # documented fallback: no held-out pairs, no validation loss
-            if log is not None:
-                log(
-                    f"data: {name}: fewer than two documents survived the filters; no sentence pairs held out"
-                )
+        if not _enough_documents(name, total_docs, filt, log):
             window = []
-        elif total_docs < 2:
-            raise ValueError(
-                f"data.objective=nsp (recipe=bert) needs at least two documents in the {name} split to draw "
-                f"random 'next' segments from, but {total_docs} survived the filters "
-                f"({filt.stats.to_dict()['removed']}); give more documents (blank lines separate them in .txt "
-                "files), or use data.objective=mlm."
-            )
         _write_window(window, previous, cfg, ids, rng, writer, progress)
         writer.finish_shard()
     except BaseException:

@@ -424,6 +424,26 @@ def _summary_line(s: dict[str, Any], entry: Path) -> str:
 # ----------------------------------------------------------------------------- one split, resumable
 
 
+def _pack_documents(documents, cfg, tok, stages, progress: dict, start: float, bar, where) -> None:
+    """Encode, filter, pack and write every document; ``progress`` and ``bar`` follow along."""
+    filt, packer, writer = stages
+    entry, name = where
+    sep = special_ids(tok)["sep"]
+    batches = _prefetch(document_batches(documents, cfg))
+    workers = cfg["num_workers"] or len(os.sched_getaffinity(0))
+    for batch, encoded in parallel_encode(batches, tok, workers, inline=encode_documents):
+        seqs, chars, tokens = _filter_and_pack(batch, encoded, filt, packer, sep)
+        progress["docs"] += len(batch.doc_sizes) if isinstance(batch, SentenceBatch) else len(batch)
+        progress["chars"] += chars
+        progress["tokens"] += tokens
+        progress["seconds"] = time.perf_counter() - start
+        _write_rows(seqs, writer, packer, filt, progress, entry, name)
+        bar.update(chars)
+        bar.set_postfix_str(
+            f"{progress['tokens'] / max(progress['seconds'], 1e-9):,.0f} tok/s", refresh=False
+        )
+
+
 def build_split(
     name: str,
     documents: Iterable[str],
@@ -458,19 +478,8 @@ def build_split(
     start = time.perf_counter() - progress["seconds"]
     bar = _progress_bar(name, log)
     try:
-        batches = _prefetch(document_batches(islice(documents, state["docs"], None), cfg))
-        workers = cfg["num_workers"] or len(os.sched_getaffinity(0))
-        for batch, encoded in parallel_encode(batches, tok, workers, inline=encode_documents):
-            seqs, chars, tokens = _filter_and_pack(batch, encoded, filt, packer, ids["sep"])
-            progress["docs"] += len(batch.doc_sizes) if isinstance(batch, SentenceBatch) else len(batch)
-            progress["chars"] += chars
-            progress["tokens"] += tokens
-            progress["seconds"] = time.perf_counter() - start
-            _write_rows(seqs, writer, packer, filt, progress, entry, name)
-            bar.update(chars)
-            bar.set_postfix_str(
-                f"{progress['tokens'] / max(progress['seconds'], 1e-9):,.0f} tok/s", refresh=False
-            )
+        remaining = islice(documents, state["docs"], None)
+        _pack_documents(remaining, cfg, tok, (filt, packer, writer), progress, start, bar, (entry, name))
         writer.write(packer.finish())
         writer.finish_shard()
         progress["tokens_dropped"] = packer.dropped  # the remainder that fills no sequence (unframed layout)
