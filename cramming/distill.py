@@ -22,7 +22,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cramming.bert_family import uses_bert_family
+from cramming.data.masking import uses_bert_family
 from cramming.commands import fail, run_app
 from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
@@ -37,9 +37,9 @@ from cramming.distillation import (
     load_teacher,
     student_arch,
 )
-from cramming.export import FRAMING, WEIGHTS, pretraining_framing, save_export
+from cramming.export.folder import FRAMING, WEIGHTS, pretraining_framing, save_export
 from cramming.files import file_sha256
-from cramming.model import count_parameters
+from cramming.models import count_parameters
 from cramming.perf import flops_per_token
 from cramming.train import Pretrainer
 

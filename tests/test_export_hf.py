@@ -14,8 +14,8 @@ import torch
 from tiny_export import build_tiny_classifier, build_tiny_export
 
 from cramming import ops
-from cramming.export import load_model, load_tokenizer
-from cramming.export_hf import export_hf, main
+from cramming.export.folder import load_model, load_tokenizer
+from cramming.export.remote import export_hf, main
 
 transformers = pytest.importorskip("transformers")
 

@@ -12,14 +12,14 @@ import torch
 from tiny_export import perturbed, tiny_arch
 
 from cramming import ops
-from cramming.bert_family import BertForPreTraining
-from cramming.hf.configuration_cramming import CrammingConfig
-from cramming.hf.modeling_cramming import (
+from cramming.models import BertForPreTraining
+from cramming.export.hf.configuration_cramming import CrammingConfig
+from cramming.export.hf.modeling_cramming import (
     CrammingForMaskedLM,
     CrammingForPreTraining,
     CrammingForSequenceClassification,
 )
-from cramming.model import BertForMLM, build_classifier
+from cramming.models import BertForMLM, build_classifier
 
 VOCAB = 97
 VARIANTS = {

@@ -17,7 +17,7 @@ import pytest
 from tiny_export import CLI_IMPL, build_tiny_export, finetune_cfg, read_glue_tsv, write_csv
 
 from cramming import classify, ops
-from cramming.export import load_model, read_config
+from cramming.export.folder import load_model, read_config
 from cramming.finetune import (
     canonical_label,
     class_weight_tensor,

@@ -12,7 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from cramming import ops, perf
-from cramming.model import build_mlm, count_parameters
+from cramming.models import build_mlm, count_parameters
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))

@@ -10,8 +10,8 @@ from cramming import ops
 from cramming.classify import build_finetune_model, collate, encode_examples, load_pretrained
 from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
-from cramming.export import load_model, load_tokenizer
-from cramming.export_hf import export_hf
+from cramming.export.folder import load_model, load_tokenizer
+from cramming.export.remote import export_hf
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.slow  # two short pretraining runs: ~1 min on a free CPU, ~3.5 min on a busy one

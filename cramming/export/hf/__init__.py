@@ -1,1 +1,1 @@
-"""Remote-code templates for Hugging Face exports (copied by ``cramming.export_hf``; import transformers)."""
+"""Remote-code templates for Hugging Face exports (copied by ``cramming.export.remote``; import transformers)."""
