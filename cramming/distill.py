@@ -22,10 +22,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cramming.data.masking import uses_bert_family
 from cramming.commands import fail, run_app
 from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
+from cramming.data.masking import uses_bert_family
 from cramming.distillation import (
     DISTILBERT,
     Distiller,

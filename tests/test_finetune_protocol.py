@@ -10,11 +10,10 @@ from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models
 
 from cramming import classify, ops
-from cramming.models import BertForPreTraining
 from cramming.classify import EncodedExamples, Pretrained, finetune, finetune_config, resolve_head
 from cramming.export.folder import load_model, save_export
 from cramming.glue import resolve_settings
-from cramming.models import build_classifier
+from cramming.models import BertForPreTraining, build_classifier
 from cramming.optim import build_adamw
 from cramming.runtime import Runtime
 
