@@ -61,7 +61,7 @@ def plan(args, work: Path) -> dict[str, list[str]]:
 
 def score_all(work: Path, names: list[str], chars: int) -> dict[str, dict]:
     """Every export on one held-out text: the teacher's data config frames it (all share its tokenizer)."""
-    from cramming.export import load_model, read_tokenizer
+    from cramming.export.folder import load_model, read_tokenizer
     from cramming.heldout import build_heldout, heldout_documents, score
     from cramming.runtime import make_runtime
 

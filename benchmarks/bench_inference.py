@@ -3,7 +3,7 @@
     python benchmarks/bench_inference.py --teacher outputs/RUN/model --student outputs/student/model
     python benchmarks/bench_inference.py --teacher T --student S --threads 2 --devices cpu
 
-Each export's encoder gets a 2-label classification head (``cramming.model.build_classifier``; the
+Each export's encoder gets a 2-label classification head (``cramming.models.build_classifier``; the
 head's weights do not change the timing) and runs in eval mode under ``torch.inference_mode``:
 
 - throughput: sequences/s at batch 32, sequence length 128 (``--batch``, ``--seq-len``);
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from cramming.export import load_model
-from cramming.model import build_classifier, count_parameters
+from cramming.export.folder import load_model
+from cramming.models import build_classifier, count_parameters
 from cramming.runtime import make_runtime
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"

@@ -326,7 +326,7 @@ def heldout_settings(args) -> dict:
 
 def score_final(args, record: dict, documents: list[str]) -> None:
     """The final exported model on the held-out text (fp32, eval mode); cached beside the run."""
-    from cramming.export import load_model, read_tokenizer
+    from cramming.export.folder import load_model, read_tokenizer
     from cramming.files import file_sha256
     from cramming.heldout import build_heldout, score
 

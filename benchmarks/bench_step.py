@@ -6,7 +6,7 @@
 
 What is timed is the training loop's own step, ``cramming.train.optimizer_step``: forward,
 backward, gradient clipping at ``cfg.train.grad_clip`` and the AdamW step, with the model from
-``cramming.model.build_mlm``, the optimizer from ``cramming.optim.build_optimizer`` (its
+``cramming.models.build_mlm``, the optimizer from ``cramming.optim.build_optimizer`` (its
 per-device implementation, recorded in the JSON), the runtime from ``cramming.runtime.make_runtime``
 (device, threads, kernels, precision), ``--compile`` through the loop's ``CompiledStep``, and each microbatch masked by ``cramming.data.MLMCollator``, as the
 loop draws it. ``cfg.arch``, ``cfg.train`` and ``cfg.data`` are composed exactly as
@@ -43,7 +43,7 @@ from cramming.conf import CONF_DIR
 from cramming.data import MLMCollator
 from cramming.data.tokenizer import SPECIAL_TOKENS
 from cramming.kernels import dispatch
-from cramming.model import build_mlm, count_parameters
+from cramming.models import build_mlm, count_parameters
 from cramming.optim import build_optimizer, implementation_of
 from cramming.perf import flops_per_token
 from cramming.runtime import CompiledStep, Runtime, make_runtime, resolve_device

@@ -72,7 +72,7 @@ def env_report(device: str, save=lambda partial: None) -> dict:
 
 def tiny_mlm(arch_name: str, vocab: int) -> torch.nn.Module:
     from cramming.conf import read_yaml
-    from cramming.model import build_mlm
+    from cramming.models import build_mlm
 
     arch = read_yaml("arch", f"{arch_name}.yaml")
     torch.manual_seed(0)

@@ -16,6 +16,6 @@ __version__ = "0.1.0"
 
 def load_model(path, device="cpu"):
     """Load an exported model folder (model.safetensors, config.json, tokenizer.json) with strict keys."""
-    from cramming.export import load_model as _load
+    from cramming.export.folder import load_model as _load
 
     return _load(path, device=device)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from cramming import distributed
-from cramming.export import _unwrap
+from cramming.export.folder import _unwrap
 from cramming.files import atomic_write, file_sha256
 
 log = logging.getLogger("cramming")

@@ -402,7 +402,7 @@ def load_pretrained(model_dir: str | Path) -> Pretrained:
     built. A ValueError names a bad file."""
     from safetensors import safe_open
 
-    from cramming.export import WEIGHTS, read_config, read_tokenizer
+    from cramming.export.folder import WEIGHTS, read_config, read_tokenizer
 
     path = Path(model_dir)
     config = read_config(path)
@@ -429,7 +429,7 @@ def load_pretrained(model_dir: str | Path) -> Pretrained:
 def resolve_head(head: str, pretrained: Pretrained) -> str:
     """``auto``: BERT's pooler head (``bert``) for recipe=bert/roberta exports, as their own
     fine-tuning does; the reference's ``crammed`` head otherwise. Other names are kept as given."""
-    from cramming.model import CLASSIFIER_HEADS
+    from cramming.models import CLASSIFIER_HEADS
 
     if getattr(pretrained, "external", False):  # a transformers checkpoint (cramming.external)
         from cramming.external import resolve_external_head
@@ -451,8 +451,8 @@ def build_finetune_model(
 ) -> torch.nn.Module:
     """A fresh classifier whose encoder is loaded strictly from ``pretrained``; with the ``bert``
     head, its pooler starts from the export's pretrained pooler when there is one (BERT's NSP pooler)."""
-    from cramming.export import WEIGHTS
-    from cramming.model import build_classifier
+    from cramming.export.folder import WEIGHTS
+    from cramming.models import build_classifier
 
     config, head = pretrained.config, resolve_head(head, pretrained)
     if getattr(pretrained, "external", False):  # a transformers checkpoint: AutoModel under the same head

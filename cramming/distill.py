@@ -22,10 +22,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cramming.bert_family import uses_bert_family
 from cramming.commands import fail, run_app
-from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
+from cramming.data.masking import uses_bert_family
 from cramming.distillation import (
     DISTILBERT,
     Distiller,
@@ -37,10 +36,11 @@ from cramming.distillation import (
     load_teacher,
     student_arch,
 )
-from cramming.export import FRAMING, WEIGHTS, pretraining_framing, save_export
+from cramming.export.folder import FRAMING, WEIGHTS, pretraining_framing, save_export
 from cramming.files import file_sha256
-from cramming.model import count_parameters
+from cramming.models import count_parameters
 from cramming.perf import flops_per_token
+from cramming.pretrain import pretrain_main
 from cramming.train import Pretrainer
 
 log = logging.getLogger("cramming")

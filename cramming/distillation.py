@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from cramming.export import load_model, read_config, read_tokenizer
-from cramming.model import IGNORE_INDEX, BertForMLM, Encoder
+from cramming.export.folder import load_model, read_config, read_tokenizer
+from cramming.models import IGNORE_INDEX, BertForMLM, Encoder
 
 SOFT_TARGETS = ("masked", "all")
 COSINE_LAYERS = ("last", "aligned")

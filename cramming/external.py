@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from cramming.model import CRAMMED_HEAD_WIDTH, classification_output
+from cramming.models import CRAMMED_HEAD_WIDTH, classification_output
 
 # Config attributes that hold the hidden / attention dropout, by family (set where the config has them).
 HIDDEN_DROPOUT = ("hidden_dropout_prob", "dropout", "mlp_dropout", "embedding_dropout")

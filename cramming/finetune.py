@@ -29,8 +29,8 @@ from omegaconf import DictConfig
 from cramming import classify, metrics
 from cramming.commands import cli_errors
 from cramming.conf import CONF_PATH
-from cramming.export import CONFIG, FRAMING, save_export
-from cramming.model import CLASSIFIER_HEADS
+from cramming.export.folder import CONFIG, FRAMING, save_export
+from cramming.models import CLASSIFIER_HEADS
 from cramming.report import report_at_end
 from cramming.runtime import make_runtime
 from cramming.tabular import Examples, bad_row, check_bad_rows, load_examples, write_table

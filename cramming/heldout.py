@@ -35,9 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cramming.data.collator import IGNORE_INDEX
 from cramming.data.packing import Packer, token_stream
 from cramming.data.tokenizer import special_ids
+from cramming.models import IGNORE_INDEX
 
 MASK_STYLES = ("mask", "bert")
 DEFAULTS = {"every_tokens": 0, "chars": 1_000_000, "mask_rate": 0.15, "mask_style": "mask", "seed": 0}

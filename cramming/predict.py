@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from cramming import classify
 from cramming.commands import cli_errors
 from cramming.conf import CONF_PATH
-from cramming.export import load_model, read_config, read_tokenizer
+from cramming.export.folder import load_model, read_config, read_tokenizer
 from cramming.runtime import make_runtime
 from cramming.tabular import (
     WRITE_FORMATS,

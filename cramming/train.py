@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from cramming import distributed
-from cramming.bert_family import build_pretraining, uses_bert_family
 from cramming.budget import Budget, BudgetClock, accumulation_steps, schedule_factor
 from cramming.checkpoint import (
     all_finite,
@@ -31,13 +30,14 @@ from cramming.checkpoint import (
     save_checkpoint,
     trim_metrics,
 )
-from cramming.data.bert_masking import build_collator as build_recipe_collator
+from cramming.data.masking import build_collator as build_recipe_collator
+from cramming.data.masking import uses_bert_family, wants_nsp
 from cramming.data.prefetch import BatchStream
-from cramming.export import FRAMING, pretraining_framing, save_export
+from cramming.export.folder import FRAMING, pretraining_framing, save_export
 from cramming.heldout import PeriodicScorer
 from cramming.kernels import dispatch
 from cramming.microbatch import recover_from_oom, resolve_microbatch
-from cramming.model import build_mlm, count_parameters
+from cramming.models import build_mlm, build_pretraining, count_parameters
 from cramming.optim import build_optimizer
 from cramming.perf import MFUMeter, flops_per_token
 from cramming.plots import plot_run
@@ -243,7 +243,7 @@ class Pretrainer:
     def build_model(self) -> torch.nn.Module:
         """The module the loop trains (a hook: distillation trains a student against a teacher)."""
         if self.bert_family:
-            return build_pretraining(self.cfg["arch"], self.vocab_size, self.cfg["data"])
+            return build_pretraining(self.cfg["arch"], self.vocab_size, nsp=wants_nsp(self.cfg["data"]))
         return build_mlm(self.cfg["arch"], self.vocab_size)
 
     def export(self, summary: dict) -> None:

@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers.processors import TemplateProcessing
 
-from cramming.export import save_export
-from cramming.model import build_mlm
+from cramming.export.folder import save_export
+from cramming.models import build_mlm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

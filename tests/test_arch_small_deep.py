@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from cramming.conf import CONF_PATH
 from cramming.config import validate_arch
-from cramming.model import build_mlm, count_parameters
+from cramming.models import build_mlm, count_parameters
 from cramming.perf import flops_per_token
 
 

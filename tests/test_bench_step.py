@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from cramming.conf import CONF_PATH
 from cramming.data import MLMCollator
 from cramming.kernels import dispatch
-from cramming.model import build_mlm
+from cramming.models import build_mlm
 from cramming.optim import adamw_implementation, build_optimizer
 from cramming.runtime import Runtime
 from cramming.train import optimizer_step

@@ -15,7 +15,7 @@ from cramming import runtime
 from cramming.conf import CONF_PATH
 from cramming.data import MLMCollator
 from cramming.kernels import dispatch as ops
-from cramming.model import build_mlm
+from cramming.models import build_mlm
 from cramming.pretrain import pretrain_main
 from cramming.runtime import CompiledStep, Runtime, make_runtime
 from cramming.train import optimizer_step
@@ -91,7 +91,7 @@ def test_finetuning_forward_with_attention_dropout_is_one_graph():
     (GLUE fine-tunes with attention dropout 0.1): a graph break, then a recompile once it has fired."""
     from _glue_fixtures import tiny_arch
 
-    from cramming.model import build_classifier
+    from cramming.models import build_classifier
 
     ops.configure({"kernels": "auto"})
     ops._warned.discard("attention-dropout")  # as in a fresh process
@@ -218,7 +218,7 @@ def test_compiled_finetuning_sees_only_bucket_lengths(monkeypatch):
     from _glue_fixtures import tiny_arch
 
     from cramming.classify import EncodedExamples, FinetuneConfig, bucket_lengths, finetune, predict
-    from cramming.model import build_classifier
+    from cramming.models import build_classifier
 
     ops.configure({"kernels": "torch"})
     widths, graphs = [], []

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from cramming.conf import CONF_PATH
 from cramming.config import ConfigError, validate_arch, validate_impl, validate_train
-from cramming.model import build_mlm, count_parameters
+from cramming.models import build_mlm, count_parameters
 
 ARCHES = ["crammed-bert", "bert-base", "small", "tiny"]
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cramming.data import IGNORE_INDEX, MLMCollator, SequenceLoader
+from cramming.data import MLMCollator, SequenceLoader
+from cramming.models import IGNORE_INDEX
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cramming.data import prepare_corpus, validate_data_config
-from cramming.data.bert_masking import RobertaCollator
+from cramming.data.masking import RobertaCollator
 from cramming.data.packing import (
     FullSentencePacker,
     _block_spans,

@@ -27,8 +27,8 @@ from cramming.distillation import (
     soft_target_loss,
     student_arch,
 )
-from cramming.export import load_model, save_export
-from cramming.model import BertForMLM
+from cramming.export.folder import load_model, save_export
+from cramming.models import BertForMLM
 
 DISTILL = {
     "alpha_ce": 5.0,

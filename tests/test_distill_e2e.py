@@ -14,9 +14,9 @@ from tiny_export import CLI_IMPL, build_tiny_export
 import cramming
 from cramming.conf import CONF_PATH
 from cramming.distill import distill_main
-from cramming.export import load_tokenizer, save_export
+from cramming.export.folder import load_tokenizer, save_export
 from cramming.glue import run_glue
-from cramming.model import BertForMLM
+from cramming.models import BertForMLM
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import cramming.conf
 from cramming.kernels import dispatch as ops
-from cramming.model import build_mlm
+from cramming.models import build_mlm
 from cramming.optim import build_optimizer
 from cramming.runtime import Runtime
 from cramming.train import optimizer_step

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -13,8 +14,8 @@ import torch
 from tiny_export import CLI_IMPL, tiny_arch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from cramming.export import CONFIG, TOKENIZER, load_model, load_tokenizer, read_config, save_export
-from cramming.model import BertForMLM
+from cramming.export.folder import CONFIG, TOKENIZER, load_model, load_tokenizer, read_config, save_export
+from cramming.models import BertForMLM
 
 WORDS = "the a film was good bad great awful plot actors music long short funny dull".split()
 
@@ -87,7 +88,7 @@ def test_garbage_tokenizer_is_a_value_error(export, tmp_path):
 
 
 def test_export_hf_cli_reports_a_bad_tokenizer_in_one_line(export, tmp_path, capsys):
-    from cramming.export_hf import main
+    from cramming.export.remote import main
 
     path = corrupt(export, tmp_path, TOKENIZER, "garbage")
     assert main([f"model={path}", f"out={tmp_path / 'hf'}"]) == 2
@@ -125,5 +126,6 @@ def test_hydra_clis_report_a_corrupt_export_in_one_line(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    error_lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    # "error: ..." or "cramming.COMMAND: error: ..." (commands.fail names the command)
+    error_lines = [line for line in err.splitlines() if re.match(r"(cramming[\w.]*: )?error: ", line)]
     assert len(error_lines) == 1 and expected in error_lines[0]

@@ -13,8 +13,8 @@ import pytest
 import torch
 from tiny_export import build_tiny_classifier, build_tiny_export
 
-from cramming.export import load_model, load_tokenizer
-from cramming.export_hf import export_hf, main
+from cramming.export.folder import load_model, load_tokenizer
+from cramming.export.remote import export_hf, main
 from cramming.kernels import dispatch as ops
 
 transformers = pytest.importorskip("transformers")
@@ -138,3 +138,20 @@ def test_cli_arguments(exports, tmp_path, capsys):
     assert "not an exported cramming model" in capsys.readouterr().err
     assert main(["path=foo"]) == 2
     assert "unexpected argument 'path=foo'" in capsys.readouterr().err
+
+
+def test_python_dash_m_cramming_export_is_the_command(exports, tmp_path):
+    """Catches `python -m cramming.export` (the README's command) not reaching remote.main."""
+    out = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cramming.export", f"model={exports['mlm']}", f"out={out}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "modeling_cramming.py").is_file() and (out / "config.json").is_file()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cramming.export", "path=foo"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "error: unexpected argument 'path=foo'" in proc.stderr

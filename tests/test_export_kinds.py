@@ -18,13 +18,12 @@ import torch
 from omegaconf import OmegaConf
 from tiny_export import REPO_ROOT, perturbed, tiny_arch, train_tokenizer
 
-from cramming.bert_family import BertForPreTraining
 from cramming.data.tokenizer import special_ids
 from cramming.data.tokenizer import train_tokenizer as train_cramming_tokenizer
-from cramming.export import FRAMING, load_model, pretraining_framing, save_export
-from cramming.export_hf import check_carried, export_hf, hf_config, state_dict_for_hf
+from cramming.export.folder import FRAMING, load_model, pretraining_framing, save_export
+from cramming.export.remote import check_carried, export_hf, hf_config, state_dict_for_hf
 from cramming.kernels import dispatch as ops
-from cramming.model import BertForMLM, build_classifier
+from cramming.models import BertForMLM, BertForPreTraining, build_classifier
 
 transformers = pytest.importorskip("transformers")
 

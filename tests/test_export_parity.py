@@ -1,25 +1,28 @@
-"""cramming/hf/modeling_cramming.py (the remote code shipped with exports) computes what cramming/model.py does.
+"""cramming/export/hf/modeling_cramming.py (the remote code shipped with exports) computes what cramming/models does.
 
 The remote code is a standalone copy of the model: any change to one that the other does not follow would
-make exported models give other logits. Random weights (every parameter perturbed), a padded batch, and the
-arch switches the remote code supports, each checked on its own.
+make exported models give other logits. Random weights (every parameter perturbed), a padded batch, and
+every combination of the encoder's switches (FFN glu/gelu x norm pre/post x positions learned /
+scaled-sinusoidal / rotary x QK-norm off/on), plus the other arch switches, each on its own.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
-from tiny_export import perturbed, tiny_arch
+from omegaconf import OmegaConf
+from tiny_export import REPO_ROOT, perturbed, tiny_arch
 
-from cramming.bert_family import BertForPreTraining
-from cramming.hf.configuration_cramming import CrammingConfig
-from cramming.hf.modeling_cramming import (
+from cramming.export.hf.configuration_cramming import CrammingConfig
+from cramming.export.hf.modeling_cramming import (
     CrammingForMaskedLM,
     CrammingForPreTraining,
     CrammingForSequenceClassification,
 )
 from cramming.kernels import dispatch as ops
-from cramming.model import BertForMLM, build_classifier
+from cramming.models import BertForMLM, BertForPreTraining, build_classifier
 
 VOCAB = 97
 VARIANTS = {
@@ -31,6 +34,13 @@ VARIANTS = {
     "rotary-qk-norm": {"position_embedding": "rotary", "qk_norm": True},
     "rotary-post-ln": {"position_embedding": "rotary", "norm_position": "post", "final_norm": False},
 }  # fmt: skip
+# Every combination of the switches that change what the encoder computes: 2 x 2 x 3 x 2 = 24 archs.
+GRID = [
+    {"ffn": ffn, "norm_position": norm, "position_embedding": positions, "qk_norm": qk_norm}
+    for ffn, norm, positions, qk_norm in itertools.product(
+        ("glu", "gelu"), ("pre", "post"), ("learned", "scaled-sinusoidal", "rotary"), (False, True)
+    )
+]
 
 
 @pytest.fixture(autouse=True)
@@ -72,6 +82,33 @@ def test_masked_lm_parity(variant):
         )
         got = theirs(**batch).logits
     torch.testing.assert_close(got[real], want["logits"][real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("switches", GRID, ids=lambda g: "-".join(str(v) for v in g.values()))
+def test_masked_lm_parity_for_every_encoder_combination(switches):
+    """Catches a switch the remote code follows alone but not in combination (e.g. rotary with post-LN)."""
+    arch = {**tiny_arch(), **switches}
+    torch.manual_seed(0)
+    ours = perturbed(BertForMLM(arch, VOCAB), 4)
+    theirs = remote(CrammingForMaskedLM, ours)
+    batch = padded_batch(False)
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        want = ours(batch["input_ids"], attention_mask=batch["attention_mask"])["logits"]
+        got = theirs(**batch).logits
+        hidden = theirs.encoder(**batch).last_hidden_state
+    torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden[real], ours.encoder(batch["input_ids"], batch["attention_mask"])[real],
+                               atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+def test_the_grid_covers_every_shipped_arch():
+    """Catches an arch in conf/arch/ whose switches the grid (and so the parity check) leaves out."""
+    defaults = tiny_arch()
+    for path in sorted((REPO_ROOT / "conf" / "arch").glob("*.yaml")):
+        arch = {**defaults, **OmegaConf.to_container(OmegaConf.load(path))}
+        switches = {key: arch.get(key, False) for key in GRID[0]}
+        assert switches in GRID, f"{path.name}: {switches}"
 
 
 @pytest.mark.parametrize("variant", ["crammed", "post-ln-bert-like"])

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from tiny_export import CLI_IMPL, build_tiny_export, finetune_cfg, read_glue_tsv, write_csv
 
-from cramming import classify
-from cramming.export import load_model, read_config
+from cramming import classify, ops
+from cramming.export.folder import load_model, read_config
 from cramming.finetune import (
     canonical_label,
     class_weight_tensor,
@@ -26,7 +26,6 @@ from cramming.finetune import (
     run_finetune,
     sort_labels,
 )
-from cramming.kernels import dispatch as ops
 from cramming.tabular import load_examples, read_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

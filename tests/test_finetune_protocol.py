@@ -9,13 +9,11 @@ import torch
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models
 
-from cramming import classify
-from cramming.bert_family import BertForPreTraining
+from cramming import classify, ops
 from cramming.classify import EncodedExamples, Pretrained, finetune, finetune_config, resolve_head
-from cramming.export import load_model, save_export
+from cramming.export.folder import load_model, save_export
 from cramming.glue import resolve_settings
-from cramming.kernels import dispatch as ops
-from cramming.model import build_classifier
+from cramming.models import BertForPreTraining, build_classifier
 from cramming.optim import build_adamw
 from cramming.runtime import Runtime
 

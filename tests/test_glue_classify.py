@@ -17,7 +17,7 @@ from cramming.classify import (
 )
 from cramming.kernels import dispatch as ops
 from cramming.metrics import accuracy
-from cramming.model import build_classifier
+from cramming.models import build_classifier
 
 
 @pytest.fixture(scope="module")

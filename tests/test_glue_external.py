@@ -189,9 +189,9 @@ def cue_task(glue_dir, corpus, train: int = 320, dev: int = 80):
 def test_native_export_scores_agree_through_both_paths(tmp_path, tiny_corpus):
     """A recipe=bert export fine-tuned as a cramming export and, after export_hf, as a transformers
     BERT folder: the same weights and tokenizer, so the medians agree within the seeds' spread."""
-    from cramming.bert_family import BertForPreTraining
-    from cramming.export import save_export
-    from cramming.export_hf import export_hf
+    from cramming.export.folder import save_export
+    from cramming.export.remote import export_hf
+    from cramming.models import BertForPreTraining
 
     arch = {**_glue_fixtures.tiny_arch(), **json.loads(json.dumps(BERT_ARCH))}
     tok = _glue_fixtures.train_tokenizer(tiny_corpus["train"])

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from cramming.budget import BudgetClock, parse_budget
-from cramming.data.collator import IGNORE_INDEX
 from cramming.data.sources import iter_local
 from cramming.data.tokenizer import tokenizer_from_vocab, train_tokenizer
 from cramming.heldout import PeriodicScorer, build_heldout, chars_covered, read_documents, score
+from cramming.models import IGNORE_INDEX
 
 SETTINGS = {"mask_rate": 0.15, "mask_style": "mask", "seed": 0}
 
@@ -124,10 +124,9 @@ def test_score_matches_full_logits(valid_docs, wordpiece, family, sparse, restor
     """Catches: NLL taken from the wrong logits rows (sparse prediction decodes only the labelled
     positions, dense all of them), or the BERT-family model's NSP head getting in the way; the final
     padded sequence's padding must not change the masked tokens' scores (it is masked out of attention)."""
-    from cramming.bert_family import BertForPreTraining
     from cramming.conf import read_yaml
     from cramming.kernels import dispatch as ops
-    from cramming.model import BertForMLM
+    from cramming.models import BertForMLM, BertForPreTraining
 
     ops.configure({"kernels": "torch"})  # the PyTorch reference: the Triton interpreter would crawl
     torch.manual_seed(0)

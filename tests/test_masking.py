@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from cramming.data import IGNORE_INDEX, MLMCollator
+from cramming.data import MLMCollator
 from cramming.kernels import dispatch as ops
-from cramming.model import build_mlm
+from cramming.models import IGNORE_INDEX, build_mlm
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 VOCAB, T = 300, 24

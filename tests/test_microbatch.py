@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 
 import cramming.microbatch as microbatch
 import cramming.train
-from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.microbatch import candidates, choose_microbatch
+from cramming.pretrain import pretrain_main
 
 pytestmark = pytest.mark.usefixtures("restore_runtime_globals")
 GIB = 2**30

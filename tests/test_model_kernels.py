@@ -8,7 +8,7 @@ import yaml
 from _kernel_checks import DEVICE  # cuda when a GPU runs the kernels natively, else cpu (interpreter)
 
 from cramming.kernels import dispatch as ops
-from cramming.model import build_classifier, build_mlm
+from cramming.models import build_classifier, build_mlm
 from cramming.optim import build_optimizer
 
 pytestmark = pytest.mark.interpreter

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from cramming.config import ConfigError, validate_train
 from cramming.data import MLMCollator
 from cramming.kernels import dispatch as ops
-from cramming.model import build_mlm, count_parameters
+from cramming.models import build_mlm, count_parameters
 from cramming.muon import MuonAdamW, split_params
 from cramming.optim import build_optimizer, implementation_of
 from cramming.runtime import Runtime

@@ -11,7 +11,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from cramming.budget import lr_factor
 from cramming.classify import EncodedExamples, FinetuneConfig, finetune
 from cramming.kernels import dispatch as ops
-from cramming.model import build_classifier, build_mlm, count_parameters
+from cramming.models import build_classifier, build_mlm, count_parameters
 from cramming.optim import adamw_implementation, build_adamw, build_optimizer, implementation_of, param_groups
 from cramming.runtime import Runtime
 from cramming.train import optimizer_step

@@ -60,7 +60,7 @@ def test_installed_packages_named_like_root_folders_win(tmp_path):
 
 @pytest.mark.slow
 def test_wheel_holds_kernels_and_configs(tmp_path):
-    """A wheel (pip install . / a release) must carry the kernels and every YAML under cramming/."""
+    """A wheel (pip install . / a release) must carry the kernels, every YAML and the export templates."""
     build = subprocess.run(
         [
             sys.executable,
@@ -84,6 +84,10 @@ def test_wheel_holds_kernels_and_configs(tmp_path):
         archive.extractall(site)
     assert "cramming/kernels/flash_attention.py" in names and "cramming/kernels/dispatch.py" in names
     assert "cramming/conf/pretrain.yaml" in names and "cramming/conf/arch/tiny.yaml" in names
+    assert "cramming/models/encoder.py" in names and "cramming/export/__main__.py" in names
+    # the remote-code templates `python -m cramming.export` copies next to the weights
+    assert "cramming/export/hf/modeling_cramming.py" in names
+    assert "cramming/export/hf/configuration_cramming.py" in names
     assert not any(n.startswith(("kernels/", "conf/")) for n in names), "top-level folders leaked"
     code = (
         "import cramming.kernels as k, cramming.conf as c\n"

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cramming import perf
 from cramming.kernels import dispatch
-from cramming.model import build_mlm, count_parameters
+from cramming.models import build_mlm, count_parameters
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))

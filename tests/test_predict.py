@@ -159,8 +159,8 @@ def test_stdin_pairs_need_a_tab():
 
 
 def test_regression_export_predicts_one_number_per_row(tmp_path, exports, sentences):
-    from cramming.export import load_model, load_tokenizer, read_config, save_export
-    from cramming.model import build_classifier
+    from cramming.export.folder import load_model, load_tokenizer, read_config, save_export
+    from cramming.models import build_classifier
 
     config = read_config(exports["mlm"])
     model = build_classifier(

@@ -14,11 +14,12 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import cramming
+import cramming.models
 import cramming.train
 from cramming.checkpoint import load_checkpoint
-from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.data import prepare_corpus
+from cramming.pretrain import pretrain_main
 
 pytestmark = pytest.mark.slow
 
@@ -88,10 +89,10 @@ def test_export_holds_the_final_trained_weights(finished_run):
     checkpoint = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
     state = load_checkpoint(checkpoint)  # the safe loader (weights_only=True) reads our own checkpoints
     assert state["step"] == json.loads((run / "summary.json").read_text())["steps"]
-    trained = cramming.model.build_mlm(state["arch"], state["vocab_size"])
+    trained = cramming.models.build_mlm(state["arch"], state["vocab_size"])
     trained.load_state_dict(state["model"], strict=True)
     trained.eval()
-    untrained = cramming.model.build_mlm(state["arch"], state["vocab_size"]).eval()
+    untrained = cramming.models.build_mlm(state["arch"], state["vocab_size"]).eval()
     ids = torch.randint(5, exported.vocab_size, (2, 32))
     with torch.no_grad():
         logits = exported(ids)["logits"]

@@ -8,9 +8,10 @@ from hydra import compose, initialize_config_dir
 from cramming.budget import lr_factor
 from cramming.conf import CONF_PATH
 from cramming.data import prepare_corpus, validate_data_config
-from cramming.data.bert_masking import IGNORE_INDEX, PairCollator
+from cramming.data.masking import PairCollator
 from cramming.data.pairs import frame_pairs, pairs_from_document
 from cramming.data.tokenizer import special_ids, train_tokenizer
+from cramming.models import IGNORE_INDEX
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 

@@ -8,8 +8,8 @@ from hydra import compose, initialize_config_dir
 
 from cramming.classify import build_finetune_model, collate, encode_examples, load_pretrained
 from cramming.conf import CONF_PATH
-from cramming.export import load_model, load_tokenizer
-from cramming.export_hf import export_hf
+from cramming.export.folder import load_model, load_tokenizer
+from cramming.export.remote import export_hf
 from cramming.kernels import dispatch as ops
 from cramming.pretrain import pretrain_main
 

@@ -8,10 +8,10 @@ import pytest
 from _browser import body_data, png_size, render
 from hydra import compose, initialize_config_dir
 
-from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.files import file_sha256
 from cramming.glue import run_glue
+from cramming.pretrain import pretrain_main
 from cramming.report import main, read_run, run_folder
 
 pytestmark = pytest.mark.usefixtures("restore_runtime_globals")

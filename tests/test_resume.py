@@ -20,8 +20,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
+from cramming.pretrain import pretrain_main
 
 STEPS = 12
 

@@ -10,10 +10,10 @@ from tokenizers import Tokenizer, models
 
 from cramming.config import ConfigError, validate_arch
 from cramming.data import MLMCollator
-from cramming.export import load_model, save_export
-from cramming.export_hf import export_hf
+from cramming.export.folder import load_model, save_export
+from cramming.export.remote import export_hf
 from cramming.kernels import dispatch as ops
-from cramming.model import Rotary, build_classifier, build_mlm
+from cramming.models import Rotary, build_classifier, build_mlm
 from cramming.optim import build_optimizer
 from cramming.runtime import Runtime
 from cramming.train import optimizer_step

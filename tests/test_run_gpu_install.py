@@ -109,9 +109,7 @@ def test_offline_install_on_a_standin_of_the_gpu_image(tmp_path, tiny_corpus):
     installed = run(["bash", "benchmarks/run_gpu.sh", "--install-only"], env)
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert "install: 3 wheels" in installed.stdout and "project editable" in installed.stdout
-    check = (
-        "import cramming.kernels, cramming.pretrain, cramming.train, hydra, omegaconf; print(cramming.__file__)"
-    )
+    check = "import cramming.kernels, cramming.pretrain, cramming.train, hydra, omegaconf; print(cramming.__file__)"
     elsewhere = run(
         [str(python), "-c", check], env, cwd=tmp_path
     )  # the install, not the checkout on sys.path

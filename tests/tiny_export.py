@@ -9,8 +9,8 @@ import torch
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
-from cramming.export import save_export
-from cramming.model import BertForMLM
+from cramming.export.folder import save_export
+from cramming.models import BertForMLM
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -61,8 +61,8 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 def build_tiny_classifier(mlm_dir: Path, out_dir: Path, labels: list[str], seed: int = 1) -> Path:
     """A classifier on the tiny export's encoder with a random head, saved like a fine-tuned export."""
-    from cramming.export import load_model, load_tokenizer, read_config
-    from cramming.model import build_classifier
+    from cramming.export.folder import load_model, load_tokenizer, read_config
+    from cramming.models import build_classifier
 
     config = read_config(mlm_dir)
     torch.manual_seed(seed)

@@ -7,7 +7,9 @@ hub corpora, on-disk cache, loader, MLM masking.
     batch = MLMCollator(corpus.vocab_size, corpus.special_ids)(next(loader), generator)
     loss = model(**batch)["loss"]           # input_ids (B, T), masked_positions and labels (B, k)
 
-The torch-dependent names (loader, collator) load on first use, so preparation workers that import
+``IGNORE_INDEX`` (the label of a position without a target) is the model's: ``cramming.models``.
+
+The torch-dependent names (loader, masking) load on first use, so preparation workers that import
 ``cramming.data.encode`` start without importing torch.
 """
 
@@ -16,8 +18,7 @@ from cramming.data.packing import PackedSequences, unpack_documents
 from cramming.data.prepare import PreparedCorpus, corpus_key, prepare_corpus
 
 _LAZY = {
-    "IGNORE_INDEX": "cramming.data.collator",
-    "MLMCollator": "cramming.data.collator",
+    "MLMCollator": "cramming.data.masking",
     "SequenceLoader": "cramming.data.loader",
 }
 
@@ -31,7 +32,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "IGNORE_INDEX",
     "MLMCollator",
     "PackedSequences",
     "PreparedCorpus",

@@ -47,7 +47,7 @@ from cramming.glue import tasks as glue_data
 from cramming.glue.submission import write_submission, zip_submission
 from cramming.glue.tasks import AVERAGE_COLUMNS, AX, TASKS, Split, TaskData, TaskSpec
 from cramming.metrics import f1_binary, plot_confusion
-from cramming.model import CLASSIFIER_HEADS
+from cramming.models import CLASSIFIER_HEADS
 from cramming.report import report_at_end
 from cramming.runtime import Runtime, impl_defaults, make_runtime, resolve_impl
 from cramming.tracking import log_to_file, setup_logging

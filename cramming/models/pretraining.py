@@ -1,12 +1,12 @@
 """Pretraining models of the BERT and RoBERTa recipes: MLM head with output bias, and BERT's NSP head.
 
-``BertForPreTraining`` is the shared ``Encoder`` (cramming.model) plus BERT's prediction head
-(dense + GELU + LayerNorm), a decoder tied to the word embeddings with its own bias, and, with
-``nsp=True``, the pooler (Linear + tanh on ``[CLS]``) and the 2-way next-sentence classifier. The loss is
-mean MLM loss + mean NSP loss; ``nsp_accuracy`` comes with it for the log. Labels are dense ``(B, T)``
-with -100 at unmasked positions (``cramming.data.bert_masking``); with ``sparse_prediction`` only the
-masked positions are decoded. The layout maps one to one onto transformers' ``BertForPreTraining`` and
-``RobertaForMaskedLM`` (``cramming.export_hf``).
+``BertForPreTraining`` is the shared ``Encoder`` plus BERT's prediction head (dense + GELU + LayerNorm),
+a decoder tied to the word embeddings with its own bias, and, with ``nsp=True``, the pooler (Linear +
+tanh on ``[CLS]``) and the 2-way next-sentence classifier. The loss is mean MLM loss + mean NSP loss;
+``nsp_accuracy`` comes with it for the log. Labels are dense ``(B, T)`` with -100 at unmasked positions
+(``cramming.data.masking.BertMasking``); with ``sparse_prediction`` only the masked positions are
+decoded. The layout maps one to one onto transformers' ``BertForPreTraining`` and ``RobertaForMaskedLM``
+(``cramming.export.native``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from cramming.model import IGNORE_INDEX, Encoder, PredictionHead, init_weights
+from cramming.models.encoder import Encoder, init_weights
+from cramming.models.heads import PredictionHead, nsp_logits, nsp_loss, token_mlm_loss
 
 
 class BertForPreTraining(nn.Module):
@@ -40,9 +40,6 @@ class BertForPreTraining(nn.Module):
             hidden = self.head(hidden)
         return self.decoder(hidden) + self.decoder_bias
 
-    def pooled(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.pooler(hidden[:, 0]))  # (B, H), BERT's pooler on [CLS]
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -54,34 +51,21 @@ class BertForPreTraining(nn.Module):
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         out: dict[str, torch.Tensor] = {}
         if self.nsp:
-            out["nsp_logits"] = self.nsp_head(self.pooled(hidden))  # (B, 2)
+            out["nsp_logits"] = nsp_logits(self.pooler, self.nsp_head, hidden)  # (B, 2)
         if labels is None:
             out["logits"] = self.decode(hidden)  # (B, T, V)
             return out
-        if self.arch.get("sparse_prediction", True):
-            flat = labels.reshape(-1)
-            selected = flat != IGNORE_INDEX
-            logits = self.decode(hidden.reshape(-1, hidden.shape[-1])[selected])  # (M, V)
-            mlm = F.cross_entropy(logits.float(), flat[selected])
-        else:
-            logits = self.decode(hidden)
-            mlm = F.cross_entropy(logits.float().reshape(-1, self.vocab_size), labels.reshape(-1))
+        sparse = self.arch.get("sparse_prediction", True)
+        mlm, logits = token_mlm_loss(self.decode, hidden, labels, sparse)
         out.update(logits=logits, mlm_loss=mlm.detach(), loss=mlm)
         if self.nsp and next_sentence_label is not None:
-            nsp = F.cross_entropy(out["nsp_logits"].float(), next_sentence_label)
-            correct = (out["nsp_logits"].argmax(-1) == next_sentence_label).float().mean()
+            nsp, correct = nsp_loss(out["nsp_logits"], next_sentence_label)
             out.update(loss=mlm + nsp, nsp_loss=nsp.detach(), nsp_accuracy=correct.detach())
         return out
 
 
-def uses_bert_family(data_cfg: Mapping) -> bool:
-    """Whether the data config asks for these models and batches (recipe=bert or recipe=roberta)."""
-    return data_cfg.get("masking", "crammed") == "bert" or data_cfg.get("objective", "mlm") == "nsp"
-
-
-def build_pretraining(arch: Mapping, vocab_size: int, data_cfg: Mapping) -> BertForPreTraining:
-    """The model for ``cfg.data``: with the NSP head when ``data.objective=nsp``."""
-    nsp = data_cfg.get("objective", "mlm") == "nsp"
+def build_pretraining(arch: Mapping, vocab_size: int, nsp: bool = False) -> BertForPreTraining:
+    """The recipe=bert / roberta model from ``cfg.arch``: with the NSP head when ``nsp`` (data.objective=nsp)."""
     if nsp and int(arch.get("type_vocab_size", 0)) < 2:
         raise ValueError(
             f"data.objective=nsp needs token types for A and B, but arch={arch.get('name')!r} has "

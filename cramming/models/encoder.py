@@ -1,7 +1,9 @@
-"""crammed-BERT and the original BERT shape, built from ``cfg.arch`` alone.
+"""The encoder every model shares: (B, T) token ids -> (B, T, H) hidden states, built from ``cfg.arch``.
 
-The layers call ``cramming.kernels.dispatch`` for LayerNorm, GELU and attention, so the
-Triton kernels plug in without the model knowing which implementation runs.
+Embeddings (learned, scaled-sinusoidal or no absolute positions), rotary positions and QK-norm in the
+attention, the GELU-GLU or GELU feed-forward, pre- or post-LayerNorm blocks, and the weight init.
+The layers call ``cramming.kernels.dispatch`` for LayerNorm, GELU and attention, so the Triton kernels plug in
+without the model knowing which implementation runs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cramming.data.collator import IGNORE_INDEX
 from cramming.kernels import dispatch
 
 
@@ -232,195 +233,6 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.normal_(sub.weight, mean=0.0, std=std)
 
 
-class PredictionHead(nn.Module):
-    """BERT's dense + GELU + norm transform before the decoder (bert-base only)."""
-
-    def __init__(self, arch: Mapping):
-        super().__init__()
-        width = arch["hidden_size"]
-        self.dense = nn.Linear(width, width, bias=arch["linear_bias"])
-        self.norm = LayerNorm(width, arch["norm_eps"], arch["norm_bias"])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(dispatch.gelu(self.dense(x)))
-
-
-class BertForMLM(nn.Module):
-    """Masked language model. With sparse prediction only the masked positions are decoded.
-
-    Pretraining passes ``masked_positions`` (B, k) and ``labels`` (B, k), as ``MLMCollator`` makes
-    them: the hidden states are gathered by index, so every tensor's shape is fixed by (B, T, k), with
-    no boolean indexing and no host sync (one graph under ``torch.compile``). Other callers may pass
-    per-token ``labels`` (B, T) with ``IGNORE_INDEX`` at unlabelled positions instead.
-    """
-
-    def __init__(self, arch: Mapping, vocab_size: int):
-        super().__init__()
-        self.arch = dict(arch)
-        self.vocab_size = vocab_size
-        self.encoder = Encoder(arch, vocab_size)
-        self.head = PredictionHead(arch) if arch["prediction_head"] else None
-        self.decoder = nn.Linear(arch["hidden_size"], vocab_size, bias=False)
-        init_weights(self, arch["init_std"])
-        if arch["tie_embeddings"]:
-            self.decoder.weight = self.encoder.embeddings.word.weight
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        masked_positions: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
-        if labels is None:
-            return {"logits": self.decode(hidden)}
-        if masked_positions is not None:
-            if masked_positions.shape != labels.shape:
-                raise ValueError(
-                    f"masked_positions {tuple(masked_positions.shape)} and labels {tuple(labels.shape)} "
-                    "must have the same (batch, masked) shape"
-                )
-            if self.arch["sparse_prediction"]:
-                return self.indexed_loss(hidden, masked_positions, labels)
-            # Dense prediction decodes every position: spread the labels over the sequence.
-            full = torch.full(input_ids.shape, IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
-            labels = full.scatter(1, masked_positions, labels)
-        if self.arch["sparse_prediction"]:
-            # Decode only labelled positions (a data-dependent count: pretraining takes the path above).
-            labels = labels.view(-1)
-            selected = labels != IGNORE_INDEX
-            logits = self.decode(hidden.view(-1, hidden.shape[-1])[selected])  # (M, V)
-            loss = F.cross_entropy(logits.float(), labels[selected])
-        else:
-            logits = self.decode(hidden)  # (B, T, V)
-            loss = F.cross_entropy(logits.float().view(-1, self.vocab_size), labels.view(-1))
-        return {"loss": loss, "logits": logits}
-
-    def indexed_loss(
-        self, hidden: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Gather (B, k) positions -> (B·k, H) -> decoder -> cross-entropy; slots labelled -100 add nothing.
-
-        The (B·T, V) logits matrix is the largest tensor in the model: decoding only k of T positions
-        saves most of it, and a fixed k keeps every shape static.
-        """
-        width = hidden.shape[-1]
-        index = positions.unsqueeze(-1).expand(-1, -1, width)  # (B, k, H)
-        logits = self.decode(hidden.gather(1, index).view(-1, width))  # (B·k, V)
-        loss = F.cross_entropy(logits.float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
-        return {"loss": loss, "logits": logits}
-
-    def decode(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.head is not None:
-            hidden = self.head(hidden)
-        return self.decoder(hidden)
-
-
-# Classification heads on the first token's vector, all with the same parameter names (pooler,
-# classifier) so a head is a choice of widths and activation, and old exports keep their keys:
-#   crammed  Linear(H, 1024) -> tanh -> dropout -> Linear(1024, n)   the reference's (GLUE-sane)
-#   bert     Linear(H, H) -> tanh -> dropout -> Linear(H, n)         BERT's own pooler
-#   gelu     dropout -> Linear(H, H) -> GELU -> dropout -> Linear(H, n)   ours before the reference's
-CLASSIFIER_HEADS = ("crammed", "bert", "gelu")
-CRAMMED_HEAD_WIDTH = 1024  # the reference's classification_head.head_dim, whatever the model width
-LEGACY_HEAD = "gelu"  # exports from before heads were named carry no classifier_head
-
-
-def check_head(head: str) -> str:
-    if head not in CLASSIFIER_HEADS:
-        raise ValueError(f"head={head!r} is not one of {list(CLASSIFIER_HEADS)}")
-    return head
-
-
-class BertForSequenceClassification(nn.Module):
-    """The encoder plus a ``head`` on the first token's vector; regression when num_labels == 1.
-
-    ``dropout`` is the hidden and head dropout, ``attention_dropout`` the dropout on attention
-    probabilities (None keeps ``arch``'s). Both, and the head, are written into ``self.arch``, so
-    an export's config.json rebuilds the same model.
-    """
-
-    def __init__(
-        self,
-        arch: Mapping,
-        vocab_size: int,
-        num_labels: int,
-        dropout: float = 0.1,
-        head: str = "crammed",
-        attention_dropout: float | None = None,
-    ):
-        super().__init__()
-        attention_dropout = arch["attention_dropout"] if attention_dropout is None else attention_dropout
-        arch = {**arch, "dropout": dropout, "attention_dropout": attention_dropout}
-        arch["classifier_head"] = check_head(head)
-        self.arch = dict(arch)
-        self.vocab_size = vocab_size
-        self.num_labels = num_labels
-        self.head = head
-        self.encoder = Encoder(arch, vocab_size)
-        width = arch["hidden_size"]
-        inner = CRAMMED_HEAD_WIDTH if head == "crammed" else width
-        self.pooler = nn.Linear(width, inner)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(inner, num_labels)
-        init_weights(self, arch["init_std"])
-
-    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, T, H) -> the head's (B, inner) features of the first token, dropout applied."""
-        first = hidden[:, 0]
-        if self.head == "gelu":
-            return self.dropout(dispatch.gelu(self.pooler(self.dropout(first))))
-        return self.dropout(torch.tanh(self.pooler(first)))
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        class_weights: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
-        logits = self.classifier(self.pool(hidden))  # (B, num_labels)
-        return classification_output(logits, labels, class_weights)
-
-
-def build_mlm(arch: Mapping, vocab_size: int) -> BertForMLM:
-    """The pretraining model from ``cfg.arch`` and the tokenizer's vocabulary size."""
-    return BertForMLM(arch, vocab_size)
-
-
-def build_classifier(
-    arch: Mapping,
-    vocab_size: int,
-    num_labels: int,
-    encoder_state: Mapping | None = None,
-    dropout: float = 0.1,
-    head: str = "crammed",
-    attention_dropout: float | None = None,
-) -> BertForSequenceClassification:
-    """A classifier whose encoder starts from ``encoder_state`` (keys of ``Encoder``), strictly loaded."""
-    model = BertForSequenceClassification(arch, vocab_size, num_labels, dropout, head, attention_dropout)
-    if encoder_state is not None:
-        model.encoder.load_state_dict(encoder_state, strict=True)
-    return model
-
-
 def count_parameters(model: nn.Module) -> int:
     """Unique parameters (tied weights counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def classification_output(
-    logits: torch.Tensor, labels: torch.Tensor | None, class_weights: torch.Tensor | None = None
-) -> dict[str, torch.Tensor]:
-    """``{"logits", "loss"}`` of a classifier: MSE for one output (regression), else weighted cross-entropy."""
-    out = {"logits": logits}
-    if labels is not None:
-        if logits.shape[-1] == 1:
-            out["loss"] = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-        else:
-            out["loss"] = F.cross_entropy(logits.float(), labels, weight=class_weights)
-    return out

@@ -1,6 +1,6 @@
 """crammed-BERT for Hugging Face ``transformers`` (remote code), in plain PyTorch.
 
-Copied next to the weights by ``python -m cramming.export_hf``; it imports nothing from
+Copied next to the weights by ``python -m cramming.export``; it imports nothing from
 ``cramming``, so ``AutoModel.from_pretrained(path, trust_remote_code=True)`` works without
 the package. The module and parameter names match cramming's, so the weights load as they
 are: pre-LayerNorm blocks without linear biases, a GELU-GLU feed-forward, scaled sinusoidal

@@ -1,6 +1,6 @@
 """Native transformers folders for recipe=bert and recipe=roberta models (no remote code).
 
-A ``BertForPreTraining`` (cramming.bert_family) of the post-LN BERT shape maps one to one onto
+A ``BertForPreTraining`` (cramming.models.pretraining) of the post-LN BERT shape maps one to one onto
 transformers' ``BertForPreTraining`` (WordPiece tokenizer; NSP head included when trained) or
 ``RobertaForMaskedLM`` (byte-level BPE tokenizer). The differences handled here: our fused QKV matrix
 is split into query/key/value, and RoBERTa's positions start at ``padding_idx + 1 = 2``, so our
@@ -10,8 +10,15 @@ position table is written from row 2 on (rows 0 and 1 are never used for real to
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+
+from cramming.data.tokenizer import special_ids, special_tokens_of
+from cramming.export.folder import FRAMING
+from cramming.export.shared import framing_of, write_json_files
+from cramming.files import atomic_write
 
 # What transformers' BERT/RoBERTa layers compute; any other arch goes through the remote-code export.
 NATIVE_ARCH = {
@@ -161,16 +168,8 @@ def tokenizer_config(family: str, tokens: Mapping[str, str], model_max_length: i
     }
 
 
-def export_native(model, config: Mapping, tokenizer, out_dir, family: str):
+def export_native(model, config: Mapping, tokenizer, out_dir: str | Path, family: str) -> Path:
     """Write config.json, model.safetensors, tokenizer.json and tokenizer_config.json to ``out_dir``."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    from cramming.data.tokenizer import special_ids, special_tokens_of
-    from cramming.files import atomic_write
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = hf_state_dict(model, family)
@@ -181,9 +180,6 @@ def export_native(model, config: Mapping, tokenizer, out_dir, family: str):
     max_len = int(config["arch"]["max_position_embeddings"])
     roles = {"cls": "cls", "sep": "sep", "pad": "pad", "unk": "unk", "mask": "mask"}
     tokens = {role: special_tokens_of(tokenizer)[name] for role, name in roles.items()}
-    from cramming.export import FRAMING
-    from cramming.export_hf import framing_of
-
     files = {
         "config.json": {
             **hf_config(config, family, special_ids(tokenizer)),
@@ -192,7 +188,5 @@ def export_native(model, config: Mapping, tokenizer, out_dir, family: str):
         "tokenizer_config.json": tokenizer_config(family, tokens, max_len),
         "special_tokens_map.json": {f"{role}_token": token for role, token in tokens.items()},
     }
-    for name, content in files.items():
-        text = json.dumps(content, indent=2) + "\n"
-        atomic_write(out_dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    write_json_files(out_dir, files)
     return out_dir

@@ -1,6 +1,6 @@
 """Export a cramming model folder for Hugging Face ``transformers`` users.
 
-    python -m cramming.export_hf model=outputs/RUN/model out=outputs/RUN/hf
+    python -m cramming.export model=outputs/RUN/model out=outputs/RUN/hf
 
 The folder holds config.json (with ``auto_map``), model.safetensors, tokenizer.json,
 tokenizer_config.json, special_tokens_map.json and two self-contained remote-code files
@@ -23,12 +23,11 @@ export from before the key existed.
 
 A ``recipe=bert`` model is written as transformers' own ``BertForPreTraining`` (``BertForMaskedLM``,
 ``AutoModel`` load it too) and a ``recipe=roberta`` model as ``RobertaForMaskedLM``: no remote code,
-no ``trust_remote_code`` (``cramming.hf_native``).
+no ``trust_remote_code`` (``cramming.export.native``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -40,9 +39,18 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from cramming.data.tokenizer import is_bpe, special_ids, special_tokens_of
-from cramming.export import CONFIG, FRAMING, TOKENIZER, WEIGHTS, load_model, read_config, read_tokenizer
+from cramming.export.folder import (
+    CONFIG,
+    FRAMING,
+    TOKENIZER,
+    WEIGHTS,
+    load_model,
+    read_config,
+    read_tokenizer,
+)
+from cramming.export.native import export_native, native_family
+from cramming.export.shared import framing_of, write_json_files
 from cramming.files import atomic_write
-from cramming.hf_native import export_native, native_family
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +67,6 @@ ARCHITECTURES = {  # task -> the remote-code class config.json names (and check_
     "pretraining": "CrammingForPreTraining",
     "classification": "CrammingForSequenceClassification",
 }
-
-
-def framing_of(config: Mapping, tokenizer: Tokenizer) -> dict:
-    """The export's ``cramming_pretraining`` block, or what can still be said for an export without it."""
-    if config.get(FRAMING):
-        return dict(config[FRAMING])
-    normalizer = json.loads(tokenizer.to_str()).get("normalizer")
-    return {
-        "recorded": False,
-        "tokenizer_kind": "bpe" if is_bpe(tokenizer) else "wordpiece",
-        "normalizer": normalizer,
-    }
 
 
 def hf_config(config: Mapping, tokenizer: Tokenizer) -> dict:
@@ -147,8 +143,8 @@ def state_dict_for_hf(model) -> dict:
 def check_carried(state: Mapping[str, torch.Tensor], config: Mapping) -> None:
     """Refuse an export the remote-code class cannot hold exactly: a ValueError names every tensor it
     would drop, leave at random initialisation, or load with another shape."""
-    from cramming.hf import modeling_cramming
-    from cramming.hf.configuration_cramming import CrammingConfig
+    from cramming.export.hf import modeling_cramming
+    from cramming.export.hf.configuration_cramming import CrammingConfig
 
     fields = {k: v for k, v in config.items() if k not in ("auto_map", "architectures", "model_type")}
     cls = getattr(modeling_cramming, config["architectures"][0])
@@ -202,9 +198,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
         "tokenizer_config.json": tok_config,
         "special_tokens_map.json": special,
     }
-    for name, content in files.items():
-        text = json.dumps(content, indent=2) + "\n"
-        atomic_write(out_dir / name, lambda tmp, text=text: Path(tmp).write_text(text))
+    write_json_files(out_dir, files)
     for name in REMOTE_CODE:
         shutil.copyfile(Path(__file__).parent / "hf" / name, out_dir / name)
     log.info("wrote a transformers folder to %s (load with trust_remote_code=True)", out_dir)

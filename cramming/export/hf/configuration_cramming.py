@@ -1,6 +1,6 @@
 """Hugging Face configuration for crammed-BERT models exported by `cramming` (remote code).
 
-This file is copied next to the weights by ``python -m cramming.export_hf`` and loaded by
+This file is copied next to the weights by ``python -m cramming.export`` and loaded by
 ``transformers`` with ``trust_remote_code=True``. It imports nothing from ``cramming``.
 The architecture is the ``arch`` dict of the cramming config, kept verbatim; the usual
 Hugging Face names (hidden_size, num_hidden_layers, ...) are derived from it.

@@ -1,4 +1,4 @@
-"""Exported model folders: ``model.safetensors`` + ``config.json`` + ``tokenizer.json``.
+"""cramming model folders: ``model.safetensors`` + ``config.json`` + ``tokenizer.json``.
 
 The same layout serves the pretrained MLM and fine-tuned classifiers. Files are
 written atomically, and loading checks every key strictly.
@@ -16,9 +16,8 @@ from safetensors.torch import save_model as st_save_model
 from tokenizers import Tokenizer
 
 from cramming import __version__
-from cramming.bert_family import BertForPreTraining
 from cramming.files import atomic_write
-from cramming.model import LEGACY_HEAD, BertForMLM, BertForSequenceClassification
+from cramming.models import LEGACY_HEAD, BertForMLM, BertForPreTraining, BertForSequenceClassification
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 FRAMING = "cramming_pretraining"  # config.json key: how pretraining framed the model's inputs

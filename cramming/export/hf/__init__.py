@@ -1,0 +1,1 @@
+"""Remote-code templates for Hugging Face exports (copied by ``cramming.export.remote``; import transformers)."""
