@@ -9,9 +9,12 @@ import torch
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models
 
-from cramming import classify, ops
+from cramming import ops
 from cramming.bert_family import BertForPreTraining
-from cramming.classify import EncodedExamples, Pretrained, finetune, finetune_config, resolve_head
+from cramming.finetune import FinetuneSettings, engine
+from cramming.finetune.encode import EncodedExamples
+from cramming.finetune.engine import finetune
+from cramming.finetune.pretrained import Pretrained, build_finetune_model, load_pretrained, resolve_head
 from cramming.export import load_model, save_export
 from cramming.glue import resolve_settings
 from cramming.model import build_classifier
@@ -59,13 +62,11 @@ def run_and_watch(monkeypatch, settings: dict, data: EncodedExamples) -> tuple[l
         optimizer.register_step_pre_hook(record)
         return optimizer
 
-    monkeypatch.setattr(classify, "build_adamw", watched)
-    cfg = finetune_config(
-        {**settings, "lr": 1e-3, "epochs": 1, "batch_size": 4, "log_every": 0}, 64, CPU_FP32
-    )
+    monkeypatch.setattr(engine, "build_adamw", watched)
+    cfg = FinetuneSettings.from_mapping({**settings, "lr": 1e-3, "epochs": 1, "batch_size": 4, "log_every": 0})
     torch.manual_seed(0)
     model = build_classifier(arch(), VOCAB, num_labels=1)
-    finetune(model, data, cfg, seed=0, device="cpu")
+    finetune(model, data, cfg, CPU_FP32, seed=0)
     return optimizers, norms
 
 
@@ -148,8 +149,8 @@ def test_head_auto_follows_the_recipe_and_bert_keeps_its_pretrained_pooler(tmp_p
     bert_arch = arch("bert-base", num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64)
     torch.manual_seed(0)
     save_export(BertForPreTraining(bert_arch, VOCAB, nsp=True), tokenizer(), tmp_path / "bert")
-    pretrained = classify.load_pretrained(tmp_path / "bert")
-    model = classify.build_finetune_model(pretrained, num_labels=2)
+    pretrained = load_pretrained(tmp_path / "bert")
+    model = build_finetune_model(pretrained, num_labels=2)
     assert model.head == "bert" and model.arch["attention_dropout"] == 0.1
     assert torch.equal(model.pooler.weight, pretrained.pooler["weight"])
 

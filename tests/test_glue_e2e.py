@@ -13,7 +13,7 @@ import pytest
 import torch
 from _glue_fixtures import make_tiny_export
 
-from cramming.classify import build_finetune_model, load_pretrained
+from cramming.finetune.pretrained import build_finetune_model, load_pretrained
 from cramming.export import load_model
 from cramming.glue import resolve_settings, run_glue, run_glue_from_pretraining
 

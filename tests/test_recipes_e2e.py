@@ -7,7 +7,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from cramming import ops
-from cramming.classify import build_finetune_model, collate, encode_examples, load_pretrained
+from cramming.finetune.encode import collate, encode_examples
+from cramming.finetune.pretrained import build_finetune_model, load_pretrained
 from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.export import load_model, load_tokenizer
