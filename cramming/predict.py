@@ -29,8 +29,7 @@ from cramming.conf import CONF_PATH
 from cramming.export import load_model, read_config, read_tokenizer
 from cramming.finetune.engine import softmax
 from cramming.finetune.job import predict_texts
-from cramming.runtime import make_runtime
-from cramming.tabular import (
+from cramming.finetune.tabular import (
     WRITE_FORMATS,
     Examples,
     Table,
@@ -39,6 +38,7 @@ from cramming.tabular import (
     read_table,
     write_table,
 )
+from cramming.runtime import make_runtime
 from cramming.tracking import setup_logging
 
 log = logging.getLogger("cramming.predict")

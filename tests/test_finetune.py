@@ -27,7 +27,7 @@ from cramming.finetune.labels import (
     prepare_targets,
     sort_labels,
 )
-from cramming.tabular import load_examples, read_table
+from cramming.finetune.tabular import load_examples, read_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from cramming import ops
 from cramming.finetune.config import FinetuneSettings, resolve_lr
 from cramming.finetune.encode import collate, encode_examples, length_batches, prepare_tokenizer
 from cramming.finetune.engine import finetune, predict, softmax
-from cramming.metrics import accuracy
+from cramming.finetune.metrics import accuracy
 from cramming.model import build_classifier
 from cramming.runtime import Runtime
 

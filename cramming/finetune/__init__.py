@@ -10,6 +10,8 @@ prediction (``cramming.predict``).
 | ``engine.py`` | ``finetune`` (pretraining's ``optimizer_step`` under the cosine schedule) and ``predict`` |
 | ``job.py`` | ``run_job``: seed → build → finetune → predict → score |
 | ``labels.py`` | label names, task type, class indices or regression targets, class weights |
+| ``tabular.py`` | your files (CSV, TSV, JSON lines, Parquet, text) in, prediction tables out |
+| ``metrics.py`` | classification and regression metrics, the confusion-matrix plot |
 | ``command.py`` | ``python -m cramming.finetune``: files in, metrics, predictions and an export out |
 """
 

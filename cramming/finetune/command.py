@@ -22,19 +22,19 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from cramming import metrics
 from cramming.commands import cli_errors
 from cramming.conf import CONF_PATH
 from cramming.export import CONFIG, FRAMING, save_export
+from cramming.finetune import metrics
 from cramming.finetune.config import FinetuneSettings
 from cramming.finetune.encode import encode_examples
 from cramming.finetune.engine import softmax
 from cramming.finetune.job import run_job, score_logits
 from cramming.finetune.labels import TASK_TYPES, canonical_label, class_weight_tensor, prepare_targets
 from cramming.finetune.pretrained import Pretrained, load_pretrained
+from cramming.finetune.tabular import Examples, check_bad_rows, load_examples, write_table
 from cramming.report import report_at_end
 from cramming.runtime import make_runtime
-from cramming.tabular import Examples, check_bad_rows, load_examples, write_table
 from cramming.tracking import log_to_file, setup_logging
 
 log = logging.getLogger("cramming.finetune")

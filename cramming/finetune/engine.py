@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -49,6 +50,8 @@ def finetune(
         raise ValueError("finetune needs a non-empty training set with labels")
     if isinstance(settings.lr, str):
         raise ValueError(f"lr={settings.lr!r}: resolve it for the model first (FinetuneSettings.with_lr_for)")
+    # One process fine-tunes (GLUE after a torchrun pretraining runs on rank 0 alone): nothing to average.
+    runtime = replace(runtime, rank=0, world_size=1)
     device = runtime.device
     seed_everything(seed)  # dropout; the batch order has its own stream (rng below)
     model.to(device).train()

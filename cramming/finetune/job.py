@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from cramming import metrics
 from cramming.finetune.config import FinetuneSettings
 from cramming.finetune.encode import EncodedExamples, encode_examples
 from cramming.finetune.engine import finetune, predict
@@ -68,6 +67,8 @@ def run_job(
 def score_logits(targets: Sequence, logits: np.ndarray, labels: Sequence[str] | None) -> dict:
     """Metrics of one scored split, as fractions: ``regression_metrics`` on ``logits[:, 0]`` when
     ``labels`` is None, else ``classification_metrics`` of the argmax (report + confusion matrix)."""
+    from cramming.finetune import metrics  # scipy and sklearn: loaded for scoring, not for cramming.predict
+
     if labels is None:
         return metrics.regression_metrics(targets, logits[:, 0])
     return metrics.classification_metrics(targets, logits.argmax(axis=-1), labels)

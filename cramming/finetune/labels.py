@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from cramming.tabular import Examples, bad_row
+from cramming.finetune.tabular import Examples, bad_row
 
 log = logging.getLogger("cramming.finetune")
 

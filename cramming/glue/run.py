@@ -32,11 +32,11 @@ from cramming.finetune.config import FinetuneSettings, resolve_lr
 from cramming.finetune.encode import encode_examples
 from cramming.finetune.external import is_external, load_external, slug
 from cramming.finetune.job import run_job, score_logits
+from cramming.finetune.metrics import f1_binary, plot_confusion
 from cramming.finetune.pretrained import Pretrained, load_pretrained, resolve_head
 from cramming.glue import tasks as glue_data
 from cramming.glue.submission import write_submission, zip_submission
 from cramming.glue.tasks import AX, TASKS, Split, TaskData, TaskSpec, glue_average
-from cramming.metrics import f1_binary, plot_confusion
 from cramming.report import report_at_end
 from cramming.runtime import Runtime, impl_defaults, make_runtime, resolve_impl
 from cramming.tracking import log_to_file, setup_logging
