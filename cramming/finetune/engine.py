@@ -96,7 +96,7 @@ def run_steps(compiled: CompiledStep, step, batches, total: int, settings: Finet
         running.append(loss)
         skipped += not finite
         if done == total or (settings.log_every and done % settings.log_every == 0):
-            mean = torch.stack(running).float().mean().item()
+            mean = float(np.mean([float(x) for x in running]))  # device scalars or floats: read at log time
             next_lr = settings.lr * cosine_with_warmup(done / total, settings.warmup_fraction)
             log.info("step %d/%d | loss %.4f | lr %.2e | %.1fs",
                      done, total, mean, next_lr, time.perf_counter() - started)  # fmt: skip
