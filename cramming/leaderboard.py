@@ -25,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from cramming.glue.tasks import AVERAGE_COLUMNS, TASKS
+from cramming.glue.tasks import AVERAGE_COLUMNS, TASKS, glue_average
 
 log = logging.getLogger(__name__)
 
@@ -194,13 +194,6 @@ def seed_medians(results: dict) -> tuple[dict, str]:
         else f"{min(counts)}-{max(counts)}"
     )
     return headline, seeds
-
-
-def glue_average(scores: dict) -> dict:
-    """Mean of the nine GLUE numbers present (WNLI never counts), with its coverage."""
-    covered = [c for c in AVERAGE_COLUMNS if c in scores]
-    value = statistics.fmean(scores[c] for c in covered) if covered else None
-    return {"value": value, "count": len(covered), "of": len(AVERAGE_COLUMNS)}
 
 
 def run_recipe(summary: dict, config: dict) -> str:

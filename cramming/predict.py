@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from cramming import classify
 from cramming.commands import cli_errors
 from cramming.conf import CONF_PATH
 from cramming.export.folder import load_model, read_config, read_tokenizer
-from cramming.runtime import make_runtime
-from cramming.tabular import (
+from cramming.finetune.engine import softmax
+from cramming.finetune.job import predict_texts
+from cramming.finetune.tabular import (
     WRITE_FORMATS,
     Examples,
     Table,
@@ -38,6 +38,7 @@ from cramming.tabular import (
     read_table,
     write_table,
 )
+from cramming.runtime import make_runtime
 from cramming.tracking import setup_logging
 
 log = logging.getLogger("cramming.predict")
@@ -104,8 +105,9 @@ class Predictor:
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64
     ) -> np.ndarray:
         check_batch_size(batch_size)
-        data = classify.encode_examples(self.tokenizer, texts, pairs, max_len=self.max_length)
-        return classify.predict(self.model, data, batch_size, self.runtime.device, self.runtime.precision)
+        return predict_texts(
+            self.model, self.tokenizer, texts, pairs, self.max_length, batch_size, self.runtime
+        )
 
     def __call__(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, batch_size: int = 64
@@ -114,7 +116,7 @@ class Predictor:
         logits = self.logits(texts, pairs, batch_size)
         if not self.labels:
             return {"prediction": [float(x) for x in logits[:, 0]]}
-        probs = classify.softmax(logits)
+        probs = softmax(logits)
         return {"prediction": [self.labels[i] for i in probs.argmax(-1)], "probs": probs}
 
 

@@ -217,7 +217,9 @@ def test_compiled_finetuning_sees_only_bucket_lengths(monkeypatch):
     import numpy as np
     from _glue_fixtures import tiny_arch
 
-    from cramming.classify import EncodedExamples, FinetuneConfig, bucket_lengths, finetune, predict
+    from cramming.finetune.config import FinetuneSettings
+    from cramming.finetune.encode import EncodedExamples, bucket_lengths
+    from cramming.finetune.engine import finetune, predict
     from cramming.models import build_classifier
 
     ops.configure({"kernels": "torch"})
@@ -239,8 +241,9 @@ def test_compiled_finetuning_sees_only_bucket_lengths(monkeypatch):
     for compile in (False, True):
         torch.manual_seed(0)
         model = build_classifier(tiny_arch(), 300, num_labels=2, dropout=0.0)
-        cfg = FinetuneConfig(lr=1e-3, batch_size=8, epochs=2, compile=compile, log_every=0)
-        logits.append(predict(finetune(model, data, cfg, seed=0, device="cpu"), data, device="cpu"))
+        cfg = FinetuneSettings(lr=1e-3, batch_size=8, epochs=2, log_every=0)
+        runtime = Runtime(torch.device("cpu"), torch.float32, compile=compile)
+        logits.append(predict(finetune(model, data, cfg, runtime, seed=0), data, runtime=runtime))
     buckets = bucket_lengths(45)
     assert buckets == (16, 24, 40, 48)
     assert widths and set(widths) <= set(buckets), widths

@@ -16,17 +16,18 @@ import pyarrow.parquet as pq
 import pytest
 from tiny_export import CLI_IMPL, build_tiny_export, finetune_cfg, read_glue_tsv, write_csv
 
-from cramming import classify, ops
 from cramming.export.folder import load_model, read_config
-from cramming.finetune import (
+from cramming.finetune import job
+from cramming.finetune.command import run_finetune
+from cramming.finetune.labels import (
     canonical_label,
     class_weight_tensor,
     infer_task_type,
     prepare_targets,
-    run_finetune,
     sort_labels,
 )
-from cramming.tabular import load_examples, read_table
+from cramming.finetune.tabular import load_examples, read_table
+from cramming.kernels import dispatch as ops
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -273,13 +274,13 @@ def test_three_classes_integer_labels_jsonl_and_class_weights(tmp_path, tiny_mod
     train = write_jsonl(tmp_path / "train.jsonl", rows[:96])
     dev = write_jsonl(tmp_path / "dev.jsonl", rows[96:144])
     seen = {}
-    real_finetune = classify.finetune
+    real_finetune = job.finetune
 
-    def spy(model, data, cfg, seed, device, class_weights=None):
+    def spy(model, data, settings, runtime, seed, class_weights=None):
         seen["weights"], seen["labels"] = class_weights, data.labels
-        return real_finetune(model, data, cfg, seed=seed, device=device, class_weights=class_weights)
+        return real_finetune(model, data, settings, runtime, seed=seed, class_weights=class_weights)
 
-    monkeypatch.setattr(classify, "finetune", spy)
+    monkeypatch.setattr(job, "finetune", spy)
     cfg = finetune_cfg(
         model=str(tiny_model), train_file=str(train), validation_file=str(dev), text_column="sentence",
         label_column="y", out_dir=str(tmp_path / "out"), epochs=1, batch_size=32, class_weights="balanced", max_length=48,

@@ -1,6 +1,7 @@
 """The GLUE-sane fine-tuning protocol: optimizer, clipping, dropout and the classification head."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,13 @@ import torch
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models
 
-from cramming import classify, ops
-from cramming.classify import EncodedExamples, Pretrained, finetune, finetune_config, resolve_head
 from cramming.export.folder import load_model, save_export
+from cramming.finetune import FinetuneSettings, engine
+from cramming.finetune.encode import EncodedExamples
+from cramming.finetune.engine import finetune
+from cramming.finetune.pretrained import Pretrained, build_finetune_model, load_pretrained, resolve_head
 from cramming.glue import resolve_settings
+from cramming.kernels import dispatch as ops
 from cramming.models import BertForPreTraining, build_classifier
 from cramming.optim import build_adamw
 from cramming.runtime import Runtime
@@ -58,13 +62,13 @@ def run_and_watch(monkeypatch, settings: dict, data: EncodedExamples) -> tuple[l
         optimizer.register_step_pre_hook(record)
         return optimizer
 
-    monkeypatch.setattr(classify, "build_adamw", watched)
-    cfg = finetune_config(
-        {**settings, "lr": 1e-3, "epochs": 1, "batch_size": 4, "log_every": 0}, 64, CPU_FP32
+    monkeypatch.setattr(engine, "build_adamw", watched)
+    cfg = FinetuneSettings.from_mapping(
+        {**settings, "lr": 1e-3, "epochs": 1, "batch_size": 4, "log_every": 0}
     )
     torch.manual_seed(0)
     model = build_classifier(arch(), VOCAB, num_labels=1)
-    finetune(model, data, cfg, seed=0, device="cpu")
+    finetune(model, data, cfg, CPU_FP32, seed=0)
     return optimizers, norms
 
 
@@ -147,8 +151,8 @@ def test_head_auto_follows_the_recipe_and_bert_keeps_its_pretrained_pooler(tmp_p
     bert_arch = arch("bert-base", num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64)
     torch.manual_seed(0)
     save_export(BertForPreTraining(bert_arch, VOCAB, nsp=True), tokenizer(), tmp_path / "bert")
-    pretrained = classify.load_pretrained(tmp_path / "bert")
-    model = classify.build_finetune_model(pretrained, num_labels=2)
+    pretrained = load_pretrained(tmp_path / "bert")
+    model = build_finetune_model(pretrained, num_labels=2)
     assert model.head == "bert" and model.arch["attention_dropout"] == 0.1
     assert torch.equal(model.pooler.weight, pretrained.pooler["weight"])
 
@@ -166,3 +170,40 @@ def test_an_old_export_keeps_its_old_head(tmp_path):
     inputs = torch.randint(5, VOCAB, (2, 7))
     assert loaded.head == "gelu"
     assert torch.equal(loaded(inputs)["logits"], old(inputs)["logits"])
+
+
+def test_finetuning_steps_through_pretrainings_optimizer_step(monkeypatch):
+    """Catches fine-tuning growing its own optimizer step again (its own backward, clipping, scaler
+    calls): every step goes through cramming.train.optimizer_step, one microbatch each."""
+    from cramming.train import optimizer_step
+
+    calls = []
+
+    def counting(**kwargs):
+        calls.append(kwargs["accum"])
+        return optimizer_step(**kwargs)
+
+    monkeypatch.setattr(engine, "optimizer_step", counting)
+    run_and_watch(monkeypatch, resolve_settings({}), regression_set())
+    assert calls == [1, 1]  # 8 examples, batch 4, one epoch
+
+
+def test_one_rule_per_option_for_glue_and_finetune():
+    """Catches the validators drifting apart again (dropout once had to be <= 0.9 for GLUE but < 1 for
+    finetune) and a second definition of GLUE's average (the leaderboard once had its own)."""
+    from cramming.finetune.command import check_config
+
+    assert resolve_settings({"dropout": 0.95})["dropout"] == 0.95
+    finetune_defaults = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "finetune.yaml"))
+    finetune_cfg = {**finetune_defaults, "model": "m", "train_file": "t.csv"}
+    assert check_config({**finetune_cfg, "dropout": 0.95}).dropout == 0.95
+    for check in (resolve_settings, lambda bad: check_config({**finetune_cfg, **bad})):
+        with pytest.raises(ValueError, match=r"dropout=1.0 must be a number in \[0, 1\)"):
+            check({"dropout": 1.0})
+        with pytest.raises(ValueError, match=r"max_length=4 is too short"):
+            check({"max_length": 4})
+    source = "\n".join(p.read_text() for p in (REPO_ROOT / "cramming").rglob("*.py"))
+    assert len(re.findall(r"def glue_average\b", source)) == 1
+    assert "torch.manual_seed" not in "\n".join(
+        p.read_text() for p in (REPO_ROOT / "cramming" / "finetune").glob("*.py")
+    )  # seeding is runtime.seed_everything's job

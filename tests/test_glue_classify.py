@@ -1,23 +1,19 @@
-"""The fine-tuning engine (cramming.classify): encoding, batching, training that learns, prediction order."""
+"""The fine-tuning engine (cramming.finetune): encoding, batching, training that learns, prediction order."""
 
 import numpy as np
 import pytest
 import torch
 from _glue_fixtures import tiny_arch, train_tokenizer
 
-from cramming.classify import (
-    FinetuneConfig,
-    collate,
-    encode_examples,
-    finetune,
-    length_batches,
-    predict,
-    prepare_tokenizer,
-    softmax,
-)
+from cramming.finetune.config import FinetuneSettings, resolve_lr
+from cramming.finetune.encode import collate, encode_examples, length_batches, prepare_tokenizer
+from cramming.finetune.engine import finetune, predict, softmax
+from cramming.finetune.metrics import accuracy
 from cramming.kernels import dispatch as ops
-from cramming.metrics import accuracy
 from cramming.models import build_classifier
+from cramming.runtime import Runtime
+
+CPU_FP32 = Runtime(torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +100,14 @@ def test_finetune_learns_a_separable_task_and_predict_keeps_order(tokenizer):
     dev = encode_examples(tokenizer, dev_texts, labels=dev_labels, max_len=32)
     torch.manual_seed(0)
     model = build_classifier(tiny_arch(), tokenizer.get_vocab_size(), num_labels=2)
-    before = accuracy(dev_labels, predict(model, dev, device="cpu").argmax(-1))
-    cfg = FinetuneConfig(lr=1e-3, batch_size=16, epochs=3, log_every=0)
-    finetune(model, train, cfg, seed=0, device="cpu")
-    logits = predict(model, dev, batch_size=7, device="cpu")
+    before = accuracy(dev_labels, predict(model, dev, runtime=CPU_FP32).argmax(-1))
+    cfg = FinetuneSettings(lr=1e-3, batch_size=16, epochs=3, log_every=0)
+    finetune(model, train, cfg, CPU_FP32, seed=0)
+    logits = predict(model, dev, batch_size=7, runtime=CPU_FP32)
     after = accuracy(dev_labels, logits.argmax(-1))
     assert after > 0.9, (before, after)
     # the same examples one at a time give the same logits: order restored, padding masked
-    single = np.concatenate([predict(model, dev.select([i]), device="cpu") for i in range(5)])
+    single = np.concatenate([predict(model, dev.select([i]), runtime=CPU_FP32) for i in range(5)])
     np.testing.assert_allclose(single, logits[:5], atol=1e-4)
     probs = softmax(logits)
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
@@ -125,23 +121,23 @@ def test_finetune_regression_reduces_error(tokenizer):
     assert data.labels.dtype == np.float32
     torch.manual_seed(0)
     model = build_classifier(tiny_arch(), tokenizer.get_vocab_size(), num_labels=1)
-    mse_before = float(np.mean((predict(model, data, device="cpu")[:, 0] - data.labels) ** 2))
-    finetune(model, data, FinetuneConfig(lr=3e-3, epochs=4, log_every=0), seed=0, device="cpu")
-    mse_after = float(np.mean((predict(model, data, device="cpu")[:, 0] - data.labels) ** 2))
+    mse_before = float(np.mean((predict(model, data, runtime=CPU_FP32)[:, 0] - data.labels) ** 2))
+    finetune(model, data, FinetuneSettings(lr=3e-3, epochs=4, log_every=0), CPU_FP32, seed=0)
+    mse_after = float(np.mean((predict(model, data, runtime=CPU_FP32)[:, 0] - data.labels) ** 2))
     # Predicting the mean (2.5) leaves an MSE of 4.0: below 1.0 the model has read the cue word.
     assert mse_after < 1.0 < mse_before
 
 
 def test_bad_config_values_are_rejected():
     with pytest.raises(ValueError, match="lr"):
-        FinetuneConfig(lr=0)
-    with pytest.raises(ValueError, match="precision"):
-        FinetuneConfig(precision="fp8")
+        FinetuneSettings(lr=0)
+    with pytest.raises(ValueError, match=r"dropout=1.0 must be a number in \[0, 1\)"):
+        FinetuneSettings(dropout=1.0)  # GLUE once allowed up to 0.9 only, finetune below 1: one rule now
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        FinetuneSettings(warmup_fraction=1.0)
 
 
 def test_auto_lr_scales_with_width():
-    from cramming.classify import resolve_lr
-
     assert resolve_lr("auto", 768) == pytest.approx(4e-5)  # the GLUE-sane protocol's own value
     assert resolve_lr("auto", 128) == pytest.approx(2.4e-4)
     assert resolve_lr(1e-4, 128) == 1e-4

@@ -205,13 +205,7 @@ def test_scores_and_average_coverage():
     assert report["confusion_matrix"] == [[2, 1], [0, 1]]
     mnli, _ = score_split(TASKS["mnli"], [0, 1], np.eye(3)[:2], "matched")
     assert mnli == {"accuracy_matched": pytest.approx(100.0)}
-    average = glue_average(
-        {
-            "sst2": {"headline": {"SST-2": 80.0}},
-            "cola": {"headline": {"CoLA": 20.0}},
-            "wnli": {"headline": {"WNLI": 99.0}},
-        }  # fmt: skip
-    )
+    average = glue_average({"SST-2": 80.0, "CoLA": 20.0, "WNLI": 99.0})
     assert average["value"] == pytest.approx(50.0) and average["count"] == 2 and average["of"] == 9
     assert average["label"].startswith("average over 2/9")
 

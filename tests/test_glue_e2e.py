@@ -13,8 +13,8 @@ import pytest
 import torch
 from _glue_fixtures import make_tiny_export
 
-from cramming.classify import build_finetune_model, load_pretrained
 from cramming.export.folder import load_model
+from cramming.finetune.pretrained import build_finetune_model, load_pretrained
 from cramming.glue import resolve_settings, run_glue, run_glue_from_pretraining
 
 pytestmark = pytest.mark.usefixtures("restore_runtime_globals")

@@ -1,4 +1,4 @@
-"""`python -m cramming.glue model=PATH_OR_ID` for transformers checkpoints (cramming.external).
+"""`python -m cramming.glue model=PATH_OR_ID` for transformers checkpoints (cramming.finetune.external).
 
 Tiny random-weight folders of each family the installed transformers has are built here with
 ``save_pretrained`` (offline), run through the project's GLUE protocol, and ranked by the leaderboard.
@@ -12,8 +12,9 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
-from cramming.classify import build_finetune_model, collate, encode_examples, load_pretrained, resolve_head
-from cramming.external import ExternalClassifier, is_external, load_external, slug
+from cramming.finetune.encode import collate, encode_examples
+from cramming.finetune.external import ExternalClassifier, is_external, load_external, slug
+from cramming.finetune.pretrained import build_finetune_model, load_pretrained, resolve_head
 from cramming.glue import run_glue
 from cramming.leaderboard import scan, write_leaderboard
 

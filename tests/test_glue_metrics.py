@@ -1,11 +1,11 @@
-"""cramming.metrics against values worked out by hand."""
+"""cramming.finetune.metrics against values worked out by hand."""
 
 import math
 
 import numpy as np
 import pytest
 
-from cramming.metrics import (
+from cramming.finetune.metrics import (
     accuracy,
     classification_metrics,
     f1_binary,

@@ -9,7 +9,9 @@ from omegaconf import OmegaConf
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cramming.budget import lr_factor
-from cramming.classify import EncodedExamples, FinetuneConfig, finetune
+from cramming.finetune.config import FinetuneSettings
+from cramming.finetune.encode import EncodedExamples
+from cramming.finetune.engine import finetune
 from cramming.kernels import dispatch as ops
 from cramming.models import build_classifier, build_mlm, count_parameters
 from cramming.optim import adamw_implementation, build_adamw, build_optimizer, implementation_of, param_groups
@@ -127,7 +129,7 @@ def test_finetune_uses_the_one_builder_and_the_budget_cosine_at_step_over_total(
     n, batch = 40, 4  # 10 steps per epoch, one epoch: steps 0..9 at p = 0.0, 0.1, ..., 0.9
     ids = [rng.integers(5, VOCAB, size=int(rng.integers(4, 9))) for _ in range(n)]
     data = EncodedExamples(ids, [np.zeros_like(x) for x in ids], rng.integers(0, 2, size=n))
-    cfg = FinetuneConfig(lr=1e-3, batch_size=batch, epochs=1, warmup_fraction=0.25, log_every=0)
+    cfg = FinetuneSettings(lr=1e-3, batch_size=batch, epochs=1, warmup_fraction=0.25, log_every=0)
     seen: list[tuple[torch.optim.Optimizer, list[float]]] = []
 
     def record(optimizer, args, kwargs):
@@ -136,7 +138,8 @@ def test_finetune_uses_the_one_builder_and_the_budget_cosine_at_step_over_total(
     handle = register_optimizer_step_pre_hook(record)  # every optimizer: finetune builds its own
     try:
         torch.manual_seed(0)
-        finetune(build_classifier(tiny_arch(), VOCAB, num_labels=2), data, cfg, seed=0, device="cpu")
+        cpu = Runtime(torch.device("cpu"), torch.float32)
+        finetune(build_classifier(tiny_arch(), VOCAB, num_labels=2), data, cfg, cpu, seed=0)
     finally:
         handle.remove()
     assert len(seen) == 10

@@ -6,10 +6,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from cramming.classify import build_finetune_model, collate, encode_examples, load_pretrained
 from cramming.conf import CONF_PATH
 from cramming.export.folder import load_model, load_tokenizer
 from cramming.export.remote import export_hf
+from cramming.finetune.encode import collate, encode_examples
+from cramming.finetune.pretrained import build_finetune_model, load_pretrained
 from cramming.kernels import dispatch as ops
 from cramming.pretrain import pretrain_main
 

@@ -107,11 +107,11 @@ def test_same_impl_gives_the_same_runtime_and_bad_values_are_named():
 
 
 def test_one_definition_and_no_import_circle():
-    """Catches PRECISIONS or set_threads defined again, and config <-> classify importing each other."""
+    """Catches PRECISIONS or set_threads defined again, and config <-> finetune importing each other."""
     source = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py"))
     assert len(re.findall(r"^PRECISIONS =", source, re.M)) == 1
     assert len(re.findall(r"def set_threads\b", source)) == 1
-    for order in ("cramming.config, cramming.classify", "cramming.classify, cramming.config"):
+    for order in ("cramming.config, cramming.finetune", "cramming.finetune, cramming.config"):
         proc = subprocess.run([sys.executable, "-c", f"import {order}"], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -2,7 +2,6 @@
 submission TSVs (``submission``). ``python -m cramming.glue model=outputs/RUN/model`` runs it."""
 
 from cramming.glue.run import (
-    glue_average,
     main,
     plan_tasks,
     resolve_settings,
@@ -10,6 +9,7 @@ from cramming.glue.run import (
     run_glue_from_pretraining,
     score_split,
 )
+from cramming.glue.tasks import glue_average
 
 __all__ = [
     "glue_average",

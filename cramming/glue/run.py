@@ -23,38 +23,26 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cramming.classify import (
-    REFERENCE_WIDTH,
-    Pretrained,
-    build_finetune_model,
-    check_optimizer_settings,
-    encode_examples,
-    finetune,
-    finetune_config,
-    load_pretrained,
-    predict,
-    resolve_head,
-    resolve_lr,
-    score_logits,
-)
+from cramming.commands import cli_errors, fail
 from cramming.conf import CONF_PATH, read_yaml
-from cramming.external import is_external, load_external, slug
 from cramming.files import atomic_write
+from cramming.finetune.config import FinetuneSettings, resolve_lr
+from cramming.finetune.encode import encode_examples
+from cramming.finetune.external import is_external, load_external, slug
+from cramming.finetune.job import run_job, score_logits
+from cramming.finetune.metrics import f1_binary, plot_confusion
+from cramming.finetune.pretrained import Pretrained, load_pretrained, resolve_head
 from cramming.glue import tasks as glue_data
 from cramming.glue.submission import write_submission, zip_submission
-from cramming.glue.tasks import AVERAGE_COLUMNS, AX, TASKS, Split, TaskData, TaskSpec
-from cramming.metrics import f1_binary, plot_confusion
-from cramming.models import CLASSIFIER_HEADS
+from cramming.glue.tasks import AX, TASKS, Split, TaskData, TaskSpec, glue_average
 from cramming.report import report_at_end
 from cramming.runtime import Runtime, impl_defaults, make_runtime, resolve_impl
 from cramming.tracking import log_to_file, setup_logging
 
 log = logging.getLogger(__name__)
 
-POSITIVE_INT = ("seeds", "batch_size", "eval_batch_size", "max_length")
 OPTIONAL_INT = ("max_train_examples", "max_eval_examples", "max_test_examples")
 # Keys GLUE took before it took the impl group like finetune and predict: a clear error names the new key.
 FLAT_KEYS = {"device": "impl.device", "precision": "impl.precision", "kernels": "impl.kernels",
@@ -79,7 +67,8 @@ def check_flat_keys(keys) -> None:
 
 def resolve_settings(settings: Mapping | None) -> dict:
     """Defaults overlaid with ``settings`` (a DictConfig or dict; unknown keys such as ``name`` are
-    ignored), validated: every bad value is a ValueError naming it and what is accepted."""
+    ignored), validated: every bad value is a ValueError naming it and what is accepted (the
+    fine-tuning keys by ``FinetuneSettings``, the GLUE ones here)."""
     if isinstance(settings, DictConfig):
         settings = OmegaConf.to_container(settings, resolve=True)
     settings = dict(settings or {})
@@ -88,40 +77,13 @@ def resolve_settings(settings: Mapping | None) -> dict:
     merged.update({k: v for k, v in settings.items() if k in merged})
     merged["impl"] = resolve_impl(settings.get("impl"))
     merged["tasks"] = glue_data.check_task_names(merged["tasks"])
-    for key in POSITIVE_INT:
-        if not isinstance(merged[key], int) or merged[key] < 1:
-            raise ValueError(f"{key}={merged[key]!r} must be an integer >= 1")
-    if not isinstance(merged["epochs"], (int, float)) or merged["epochs"] <= 0:
-        raise ValueError(f"epochs={merged['epochs']!r} must be a number > 0 (fractions allowed, e.g. 0.5)")
+    if isinstance(merged["seeds"], bool) or not isinstance(merged["seeds"], int) or merged["seeds"] < 1:
+        raise ValueError(f"seeds={merged['seeds']!r} must be an integer >= 1 (fine-tuning runs per task)")
     for key in OPTIONAL_INT:
         if merged[key] is not None and (not isinstance(merged[key], int) or merged[key] < 1):
             raise ValueError(f"{key}={merged[key]!r} must be a positive integer or null (no limit)")
-    if not isinstance(merged["seed"], int) or isinstance(merged["seed"], bool):
-        raise ValueError(f"seed={merged['seed']!r} must be an integer (seed + i is the seed of run i)")
-    if merged["max_length"] < 8:
-        raise ValueError(f"max_length={merged['max_length']} is too short for [CLS] a [SEP] b [SEP]")
-    if merged["lr"] != "auto":
-        resolve_lr(merged["lr"], REFERENCE_WIDTH)
-    check_protocol(merged)
-    for key, low, high in (
-        ("dropout", 0.0, 0.9),
-        ("attention_dropout", 0.0, 0.9),
-        ("warmup_fraction", 0.0, 0.99),
-    ):
-        value = merged[key]
-        if not isinstance(value, (int, float)) or not (low <= value <= high) or (key == "lr" and value == 0):
-            raise ValueError(f"{key}={value!r} must be a number in ({low}, {high}]")
+    merged["betas"] = list(FinetuneSettings.from_mapping(merged).betas)  # every fine-tuning key checked
     return merged
-
-
-def check_protocol(settings: dict) -> None:
-    """The optimizer and head keys (shared with cramming.finetune); betas become a list of floats."""
-    betas = check_optimizer_settings(
-        settings["betas"], settings["eps"], settings["weight_decay"], settings["grad_clip"]
-    )
-    settings["betas"] = list(betas)
-    if settings["head"] != "auto" and settings["head"] not in CLASSIFIER_HEADS:
-        raise ValueError(f"head={settings['head']!r} is not one of {['auto', *CLASSIFIER_HEADS]}")
 
 
 def check_model_dir(model_dir) -> Pretrained:
@@ -213,28 +175,29 @@ def majority_rate(spec: TaskSpec, labels: list) -> float | None:
 
 
 def run_seed(
-    spec: TaskSpec, encoded: dict, pretrained: Pretrained, settings: Mapping, seed: int, runtime: Runtime
+    spec: TaskSpec,
+    encoded: dict,
+    pretrained: Pretrained,
+    settings: FinetuneSettings,
+    seed: int,
+    runtime: Runtime,
 ) -> dict:
-    """Fine-tune once; dev scores, dev reports and test logits of this seed."""
-    torch.manual_seed(seed)
-    model = build_finetune_model(
-        pretrained, spec.num_labels, settings["dropout"], settings["head"], settings["attention_dropout"]
-    )
-    precision, device = runtime.precision, runtime.device
-    cfg = finetune_config(settings, pretrained.arch["hidden_size"], runtime)
-    started = time.perf_counter()
-    finetune(model, encoded["train"], cfg, seed=seed, device=device)
+    """Fine-tune once (the shared job); dev scores, dev reports and test logits of this seed."""
+    splits = {("dev", name): dev for name, dev in encoded["dev"].items()}
+    splits.update({("test", name): test for name, test in encoded["test"].items()})
+
+    def score(key: tuple, data, logits: np.ndarray):  # test sets have no labels: predicted only
+        kind, name = key
+        return score_split(spec, data.labels.tolist(), logits, name) if kind == "dev" else None
+
+    job = run_job(pretrained, spec.num_labels, encoded["train"], splits, settings, runtime, seed, score)
     scores, reports = {}, {}
-    for name, dev in encoded["dev"].items():
-        logits = predict(model, dev, settings["eval_batch_size"], device, precision)
-        split_scores, reports[name] = score_split(spec, dev.labels.tolist(), logits, name)
-        scores.update(split_scores)
-    test_logits = {
-        name: predict(model, test, settings["eval_batch_size"], device, precision)
-        for name, test in encoded["test"].items()
-    }
-    return {"seed": seed, "scores": scores, "reports": reports, "test": test_logits,
-            "seconds": time.perf_counter() - started}  # fmt: skip
+    for (kind, name), result in job.scores.items():
+        if kind == "dev":
+            scores.update(result[0])
+            reports[name] = result[1]
+    test_logits = {name: logits for (kind, name), logits in job.logits.items() if kind == "test"}
+    return {"seed": seed, "scores": scores, "reports": reports, "test": test_logits, "seconds": job.seconds}
 
 
 def encode_task(spec: TaskSpec, data: TaskData, tokenizer, settings: Mapping) -> dict:
@@ -274,9 +237,9 @@ def run_task(name: str, pretrained: Pretrained, settings: Mapping, out_dir: Path
     }  # fmt: skip
     log.info("%s: train %d/%d, dev %s, test %s", spec.title, examples["train"], examples["train_available"],
              examples["dev"], examples["test"])  # fmt: skip
-    runs = []
+    runs, protocol = [], FinetuneSettings.from_mapping(settings)
     for i in range(int(settings["seeds"])):
-        runs.append(run_seed(spec, encoded, pretrained, settings, settings["seed"] + i, runtime))
+        runs.append(run_seed(spec, encoded, pretrained, protocol, settings["seed"] + i, runtime))
         shown = ", ".join(f"{k} {v:.2f}" for k, v in runs[-1]["scores"].items())
         log.info("%s seed %d: %s (%.1fs)", spec.title, runs[-1]["seed"], shown, runs[-1]["seconds"])
     keys = list(runs[0]["scores"])
@@ -316,22 +279,6 @@ def write_confusion(spec: TaskSpec, reports: dict, out_dir: Path) -> dict:
             "png": str(png.relative_to(out_dir)),
         }
     return classes
-
-
-def glue_average(tasks: Mapping[str, dict]) -> dict:
-    """Mean of the available GLUE numbers (MNLI counts twice, WNLI never), labelled with its coverage."""
-    headline = {col: v for result in tasks.values() for col, v in result["headline"].items()}
-    covered = [c for c in AVERAGE_COLUMNS if c in headline]
-    value = float(np.mean([headline[c] for c in covered])) if covered else None
-    shown = "n/a" if value is None else f"{value:.2f}"
-    label = f"average over {len(covered)}/{len(AVERAGE_COLUMNS)} ({', '.join(covered) or 'none'}): {shown}"
-    return {
-        "value": value,
-        "covered": covered,
-        "count": len(covered),
-        "of": len(AVERAGE_COLUMNS),
-        "label": label,
-    }
 
 
 def write_results(out_dir: Path, results: dict) -> None:
@@ -458,7 +405,7 @@ def run_tasks(
             continue
         ran.append(name)
         results["headline"] = {c: v for r in results["tasks"].values() for c, v in r["headline"].items()}
-        results["average"] = glue_average(results["tasks"])
+        results["average"] = glue_average(results["headline"])
         write_results(out_dir, results)
     return ran
 
@@ -514,20 +461,10 @@ def run_glue_from_pretraining(model_dir, eval_cfg: Mapping, impl: Mapping | None
         return None
 
 
-def _fail(err: ValueError) -> None:
-    """Bad input: one clear error line and exit status 2, as the other CLIs."""
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
-
-
 @hydra.main(config_path=CONF_PATH, config_name="glue", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     setup_logging(None)
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        run_glue(settings.pop("model"), settings)
-    except ValueError as err:
-        _fail(err)
+    cli_errors(lambda settings: run_glue(settings.pop("model"), settings))(cfg)
 
 
 def main() -> None:
@@ -536,5 +473,5 @@ def main() -> None:
     try:
         check_flat_keys(arg.split("=", 1)[0] for arg in sys.argv[1:] if "=" in arg)
     except ValueError as err:
-        _fail(err)
+        fail(err)
     hydra_main()

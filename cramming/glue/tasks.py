@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,6 +130,23 @@ AX = TaskSpec(
 DEFAULT_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 # The nine numbers of the GLUE average (WNLI is left out, as in BERT and crammedBERT).
 AVERAGE_COLUMNS = ("MNLI-m", "MNLI-mm", "QQP", "QNLI", "SST-2", "CoLA", "STS-B", "MRPC", "RTE")
+
+
+def glue_average(headline: Mapping[str, float]) -> dict:
+    """The GLUE average of the headline numbers present (column -> percent; MNLI counts twice as
+    MNLI-m and MNLI-mm, WNLI never), labelled with its coverage. The one definition: GLUE's results
+    and the leaderboard both use it."""
+    covered = [c for c in AVERAGE_COLUMNS if c in headline]
+    value = statistics.fmean(headline[c] for c in covered) if covered else None
+    shown = "n/a" if value is None else f"{value:.2f}"
+    label = f"average over {len(covered)}/{len(AVERAGE_COLUMNS)} ({', '.join(covered) or 'none'}): {shown}"
+    return {
+        "value": value,
+        "covered": covered,
+        "count": len(covered),
+        "of": len(AVERAGE_COLUMNS),
+        "label": label,
+    }
 
 
 def check_task_names(names: Iterable[str]) -> list[str]:

@@ -5,7 +5,7 @@
 
 The checkpoint is loaded with ``AutoModel`` (the bare encoder) and its own fast tokenizer
 (``AutoTokenizer``); the protocol's head, dropout, optimizer, seeds, metrics, confusion matrices
-and submission files are the same as for this project's exports (``cramming.classify``). Families
+and submission files are the same as for this project's exports (``cramming.finetune``). Families
 tested offline: BERT, RoBERTa, DistilBERT, ALBERT, ModernBERT (random tiny folders built in the tests).
 """
 
@@ -53,7 +53,7 @@ def slug(model: str | Path) -> str:
 
 @dataclass
 class ExternalPretrained:
-    """An external encoder read once; it stands in for ``classify.Pretrained`` in the GLUE runner."""
+    """An external encoder read once; it stands in for ``pretrained.Pretrained`` in the shared job."""
 
     path: str  # the folder or hub id as given
     hf_config: object  # transformers PretrainedConfig
@@ -116,7 +116,7 @@ def _pooler_linear(encoder: nn.Module) -> nn.Linear | None:
 
 
 class ExternalClassifier(nn.Module):
-    """An external encoder plus the protocol's head on the first token; the ``classify`` model interface."""
+    """An external encoder plus the protocol's head on the first token; the fine-tuning engine's model interface."""
 
     def __init__(self, pretrained: ExternalPretrained, num_labels: int, dropout: float, head: str,
                  attention_dropout: float):  # fmt: skip

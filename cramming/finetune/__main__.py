@@ -1,0 +1,3 @@
+from cramming.finetune.command import main
+
+main()
