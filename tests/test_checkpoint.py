@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cramming.checkpoint import (
+from cramming.train.checkpoint import (
     CheckpointError,
     all_finite,
     identity,
@@ -147,7 +147,7 @@ def test_checkpoint_with_a_pickled_object_is_refused_and_runs_nothing(tmp_path):
 
 
 def test_trim_metrics_drops_a_line_cut_by_a_kill(tmp_path):
-    from cramming.checkpoint import trim_metrics
+    from cramming.train.checkpoint import trim_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text(

@@ -14,8 +14,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import cramming
-import cramming.train
-from cramming.checkpoint import load_checkpoint
+import cramming.train.objective
+from cramming.train.checkpoint import load_checkpoint
 from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.data import prepare_corpus
@@ -176,7 +176,7 @@ def test_nothing_cached_is_damaged_by_a_bad_run(tmp_path, tiny_corpus, capsys, m
     def broken_build(*args, **kwargs):
         raise ValueError("injected: the model failed to build")
 
-    monkeypatch.setattr(cramming.train, "build_mlm", broken_build)
+    monkeypatch.setattr(cramming.train.objective, "build_mlm", broken_build)
     root = logging.getLogger()
     handlers = list(root.handlers)
     try:
