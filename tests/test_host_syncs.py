@@ -10,6 +10,7 @@ here (``train.checkpoint_every_steps=0``, no validation): they read whole tensor
 """
 
 import logging
+import math
 import threading
 
 import pytest
@@ -118,3 +119,50 @@ BERT = ("recipe=bert", "arch.num_layers=2", "arch.hidden_size=64", "arch.num_hea
 def test_one_host_read_per_optimizer_step(monkeypatch, tiny_corpus, tmp_path, extra):
     per_step = count_reads(monkeypatch, tiny_corpus, tmp_path, *extra)
     assert per_step == [1] * STEPS, per_step
+
+
+class Weighted(torch.nn.Module):
+    """A classifier whose forward takes an extra keyword (class weights), as fine-tuning's does."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def forward(self, x, labels, class_weights):
+        logits = self.linear(x)
+        loss = torch.nn.functional.cross_entropy(logits, labels, weight=class_weights)
+        return {"loss": loss, "nsp_accuracy": (logits.argmax(-1) == labels).float().mean()}
+
+
+@pytest.mark.parametrize("fp16_scaler", [False, True], ids=["no-scaler", "grad-scaler"])
+def test_optimizer_step_for_fine_tuning(fp16_scaler):
+    """Fine-tuning's use: accum=1, no DDP, grad_clip=0 (off), an fp16 GradScaler or None, extra model
+    keywords in the microbatch, lr=None (a scheduler set it); floats back from one read."""
+    from cramming.runtime import Runtime
+    from cramming.train import optimizer_step
+
+    torch.manual_seed(0)
+    runtime = Runtime(torch.device("cpu"), torch.float32)
+    model = Weighted()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if fp16_scaler else None
+    weights = torch.tensor([1.0, 2.0, 0.5])
+    batch = {"x": torch.randn(8, 4), "labels": torch.arange(8) % 3, "class_weights": weights}
+    before = [p.detach().clone() for p in model.parameters()]
+    extras: dict = {}
+    with HostReads(lambda: step_counters(optimizer)) as mode:
+        loss, norm, finite = optimizer_step(
+            model, optimizer, lambda: batch, 1, None, 0.0, runtime, scaler=scaler, extras=extras
+        )
+    assert mode.count == 1, mode.where
+    assert type(loss) is float and type(norm) is float and finite is True
+    assert norm > 0 and math.isfinite(loss) and type(extras["nsp_accuracy"]) is float
+    assert optimizer.param_groups[0]["lr"] == 0.05  # lr=None: left alone
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the update ran
+    kept = [p.detach().clone() for p in model.parameters()]
+    _, _, finite = optimizer_step(model, optimizer, lambda: batch, 1, 0.01, 0.0, runtime, scaler=scaler,
+                                  inject_nan=True)  # fmt: skip
+    assert finite is False and optimizer.param_groups[0]["lr"] == 0.01
+    assert all(torch.equal(a, b) for a, b in zip(kept, model.parameters()))  # skipped
+    if scaler is not None:
+        assert scaler.get_scale() < 1024.0  # the scaler saw the non-finite gradients and backed off

@@ -1,4 +1,4 @@
-"""train.microbatch_size=auto (cramming.microbatch) with simulated memory limits, on CPU."""
+"""train.microbatch_size=auto (cramming.train.microbatch) with simulated memory limits, on CPU."""
 
 import json
 import logging

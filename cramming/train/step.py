@@ -59,25 +59,11 @@ def optimizer_step(
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
-    total = torch.zeros((), device=runtime.device)
-    side: dict[str, torch.Tensor] = {}  # summed on the device; read back with the loss
-    for index in range(accum):
-        if index > 0 and stop is not None and stop():
-            optimizer.zero_grad(set_to_none=True)
-            return None
-        batch = next_microbatch()  # the model's keyword arguments
-        with distributed.sync_context(model, last_microstep=index == accum - 1):
-            with runtime.autocast():
-                out = model(**batch)
-                loss = out["loss"]
-            for key in SIDE_METRICS:
-                if key in out:
-                    side[key] = side.get(key, 0.0) + out[key].detach().float() / accum
-            if inject_nan and index == 0:
-                loss = loss * float("nan")
-            scaled = loss / accum
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        total += loss.detach()
+    summed = accumulate(model, next_microbatch, accum, runtime, stop, scaler, inject_nan)
+    if summed is None:
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    total, side = summed
     if scaler is not None:
         scaler.unscale_(optimizer)
     grad_norm = clip_gradients(model, grad_clip)
@@ -93,6 +79,30 @@ def optimizer_step(
     if extras is not None:
         extras.update(zip(side, values))
     return loss_value, norm, finite
+
+
+def accumulate(model, next_microbatch, accum: int, runtime, stop, scaler, inject_nan: bool):
+    """Forward and backward over ``accum`` microbatches: (summed loss, side metrics' means), device
+    scalars both; None when ``stop()`` turned true between microbatches."""
+    total = torch.zeros((), device=runtime.device)
+    side: dict[str, torch.Tensor] = {}  # summed on the device; read back with the loss
+    for index in range(accum):
+        if index > 0 and stop is not None and stop():
+            return None
+        batch = next_microbatch()  # the model's keyword arguments
+        with distributed.sync_context(model, last_microstep=index == accum - 1):
+            with runtime.autocast():
+                out = model(**batch)
+                loss = out["loss"]
+            for key in SIDE_METRICS:
+                if key in out:
+                    side[key] = side.get(key, 0.0) + out[key].detach().float() / accum
+            if inject_nan and index == 0:
+                loss = loss * float("nan")
+            scaled = loss / accum
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        total += loss.detach()
+    return total, side
 
 
 def clip_gradients(model: torch.nn.Module, grad_clip: float) -> torch.Tensor:
