@@ -7,10 +7,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import cramming.train.microbatch as microbatch
 import cramming.train.loop
-from cramming.pretrain import pretrain_main
+import cramming.train.microbatch as microbatch
 from cramming.conf import CONF_PATH
+from cramming.pretrain import pretrain_main
 from cramming.train.microbatch import candidates, choose_microbatch
 
 pytestmark = pytest.mark.usefixtures("restore_runtime_globals")

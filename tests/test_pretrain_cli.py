@@ -15,10 +15,10 @@ from hydra import compose, initialize_config_dir
 
 import cramming
 import cramming.train.objective
-from cramming.train.checkpoint import load_checkpoint
-from cramming.pretrain import pretrain_main
 from cramming.conf import CONF_PATH
 from cramming.data import prepare_corpus
+from cramming.pretrain import pretrain_main
+from cramming.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ Public names: ``pretrain`` (the whole run), ``Pretrainer`` (the loop), ``Objecti
 """
 
 from cramming.train.evaluate import evaluate_mlm
-from cramming.train.loop import Pretrainer, pretrain, prepare_corpus_once
+from cramming.train.loop import Pretrainer, prepare_corpus_once, pretrain
 from cramming.train.objective import Objective, mlm_objective, model_vocab_size
 from cramming.train.step import SIDE_METRICS, optimizer_step, to_device
 

@@ -421,7 +421,9 @@ class CheckpointManager:
         """A collective under DDP (rank states are gathered); only rank 0 writes. Never saves NaN weights."""
         step = self.progress.step
         if not all_finite(self.model.state_dict()):
-            log.error("step %d: the weights are not finite; checkpoint NOT saved (earlier ones are kept)", step)
+            log.error(
+                "step %d: the weights are not finite; checkpoint NOT saved (earlier ones are kept)", step
+            )
             return None
         state, path = self.state_dict(), None
         if self.runtime.rank == 0:

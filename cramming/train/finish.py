@@ -71,6 +71,8 @@ def stop_early(trainer) -> dict:
     """``train.stop_after_steps`` (a testing aid): checkpoint, then end like a crash: no export, no summary."""
     if trainer.checkpoints.saved_step != trainer.progress.step:
         trainer.save_checkpoint()
-    log.warning("train.stop_after_steps=%d reached: stopping without finishing the run", trainer.progress.step)
+    log.warning(
+        "train.stop_after_steps=%d reached: stopping without finishing the run", trainer.progress.step
+    )
     trainer.tracker.finish()
     return {"name": trainer.run_dir.name, "steps": trainer.progress.step, "finished": False}

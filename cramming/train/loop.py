@@ -23,8 +23,8 @@ from cramming.optim import build_optimizer
 from cramming.perf import flops_per_token
 from cramming.runtime import CompiledStep, Runtime, make_runtime, seed_everything
 from cramming.tracking import Tracker
-from cramming.train.checkpoint import CheckpointManager, Progress, identity
 from cramming.train.batches import build_batches, build_collator
+from cramming.train.checkpoint import CheckpointManager, Progress, identity
 from cramming.train.evaluate import score_heldout, validate
 from cramming.train.finish import finish, stop_early
 from cramming.train.logbook import Logbook
@@ -75,7 +75,11 @@ class Pretrainer:
         self.nan_steps = {int(s) for s in self.train_cfg["debug_nan_steps"]}
         self.loop_start, self.loop_seconds = time.monotonic(), 0.0  # the data-wait fraction's denominator
         self.last_valid = time.monotonic()
-        self.last = {"lr": float("nan"), "grad_norm": float("nan"), "batch": 0}  # the last step's, for a log line
+        self.last = {
+            "lr": float("nan"),
+            "grad_norm": float("nan"),
+            "batch": 0,
+        }  # the last step's, for a log line
 
     def ramp(self) -> tuple[int, int, float]:
         t = self.train_cfg
@@ -137,7 +141,11 @@ class Pretrainer:
                 log.info("budget ran out inside step %d; its partial accumulation was dropped",
                          self.progress.step + 1)  # fmt: skip
                 break
-            if every and self.progress.step % every == 0 and self.checkpoints.saved_step != self.progress.step:
+            if (
+                every
+                and self.progress.step % every == 0
+                and self.checkpoints.saved_step != self.progress.step
+            ):
                 self.save_checkpoint()
             if self.progress.step == stop_after:  # ==: a resumed run passing the same override goes on
                 return True
