@@ -47,12 +47,12 @@ class Pretrainer:
         self.model = self.objective.build_model().to(runtime.device)
         self.optimizer = build_optimizer(self.model, self.train_cfg, runtime.device)
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
+        wrapped = distributed.wrap_ddp(self.model, runtime.device)
         self.collator = build_collator(cfg["data"], corpus)
         self.microbatch = resolve_microbatch(self)  # microbatch_size=auto: measured now, before the clock
         global_micro = int(self.train_cfg["microbatch_size"]) * runtime.world_size
         most = max(accumulation_steps(p, global_micro, *self.ramp()) for p in (0.0, 1.0))  # the ramp's ends
         # impl.compile, eager fallback; reduce-overhead is refused when steps accumulate microbatches
-        wrapped = distributed.wrap_ddp(self.model, runtime.device)
         self.compiled = CompiledStep(wrapped, runtime, "pretraining step", max_microbatches=most)
         self.loader, self.mask_generator, self.batches = build_batches(cfg, corpus, self.collator, runtime)
         # the ETA of a step budget weighs the ramp (late steps run more microbatches)
