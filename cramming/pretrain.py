@@ -32,8 +32,9 @@ def check_run_folder(run_dir: Path, resume: bool) -> None:
         )
 
 
-def pretrain_main(cfg: DictConfig, trainer_class: type | None = None) -> dict:
-    """Check, set up the run folder and logging, train (``trainer_class``: distillation's), then GLUE."""
+def pretrain_main(cfg: DictConfig, objective=None) -> dict:
+    """Check, set up the run folder and logging, train (``objective``: what to train, see
+    cramming.train.objective; distillation passes its own), then GLUE."""
     from cramming.train import pretrain
 
     run_dir, rank = run_dir_of(cfg), distributed.rank()
@@ -51,7 +52,7 @@ def pretrain_main(cfg: DictConfig, trainer_class: type | None = None) -> dict:
     log.info("run %s: budget %s, outputs in %s", cfg.name, budget.describe(), run_dir)
     container = OmegaConf.to_container(cfg, resolve=True)
     try:
-        summary = pretrain(container, run_dir, budget, trainer_class)
+        summary = pretrain(container, run_dir, budget, objective)
     except ValueError as err:
         log.error("%s", err)
         fail(err)

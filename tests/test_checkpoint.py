@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cramming.checkpoint import (
+from cramming.config import ConfigError, validate_train_resilience
+from cramming.train.checkpoint import (
     CheckpointError,
     all_finite,
     identity,
@@ -20,7 +21,6 @@ from cramming.checkpoint import (
     save_checkpoint,
     sidecar,
 )
-from cramming.config import ConfigError, validate_train_resilience
 
 ARCH = {"name": "tiny", "hidden_size": 8}
 IDENT = identity(ARCH, 100, '{"tokenizer": 1}')
@@ -147,7 +147,7 @@ def test_checkpoint_with_a_pickled_object_is_refused_and_runs_nothing(tmp_path):
 
 
 def test_trim_metrics_drops_a_line_cut_by_a_kill(tmp_path):
-    from cramming.checkpoint import trim_metrics
+    from cramming.train.checkpoint import trim_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text(

@@ -58,7 +58,9 @@ def feeder(batches: list, on_microbatch):
 def train(model, step_model, per_step: list, on_microbatch=lambda index: None) -> list[float]:
     torch.manual_seed(0)
     optimizer = build_optimizer(model, TRAIN, torch.device("cpu"))
-    runtime, losses = Runtime(torch.device("cpu"), torch.float32), []
+    # The runtime names the ranks, as make_runtime does under torchrun: the step averages over them.
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    runtime, losses = Runtime(torch.device("cpu"), torch.float32, world_size=world), []
     for batches in per_step:
         next_microbatch = feeder(batches, on_microbatch)
         loss, _, finite = optimizer_step(

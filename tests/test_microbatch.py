@@ -1,4 +1,4 @@
-"""train.microbatch_size=auto (cramming.microbatch) with simulated memory limits, on CPU."""
+"""train.microbatch_size=auto (cramming.train.microbatch) with simulated memory limits, on CPU."""
 
 import json
 import logging
@@ -7,11 +7,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import cramming.microbatch as microbatch
-import cramming.train
+import cramming.train.loop
+import cramming.train.microbatch as microbatch
 from cramming.conf import CONF_PATH
-from cramming.microbatch import candidates, choose_microbatch
 from cramming.pretrain import pretrain_main
+from cramming.train.microbatch import candidates, choose_microbatch
 
 pytestmark = pytest.mark.usefixtures("restore_runtime_globals")
 GIB = 2**30
@@ -88,7 +88,7 @@ def test_auto_under_a_fake_memory_limit_then_one_oom_halves_it(tmp_path, tiny_co
     from the step-5 checkpoint to the end of its budget, with the batch ramp kept by accumulation."""
     monkeypatch.setattr(microbatch, "FAKE_LIMIT", 16)
     monkeypatch.setattr(microbatch, "CPU_CANDIDATES", (16, 32, 64))  # 16 alone fits: no timing decides
-    real_step, fired = cramming.train.optimizer_step, []
+    real_step, fired = cramming.train.loop.optimizer_step, []
 
     def flaky_step(model, optimizer, next_microbatch, accum, *args, **kwargs):
         if not fired and flaky_step.calls == 7:  # the 8th optimizer step, once
@@ -98,7 +98,7 @@ def test_auto_under_a_fake_memory_limit_then_one_oom_halves_it(tmp_path, tiny_co
         return real_step(model, optimizer, next_microbatch, accum, *args, **kwargs)
 
     flaky_step.calls = 0
-    monkeypatch.setattr(cramming.train, "optimizer_step", flaky_step)
+    monkeypatch.setattr(cramming.train.loop, "optimizer_step", flaky_step)
     with caplog.at_level(logging.INFO, logger="cramming"):
         summary = run(tiny_overrides(tmp_path, tiny_corpus, "auto"))
     assert summary["finished"] and summary["steps"] == 16 and fired
@@ -122,7 +122,7 @@ def test_a_fixed_microbatch_still_dies_on_oom(tmp_path, tiny_corpus, monkeypatch
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("simulated")
 
-    monkeypatch.setattr(cramming.train, "optimizer_step", oom)
+    monkeypatch.setattr(cramming.train.loop, "optimizer_step", oom)
     overrides = [o for o in tiny_overrides(tmp_path, tiny_corpus, "fixed") if "microbatch" not in o]
     with pytest.raises(torch.OutOfMemoryError):
         run([*overrides, "train.microbatch_size=16"])

@@ -14,12 +14,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import cramming
-import cramming.models
-import cramming.train
-from cramming.checkpoint import load_checkpoint
+import cramming.train.objective
 from cramming.conf import CONF_PATH
 from cramming.data import prepare_corpus
 from cramming.pretrain import pretrain_main
+from cramming.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -89,10 +88,10 @@ def test_export_holds_the_final_trained_weights(finished_run):
     checkpoint = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
     state = load_checkpoint(checkpoint)  # the safe loader (weights_only=True) reads our own checkpoints
     assert state["step"] == json.loads((run / "summary.json").read_text())["steps"]
-    trained = cramming.models.build_mlm(state["arch"], state["vocab_size"])
+    trained = cramming.model.build_mlm(state["arch"], state["vocab_size"])
     trained.load_state_dict(state["model"], strict=True)
     trained.eval()
-    untrained = cramming.models.build_mlm(state["arch"], state["vocab_size"]).eval()
+    untrained = cramming.model.build_mlm(state["arch"], state["vocab_size"]).eval()
     ids = torch.randint(5, exported.vocab_size, (2, 32))
     with torch.no_grad():
         logits = exported(ids)["logits"]
@@ -177,7 +176,7 @@ def test_nothing_cached_is_damaged_by_a_bad_run(tmp_path, tiny_corpus, capsys, m
     def broken_build(*args, **kwargs):
         raise ValueError("injected: the model failed to build")
 
-    monkeypatch.setattr(cramming.train, "build_mlm", broken_build)
+    monkeypatch.setattr(cramming.train.objective, "build_mlm", broken_build)
     root = logging.getLogger()
     handlers = list(root.handlers)
     try:

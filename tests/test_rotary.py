@@ -211,7 +211,7 @@ def test_bad_switch_values_are_config_errors(changes, message):
 def test_checkpoints_from_before_qk_norm_keep_their_identity():
     """Catches adding arch.qk_norm to the presets refusing every earlier checkpoint on resume as
     "made for another architecture" (the default builds the same model as before the key)."""
-    from cramming.checkpoint import identity
+    from cramming.train.checkpoint import identity
 
     before = {k: v for k, v in arch().items() if k != "qk_norm"}
     assert identity(arch(), 300, "{}") == identity(before, 300, "{}")

@@ -1,14 +1,16 @@
 """`python -m cramming.distill teacher=outputs/RUN/model budget=2h name=student`: distil a smaller student.
 
 The pretraining app with two changes: ``arch`` is the teacher's with ``student.num_layers`` layers, and
-the trainer is ``DistillTrainer``, the Pretrainer whose model is a ``Distiller`` (student + frozen
-teacher) and whose export is the student alone. Budget clock, LR schedule, batch ramp, logging,
-checkpoints, ``resume=true`` and DDP are the pretraining loop's own.
+the loop is handed the ``distill_objective`` (cramming.distill.objective): its model is a ``Distiller``
+(student + frozen teacher, cramming.distill.loss) and its export is the student alone. Budget clock, LR
+schedule, batch ramp, logging, checkpoints, ``resume=true`` and DDP are the pretraining loop's own.
+Package layout: model.py (teacher checks, student shape and init), loss.py (the loss), objective.py
+(what the loop gets), __main__.py (``python -m cramming.distill``).
 
 Defaults picked from the command line before Hydra composes the config (``distill_overrides``):
 ``train=`` is the teacher's arch's own recipe, as pretraining picks ``train=${arch}`` (a ``tiny`` teacher gets
 ``train=tiny``, a ``crammed-bert`` one ``train=crammed-bert``), and ``distill.recipe=distilbert`` expands to
-the released DistilBERT's settings (``cramming.distillation.DISTILBERT``); the user's own overrides win.
+the released DistilBERT's settings (``DISTILBERT`` below); the user's own overrides win.
 """
 
 from __future__ import annotations
@@ -25,76 +27,28 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cramming.commands import fail, run_app
 from cramming.conf import CONF_PATH
 from cramming.data.masking import uses_bert_family
-from cramming.distillation import (
-    DISTILBERT,
-    Distiller,
-    check_distill_config,
-    check_same_vocabulary,
-    check_teacher,
-    init_student,
-    layer_map,
-    load_teacher,
-    student_arch,
-)
-from cramming.export.folder import FRAMING, WEIGHTS, pretraining_framing, save_export
-from cramming.files import file_sha256
-from cramming.models import count_parameters
-from cramming.perf import flops_per_token
+from cramming.distill.loss import check_distill_config
+from cramming.distill.model import check_teacher, student_arch
 from cramming.pretrain import pretrain_main
-from cramming.train import Pretrainer
 
 log = logging.getLogger("cramming")
 
-
-class DistillTrainer(Pretrainer):
-    """The pretraining loop, training a ``Distiller``; checkpoints hold the student and name the teacher."""
-
-    def __init__(self, cfg: Mapping, run_dir: Path, budget, corpus, runtime):
-        self.teacher_path = Path(cfg["teacher"]).expanduser().resolve()
-        self.teacher, teacher_tokenizer = load_teacher(self.teacher_path, runtime.device)
-        check_same_vocabulary(teacher_tokenizer, corpus.tokenizer, str(self.teacher_path))
-        super().__init__(cfg, run_dir, budget, corpus, runtime)
-        self.teacher_sha256 = file_sha256(self.teacher_path / WEIGHTS)
-        self.identity["teacher_sha256"] = self.teacher_sha256  # resume=true against another teacher: refused
-        # MFU counts the teacher's forward too (a third of a training step's FLOPs per token).
-        decoded = 1.0 if cfg["distill"]["soft_targets"] == "all" else float(cfg["data"]["mlm_probability"])
-        teacher_arch, teacher_vocab = self.teacher.arch, self.teacher.vocab_size
-        params = count_parameters(self.teacher)
-        self.flops_per_token += (
-            flops_per_token(teacher_arch, params, corpus.seq_len, decoded, teacher_vocab) / 3
-        )
-
-    def build_model(self) -> Distiller:
-        self.vocab_size = self.teacher.vocab_size  # the teacher's embedding rows, whatever their rounding
-        student = init_student(self.teacher, self.cfg["arch"])
-        pad_id = self.corpus.special_ids.get("pad")
-        return Distiller(student, self.teacher, self.cfg["distill"], pad_id=pad_id)
-
-    def teacher_record(self) -> dict:
-        """What config.json says about the teacher."""
-        return {
-            "path": str(self.teacher_path),
-            "sha256": self.teacher_sha256,
-            "arch": self.teacher.arch.get("name"),
-            "num_layers": len(self.teacher.encoder.blocks),
-            "parameters": count_parameters(self.teacher),
-            "student_layers_from": layer_map(
-                len(self.teacher.encoder.blocks), int(self.cfg["arch"]["num_layers"])
-            ),
-            "distill": dict(self.cfg["distill"]),
-        }
-
-    def export(self, summary: dict) -> None:
-        save_export(
-            self.model.student,
-            self.corpus.tokenizer,
-            self.run_dir / "model",
-            extra={
-                "pretraining": summary,
-                "teacher": self.teacher_record(),
-                FRAMING: pretraining_framing(self.cfg, self.corpus.tokenizer),
-            },
-        )
+# distill.recipe=distilbert: the settings of the released DistilBERT code (transformers' research project
+# `distillation`: train.py and distiller.py defaults) where this loop has them. Applied as command-line
+# overrides placed before the user's own, so any of them can still be overridden.
+DISTILBERT = {
+    "distill.soft_targets": "all",  # KL at every non-padding position (no --restrict_ce_to_mask)
+    "data.mlm_probability": 0.15,  # mlm_mask_prop, 80/10/10 (word_mask/word_rand/word_keep)
+    "train.optimizer": "adamw",
+    "train.lr": 5.0e-4,
+    "train.betas": [0.9, 0.98],
+    "train.eps": 1.0e-6,
+    "train.weight_decay": 0.0,
+    "train.grad_clip": 5.0,  # max_grad_norm
+    "train.schedule": "budget-linear",  # get_linear_schedule_with_warmup
+    "train.warmup_fraction": 0.05,  # warmup_prop
+    "train.batch_ramp_fraction": 0.0,  # one batch size throughout (train.batch_size), no ramp
+}
 
 
 def teacher_train_recipe(teacher_config: Mapping) -> str:
@@ -162,7 +116,9 @@ def distill_main(cfg: DictConfig) -> dict:
         resolve_student(cfg)
     except ValueError as err:
         fail(err)
-    return pretrain_main(cfg, DistillTrainer)
+    from cramming.distill.objective import distill_objective
+
+    return pretrain_main(cfg, distill_objective)
 
 
 @hydra.main(config_path=CONF_PATH, config_name="distill", version_base="1.3")
@@ -173,7 +129,3 @@ def hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     sys.argv[1:] = distill_overrides(sys.argv[1:])
     run_app(hydra_main)
-
-
-if __name__ == "__main__":
-    main()

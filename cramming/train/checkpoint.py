@@ -16,7 +16,9 @@ import hashlib
 import json
 import logging
 import pickle
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -175,10 +177,14 @@ def model_state(model: torch.nn.Module) -> dict:
 
 
 def all_finite(state: Mapping) -> bool:
-    """True when every floating tensor in a (model) state dict is finite: never save NaN weights."""
-    return all(
-        bool(torch.isfinite(t).all()) for t in state.values() if torch.is_tensor(t) and t.is_floating_point()
-    )
+    """True when every floating tensor in a (model) state dict is finite: never save NaN weights.
+
+    One read of the device for the whole state (the checks are stacked first)."""
+    checks = [torch.isfinite(t).all() for t in state.values() if torch.is_tensor(t) and t.is_floating_point()]
+    if not checks:
+        return True
+    device = checks[0].device
+    return bool(torch.stack([c.to(device) for c in checks]).all())
 
 
 # -- resume helpers ---------------------------------------------------------------------------
@@ -282,3 +288,148 @@ def load_rank_state(
 def plain(config: Mapping) -> dict:
     """A copy of ``config`` holding only JSON types (so the safe loader reads it); tuples become lists."""
     return json.loads(json.dumps(config))
+
+
+# -- the pretraining loop's checkpoints ---------------------------------------------------------
+@dataclass
+class Progress:
+    """What the loop has done so far; saved in checkpoints."""
+
+    step: int = 0
+    tokens: int = 0
+    skipped_steps: int = 0
+    nonfinite_streak: int = 0
+    restores: int = 0  # reloads of the last good checkpoint after non-finite steps
+    lr_scale: float = 1.0  # multiplied by train.nonfinite_lr_factor at each such reload
+    # Training losses since the last log line: saved so a resumed run's next log line averages the same steps.
+    losses: list = field(default_factory=list)
+
+    def restore(self, saved: Mapping) -> None:
+        """Take a checkpoint's values in place (the loop and this manager share one Progress)."""
+        for key, value in vars(Progress(**saved)).items():
+            setattr(self, key, value)
+
+
+@dataclass
+class CheckpointManager:
+    """Saves the whole run's state, resumes it, and reloads the last good one after non-finite steps."""
+
+    run_dir: Path
+    cfg: Mapping  # the whole run config (saved, and compared on resume)
+    budget_text: str
+    runtime: object  # cramming.runtime.Runtime
+    identity: dict  # what a checkpoint must share with this run (arch, vocabulary, tokenizer, teacher)
+    tokenizer_json: str
+    model: torch.nn.Module
+    optimizer: object
+    scaler: torch.amp.GradScaler
+    clock: object  # cramming.budget.BudgetClock
+    batches: object  # cramming.data.prefetch.BatchStream
+    loader: object  # its SequenceLoader (the data cursor)
+    mask_generator: torch.Generator
+    progress: Progress
+    saved_step: int = -1
+    last_save: float = field(default_factory=time.monotonic)
+
+    def state_dict(self) -> dict:
+        """The whole run's state; a collective under DDP (every rank's cursor and RNGs are gathered).
+
+        Tensors and plain Python values only, so ``torch.load(weights_only=True)`` reads it back.
+        """
+        progress = dict(vars(self.progress), losses=list(self.progress.losses))
+        loader_state, mask_rng = self.batches.state()  # as of the last batch used, not the producer's
+        rank = rank_state(loader_state, mask_rng, self.runtime.device)
+        return {
+            "step": self.progress.step,
+            "progress": progress,
+            "model": model_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "clock": self.clock.state_dict(),
+            "ranks": distributed.gather_objects(rank),
+            "arch": dict(self.cfg["arch"]),
+            "vocab_size": self.identity["vocab_size"],
+            "tokenizer": self.tokenizer_json,
+            "budget": self.budget_text,
+            "config": plain(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict, rewind: bool = False) -> None:
+        """Continue from ``state``; ``rewind``: a reload within this run (time spent is not given back)."""
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler.is_enabled() and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        if rewind:
+            self.clock.rewind(state["clock"])
+        else:
+            self.clock.load_state_dict(state["clock"])
+        rt = self.runtime
+        self.batches.stop()  # batches made ahead belong to the old position
+        load_rank_state(state["ranks"], rt.rank, rt.world_size, self.loader, self.mask_generator, rt.device)
+        self.progress.restore(state["progress"])
+
+    def find(self) -> tuple[Path, dict] | None:
+        """This run's newest good checkpoint, loaded on every rank (None: none yet)."""
+        return find_checkpoint(self.run_dir, self.identity, self.runtime.rank)
+
+    def rewind(self, found: tuple[Path, dict]) -> None:
+        """Go back to ``found`` within this run, keeping the counts of skips and reloads and the LR scale."""
+        prog = self.progress
+        kept = prog.skipped_steps, prog.restores, prog.lr_scale
+        self.load_state_dict(found[1], rewind=True)
+        prog.skipped_steps, prog.restores, prog.lr_scale = kept
+        self.saved_step = prog.step
+
+    def resume(self, metrics_path: Path) -> bool:
+        """Continue from the newest good checkpoint; False (a fresh start) when there is none at all."""
+        found = find_resume_point(self.run_dir, self.identity, self.cfg, self.runtime.rank)
+        prog = self.progress
+        if found is not None:
+            self.load_state_dict(found[1])
+            self.saved_step = prog.step
+            log.info("resumed from %s: step %d, %s tokens, %.1f s of budget already spent",
+                     found[0], prog.step, f"{prog.tokens:,}", self.clock.elapsed())  # fmt: skip
+        if self.runtime.rank == 0:  # metrics of steps about to be redone would be logged twice
+            dropped = trim_metrics(metrics_path, prog.step)
+            if dropped:
+                log.info("dropped %d metrics records after step %d (redone now)", dropped, prog.step)
+        return found is not None
+
+    def restore_last_good(self, train_cfg: Mapping) -> None:
+        """After too many non-finite steps in a row: reload the last good checkpoint with a lower LR."""
+        prog = self.progress
+        what = f"{prog.nonfinite_streak} non-finite steps in a row at step {prog.step}"
+        if prog.restores >= int(train_cfg["max_nonfinite_restores"]):
+            raise FloatingPointError(
+                f"{what}, after {prog.restores} reloads (train.max_nonfinite_restores="
+                f"{train_cfg['max_nonfinite_restores']}); stopping. Lower train.lr and resume."
+            )
+        found = self.find()
+        if found is None:
+            raise FloatingPointError(
+                f"{what} and no checkpoint to go back to yet; stopping so no NaN weights are saved. "
+                "Lower train.lr and start again."
+            )
+        self.rewind(found)
+        prog.restores += 1
+        prog.lr_scale *= float(train_cfg["nonfinite_lr_factor"])
+        log.warning("reloaded %s (step %d) after non-finite steps; learning rate now x%g of the schedule",
+                    found[0], prog.step, prog.lr_scale)  # fmt: skip
+
+    def save(self, keep: int) -> Path | None:
+        """A collective under DDP (rank states are gathered); only rank 0 writes. Never saves NaN weights."""
+        step = self.progress.step
+        if not all_finite(self.model.state_dict()):
+            log.error(
+                "step %d: the weights are not finite; checkpoint NOT saved (earlier ones are kept)", step
+            )
+            return None
+        state, path = self.state_dict(), None
+        if self.runtime.rank == 0:
+            meta = {**self.identity, "budget": self.budget_text, "world_size": self.runtime.world_size}
+            path = save_checkpoint(self.run_dir, state, keep=keep, meta={**meta, "config": self.cfg})
+            log.info("checkpoint saved: %s (step %d)", path, step)
+        distributed.barrier()  # the other ranks may read it at once (reload after non-finite steps)
+        self.saved_step, self.last_save = step, time.monotonic()
+        return path

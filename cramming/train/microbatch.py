@@ -19,6 +19,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from cramming import distributed
+from cramming.train.step import to_device
+
 log = logging.getLogger("cramming")
 
 GPU_CANDIDATES = (2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64, 48, 32, 24, 16, 12, 8, 4, 2, 1)
@@ -137,8 +140,6 @@ def free_memory() -> None:
 def resolve_microbatch(trainer) -> MicrobatchChoice:
     """Turn ``train.microbatch_size`` into a number before the clock starts (written back into the config,
     so the loop, validation and checkpoints see the size in use). Under DDP every rank takes rank 0's."""
-    from cramming import distributed
-
     t, rt = trainer.train_cfg, trainer.runtime
     per_rank = max(1, int(t["batch_size"]) // rt.world_size)
     budget = trainer.budget
@@ -158,8 +159,6 @@ def probe_step(trainer, size: int) -> float:
     """Forward and backward on ``size`` real training sequences, with the optimizer's state held aside in
     memory (AdamW's two fp32 moments); weights, optimizer and random streams are left as they were.
     Returns the peak allocated bytes on a GPU, the step's seconds on a CPU."""
-    from cramming.train import to_device
-
     rt, model = trainer.runtime, trainer.model
     cuda = rt.device.type == "cuda"
     rows = len(trainer.corpus.train)
@@ -201,24 +200,19 @@ def recover_from_oom(trainer, err: BaseException) -> bool:
     """After out-of-memory in a step of an ``auto`` run: halve the microbatch and go back to the last
     checkpoint, once, with a warning. False (the caller re-raises) when it cannot: a fixed microbatch, a
     second time, a microbatch of 1, several processes (the others would wait forever), or no checkpoint."""
-    from cramming.checkpoint import find_checkpoint
-
     choice, rt = trainer.microbatch, trainer.runtime
     if not choice.auto or choice.halved_after_oom or choice.size < 2 or rt.world_size > 1:
         return False
     trainer.optimizer.zero_grad(set_to_none=True)
     free_memory()
-    found = find_checkpoint(trainer.run_dir, trainer.identity, rt.rank)
+    found = trainer.checkpoints.find()
     if found is None:
         return False
     old, new = choice.size, choice.size // 2
     log.warning("out of memory at step %d with microbatch %d (%s): halving it to %d and continuing from %s "
                 "(step %d); this happens once", trainer.progress.step + 1, old, str(err).splitlines()[0][:200],
                 new, found[0], found[1]["step"])  # fmt: skip
-    kept = trainer.progress.skipped_steps, trainer.progress.restores, trainer.progress.lr_scale
-    trainer.load_state_dict(found[1], rewind=True)
-    trainer.progress.skipped_steps, trainer.progress.restores, trainer.progress.lr_scale = kept
-    trainer.saved_step = trainer.progress.step
+    trainer.checkpoints.rewind(found)  # keeps the counts of skips and reloads and the LR scale
     trainer.train_cfg["microbatch_size"] = new
     trainer.loader.batch_size = (
         new  # the loader's cursor counts sequences, so the data stream goes on exactly

@@ -1,0 +1,5 @@
+"""`python -m cramming.distill ...`"""
+
+from cramming.distill import main
+
+main()
