@@ -27,12 +27,11 @@ from tokenizers import Tokenizer
 from tokenizers.processors import TemplateProcessing
 
 from cramming.budget import cosine_with_warmup
+from cramming.config.checks import COMPILE_MODES, check_precision
 from cramming.optim import build_adamw
 from cramming.runtime import (
-    COMPILE_MODES,
     CompiledStep,
     Runtime,
-    check_precision,
     resolve_device,
     resolve_precision,
 )

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cramming import ops
-from cramming.conf import CONF_PATH
+from cramming.conf import CONF_PATH, read_yaml
 from cramming.data import MLMCollator
 from cramming.model import build_mlm
 from cramming.optim import adamw_implementation, build_optimizer
@@ -44,7 +44,7 @@ def loop_losses(steps: int) -> list[float]:
         cfg = compose("pretrain", overrides=["arch=tiny"])
         train = OmegaConf.to_container(cfg.train, resolve=True)
         mlm_probability = float(cfg.data.mlm_probability)
-    arch = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))
+    arch = read_yaml("arch", "tiny.yaml")
     torch.manual_seed(0)
     model = build_mlm(arch, VOCAB).train()
     optimizer = build_optimizer(model, train, torch.device("cpu"))

@@ -3,11 +3,9 @@
 import json
 import logging
 import os
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from cramming.checkpoint import (
     CheckpointError,
@@ -20,7 +18,8 @@ from cramming.checkpoint import (
     save_checkpoint,
     sidecar,
 )
-from cramming.config import ConfigError, validate_train_resilience
+from cramming.conf import read_yaml
+from cramming.config import ConfigError, check_group
 
 ARCH = {"name": "tiny", "hidden_size": 8}
 IDENT = identity(ARCH, 100, '{"tokenizer": 1}')
@@ -116,12 +115,10 @@ def test_model_state_has_no_wrapper_prefixes_and_nan_is_detected():
 )
 def test_bad_resilience_settings_are_named(key, value, fragment):
     """A bad checkpoint/non-finite setting is refused before the run, naming the key and the accepted range."""
-    recipe = OmegaConf.to_container(
-        OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "train" / "bert-o4.yaml")
-    )
-    validate_train_resilience(recipe)  # the shipped recipe passes
+    recipe = read_yaml("train", "bert-o4.yaml")
+    check_group("train", recipe)  # the shipped recipe passes
     with pytest.raises(ConfigError, match=key) as err:
-        validate_train_resilience({**recipe, key: value})
+        check_group("train", {**recipe, key: value})
     assert fragment in str(err.value)
 
 

@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +11,10 @@ import torch._dynamo
 from hydra import compose, initialize_config_dir
 
 from cramming import ops, runtime
-from cramming.pretrain import pretrain_main
-from cramming.conf import CONF_PATH
+from cramming.conf import CONF_PATH, read_yaml
 from cramming.data import MLMCollator
 from cramming.model import build_mlm
+from cramming.pretrain import pretrain_main
 from cramming.runtime import CompiledStep, Runtime, make_runtime
 from cramming.train import optimizer_step
 
@@ -31,9 +30,8 @@ def restore_ops():
 
 
 def tiny_model() -> torch.nn.Module:
-    import yaml
 
-    arch = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "arch" / "tiny.yaml").read_text())
+    arch = read_yaml("arch", "tiny.yaml")
     torch.manual_seed(0)
     return build_mlm({**arch, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2}, VOCAB)
 

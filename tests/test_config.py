@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cramming.conf import CONF_PATH
-from cramming.config import ConfigError, validate_arch, validate_impl, validate_train
+from cramming.config import ConfigError, check_group
 from cramming.model import build_mlm, count_parameters
 
 ARCHES = ["crammed-bert", "bert-base", "small", "tiny"]
@@ -23,9 +23,9 @@ def test_presets_compose(arch, data, train):
     cfg = compose_pretrain([f"arch={arch}", f"data={data}", f"train={train}", "budget=90m"])
     assert cfg["arch"]["name"] == arch
     assert cfg["data"]["source"] == ("hub" if data == "wikipedia" else "local")
-    validate_arch(cfg["arch"])
-    validate_train(cfg["train"])
-    validate_impl(cfg["impl"])
+    check_group("arch", cfg["arch"])
+    check_group("train", cfg["train"])
+    check_group("impl", cfg["impl"])
 
 
 @pytest.mark.parametrize("mode", ["disabled", "offline", "online"])
@@ -84,9 +84,8 @@ def test_unknown_arch_names_the_options():
 def test_bad_values_are_named(section, key, value, fragment):
     cfg = compose_pretrain(["arch=tiny"])
     cfg[section][key] = value
-    validator = {"train": validate_train, "impl": validate_impl, "arch": validate_arch}[section]
     with pytest.raises(ConfigError) as err:
-        validator(cfg[section])
+        check_group(section, cfg[section])
     assert fragment in str(err.value) and str(value) in str(err.value)
 
 
@@ -102,9 +101,8 @@ def test_bad_values_are_named(section, key, value, fragment):
 def test_non_numbers_name_their_key(section, key, value):
     cfg = compose_pretrain(["arch=tiny"])
     cfg[section][key] = value
-    validator = {"train": validate_train, "arch": validate_arch}[section]
     with pytest.raises(ConfigError, match=rf"{section}\.{key}={value!r}"):
-        validator(cfg[section])
+        check_group(section, cfg[section])
 
 
 def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
@@ -114,11 +112,11 @@ def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     try:
         with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
-            validate_impl(cfg["impl"])
+            check_group("impl", cfg["impl"])
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-        validate_impl(cfg["impl"])
+        check_group("impl", cfg["impl"])
         cfg["impl"]["kernels"] = "fast"
         with pytest.raises(ConfigError, match="'fast'"):
-            validate_impl(cfg["impl"])
+            check_group("impl", cfg["impl"])
     finally:
         ops.configure({"kernels": "auto"})

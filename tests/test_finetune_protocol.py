@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models
 
 from cramming import classify, ops
 from cramming.bert_family import BertForPreTraining
 from cramming.classify import EncodedExamples, Pretrained, finetune, finetune_config, resolve_head
+from cramming.conf import read_yaml
 from cramming.export import load_model, save_export
 from cramming.glue import resolve_settings
 from cramming.model import build_classifier
@@ -25,7 +25,7 @@ VOCAB = 64
 
 
 def arch(name: str = "tiny", **overrides) -> dict:
-    loaded = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / f"{name}.yaml"))
+    loaded = read_yaml("arch", f"{name}.yaml")
     return {**loaded, **overrides}
 
 
