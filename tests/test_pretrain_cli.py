@@ -117,6 +117,16 @@ def test_bad_budget_from_the_command_line(tmp_path, tiny_corpus):
     assert not (tmp_path / "cache").exists()  # refused before any work
 
 
+def test_mistyped_and_unknown_keys_from_the_command_line(tmp_path, tiny_corpus):
+    """Catches overrides that bypass the typed schema: a non-number where a number goes, or a misspelled
+    key, would otherwise reach the run (or be silently ignored)."""
+    for bad in ("arch.hidden_size=abc", "train.lrr=1"):
+        result = run_cli([*tiny_args(tiny_corpus, tmp_path, "bad", "1m"), bad], cwd=tmp_path, timeout=120)
+        assert result.returncode != 0
+        assert bad.split("=")[0] in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "cache").exists()  # refused before any work
+
+
 def test_unknown_arch_from_the_command_line(tmp_path):
     result = run_cli(["arch=huge", "budget=1m"], cwd=tmp_path, timeout=120)
     assert result.returncode != 0

@@ -185,8 +185,8 @@ def check_impl(impl: Mapping) -> None:
     check_compile(impl["compile"], impl["compile_mode"])
     check_threads(impl["threads"])
     overrides = {op: choice for op, choice in (impl["ops"] or {}).items() if choice is not None}
-    bad = [k for k in (impl["kernels"], *overrides.values()) if k not in ops.CHOICES]
-    _require(not bad, f"impl.kernels (or impl.ops.*)={bad[0]!r} is not one of {list(ops.CHOICES)}" if bad else "")
+    for choice in (impl["kernels"], *overrides.values()):
+        _require(choice in ops.CHOICES, f"impl.kernels (or impl.ops.*)={choice!r} is not one of {list(ops.CHOICES)}")
     forced = sorted(op for op in ops.OPS if overrides.get(op, impl["kernels"]) == "triton")
     on_cpu = impl["device"] == "cpu" or not torch.cuda.is_available()
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
