@@ -30,8 +30,10 @@ def roberta_data_config(files: list[str], seq_len: int, sample_mb: float, cache:
     """recipe=roberta's data group (conf/recipe/roberta.yaml over conf/data/local.yaml) on local files."""
     from omegaconf import OmegaConf
 
+    from cramming.conf import read_yaml
+
     recipe = OmegaConf.load(REPO / "conf" / "recipe" / "roberta.yaml")
-    data = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "data" / "local.yaml"), recipe.data)
+    data = OmegaConf.merge(read_yaml("data", "local.yaml"), recipe.data)
     data = OmegaConf.to_container(data, resolve=True)
     data.update(files=files, cache_dir=cache, num_workers=1, seq_len=seq_len)
     data["tokenizer"]["sample_mb"] = sample_mb

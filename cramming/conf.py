@@ -1,4 +1,5 @@
-"""Where the Hydra configs live: ``CONF_DIR``, and ``read_yaml`` for code that needs a default file.
+"""Where the Hydra configs live: ``CONF_DIR``, ``read_yaml`` for code that needs a default file, and the
+schema registration every composition needs (``cramming.config.register_schemas``, run on import).
 
 The YAML files sit in the repository's top-level ``conf/`` folder, which has no ``__init__.py`` so
 that it can never shadow an installed package named ``conf`` (see ``cramming/kernels.py`` for the
@@ -25,7 +26,26 @@ CONF_PATH = str(CONF_DIR)  # what hydra.main(config_path=...) and initialize_con
 
 
 def read_yaml(*parts: str) -> dict[str, Any]:
-    """One config file as a plain dict, e.g. ``read_yaml("impl", "default.yaml")``."""
-    from omegaconf import OmegaConf
+    """One config file as a plain dict, e.g. ``read_yaml("impl", "default.yaml")``: the one place that reads
+    default values from YAML. The file's ``defaults`` list is followed within its group (train/cpu.yaml is
+    bert-o4.yaml plus its own keys); entries without a file there (``schema``: the typed schema,
+    ``_self_``) add no values."""
+    from omegaconf import DictConfig, OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR.joinpath(*parts)), resolve=True)
+    folder = CONF_DIR.joinpath(*parts[:-1])
+    node = OmegaConf.load(CONF_DIR.joinpath(*parts))
+    assert isinstance(node, DictConfig)
+    parents = [e for e in node.pop("defaults", []) if isinstance(e, str) and (folder / f"{e}.yaml").is_file()]
+    bases = [OmegaConf.create(read_yaml(*parts[:-1], f"{parent}.yaml")) for parent in parents]
+    return OmegaConf.to_container(OmegaConf.merge(*bases, node), resolve=True)
+
+
+def _register_schemas() -> None:
+    """Every composition of conf/ (commands, tests) imports CONF_PATH from here first, so the typed
+    schema its YAML files start from (``defaults: [schema, _self_]``) is in Hydra's ConfigStore."""
+    from cramming.config import register_schemas
+
+    register_schemas()
+
+
+_register_schemas()

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 
 import torch
 
-from cramming.runtime import DTYPES, PRECISIONS
+from cramming.config.checks import PRECISIONS
+from cramming.runtime import DTYPES
 
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, by device-name substring; first match wins, so
 # the form factors come before the plain name: an H100 is 989 as SXM ("NVIDIA H100 80GB HBM3"), 835 as

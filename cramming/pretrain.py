@@ -39,7 +39,7 @@ def pretrain_main(cfg: DictConfig, objective=None) -> dict:
 
     run_dir, rank = run_dir_of(cfg), distributed.rank()
     try:
-        budget = validate_run(OmegaConf.to_container(cfg, resolve=True))
+        budget = validate_run(cfg)  # the typed schema's checks, run once, before any work
         check_run_folder(run_dir, bool(cfg.resume))
     except ValueError as err:
         fail(err)

@@ -28,16 +28,13 @@ import torch
 
 from cramming import distributed
 from cramming.conf import read_yaml
+from cramming.config import check_group
+from cramming.config.checks import check_precision, check_threads
 from cramming.kernels import dispatch
 
 log = logging.getLogger("cramming")
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# default: Inductor's fused kernels; max-autotune-no-cudagraphs: also benchmarks matmul/Triton templates
-# (longer compile, sometimes faster steps); reduce-overhead: CUDA graphs (less launch overhead; keeps
-# static copies of inputs, so more memory; one microbatch per optimizer step only, see check_accumulation).
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 @dataclass
@@ -80,34 +77,12 @@ def impl_defaults() -> dict:
 
 
 def resolve_impl(impl: Mapping | None) -> dict:
-    """``impl`` overlaid on the YAML defaults, checked; an unknown key is a ValueError naming the known ones."""
+    """``impl`` overlaid on the YAML defaults and checked by the schema (``ImplConfig``); an unknown key
+    is a ValueError naming the known ones."""
     merged = impl_defaults()
-    unknown = sorted(set(impl or {}) - set(merged))
-    if unknown:
-        raise ValueError(f"impl has unknown key(s) {unknown}; known keys: {sorted(merged)}")
     merged.update(dict(impl or {}))
-    resolve_device(merged["device"])
-    check_precision(merged["precision"])
-    check_compile(merged["compile"], merged["compile_mode"])
-    check_threads(merged["threads"])
-    kernels = [merged["kernels"], *(merged.get("ops") or {}).values()]
-    bad = [k for k in kernels if k is not None and k not in dispatch.CHOICES]
-    if bad:
-        raise ValueError(f"impl.kernels (or impl.ops.*)={bad[0]!r} is not one of {list(dispatch.CHOICES)}")
+    check_group("impl", merged)
     return merged
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"impl.precision={precision!r} is not one of {list(PRECISIONS)}")
-    return precision
-
-
-def check_compile(compile: object, mode: object = "default") -> None:
-    if not (isinstance(compile, bool) or compile == "auto"):
-        raise ValueError(f"impl.compile={compile!r} is not one of auto, true, false")
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"impl.compile_mode={mode!r} is not one of {list(COMPILE_MODES)}")
 
 
 def resolve_compile(compile: bool | str, device: torch.device) -> bool:
@@ -116,16 +91,6 @@ def resolve_compile(compile: bool | str, device: torch.device) -> bool:
     if compile == "auto":
         return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (7, 0)
     return bool(compile)
-
-
-def check_threads(threads: object) -> int | None:
-    if threads is None:
-        return None
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(
-            f"impl.threads={threads!r} must be a positive integer, or null (see conf/impl/default.yaml)"
-        )
-    return threads
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -6,10 +6,10 @@ from itertools import islice
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from tokenizers.processors import TemplateProcessing
 
+from cramming.conf import read_yaml
 from cramming.export.folder import save_export
 from cramming.models import build_mlm
 
@@ -18,7 +18,7 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def tiny_arch() -> dict:
-    return OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))
+    return read_yaml("arch", "tiny.yaml")
 
 
 def train_tokenizer(corpus: Path, lines: int = 2000, vocab_size: int = 2000, post_processor: bool = True):

@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cramming.conf import CONF_PATH
-from cramming.config import validate_arch
+from cramming.config import check_group
 from cramming.models import build_mlm, count_parameters
 from cramming.perf import flops_per_token
 
@@ -22,7 +22,7 @@ def test_small_deep_has_the_flops_per_token_of_small_and_its_cpu_recipe():
     flops, params = {}, {}
     for name in ("small", "small-deep"):
         cfg = composed(name)
-        validate_arch(cfg["arch"])
+        check_group("arch", cfg["arch"])
         params[name] = count_parameters(build_mlm(cfg["arch"], 32768))
         flops[name] = flops_per_token(cfg["arch"], params[name], 128, 0.25, 32768)
     assert composed("small-deep")["train"] == composed("small")["train"]

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cramming.conf import CONF_PATH
+from cramming.conf import CONF_PATH, read_yaml
 from cramming.data import MLMCollator
 from cramming.kernels import dispatch
 from cramming.models import build_mlm
@@ -44,7 +44,7 @@ def loop_losses(steps: int) -> list[float]:
         cfg = compose("pretrain", overrides=["arch=tiny"])
         train = OmegaConf.to_container(cfg.train, resolve=True)
         mlm_probability = float(cfg.data.mlm_probability)
-    arch = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))
+    arch = read_yaml("arch", "tiny.yaml")
     torch.manual_seed(0)
     model = build_mlm(arch, VOCAB).train()
     optimizer = build_optimizer(model, train, torch.device("cpu"))

@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import torch._dynamo
 from hydra import compose, initialize_config_dir
 
 from cramming import runtime
-from cramming.conf import CONF_PATH
+from cramming.conf import CONF_PATH, read_yaml
 from cramming.data import MLMCollator
 from cramming.kernels import dispatch as ops
 from cramming.models import build_mlm
@@ -32,9 +31,8 @@ def restore_ops():
 
 
 def tiny_model() -> torch.nn.Module:
-    import yaml
 
-    arch = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "arch" / "tiny.yaml").read_text())
+    arch = read_yaml("arch", "tiny.yaml")
     torch.manual_seed(0)
     return build_mlm({**arch, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2}, VOCAB)
 

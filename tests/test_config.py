@@ -5,7 +5,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cramming.conf import CONF_PATH
-from cramming.config import ConfigError, validate_arch, validate_impl, validate_train
+from cramming.config import ConfigError, check_group
 from cramming.models import build_mlm, count_parameters
 
 ARCHES = ["crammed-bert", "bert-base", "small", "tiny"]
@@ -23,9 +23,9 @@ def test_presets_compose(arch, data, train):
     cfg = compose_pretrain([f"arch={arch}", f"data={data}", f"train={train}", "budget=90m"])
     assert cfg["arch"]["name"] == arch
     assert cfg["data"]["source"] == ("hub" if data == "wikipedia" else "local")
-    validate_arch(cfg["arch"])
-    validate_train(cfg["train"])
-    validate_impl(cfg["impl"])
+    check_group("arch", cfg["arch"])
+    check_group("train", cfg["train"])
+    check_group("impl", cfg["impl"])
 
 
 @pytest.mark.parametrize("mode", ["disabled", "offline", "online"])
@@ -84,9 +84,8 @@ def test_unknown_arch_names_the_options():
 def test_bad_values_are_named(section, key, value, fragment):
     cfg = compose_pretrain(["arch=tiny"])
     cfg[section][key] = value
-    validator = {"train": validate_train, "impl": validate_impl, "arch": validate_arch}[section]
     with pytest.raises(ConfigError) as err:
-        validator(cfg[section])
+        check_group(section, cfg[section])
     assert fragment in str(err.value) and str(value) in str(err.value)
 
 
@@ -102,9 +101,8 @@ def test_bad_values_are_named(section, key, value, fragment):
 def test_non_numbers_name_their_key(section, key, value):
     cfg = compose_pretrain(["arch=tiny"])
     cfg[section][key] = value
-    validator = {"train": validate_train, "arch": validate_arch}[section]
     with pytest.raises(ConfigError, match=rf"{section}\.{key}={value!r}"):
-        validator(cfg[section])
+        check_group(section, cfg[section])
 
 
 def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
@@ -114,11 +112,76 @@ def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     try:
         with pytest.raises(ConfigError, match="TRITON_INTERPRET=1"):
-            validate_impl(cfg["impl"])
+            check_group("impl", cfg["impl"])
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-        validate_impl(cfg["impl"])
+        check_group("impl", cfg["impl"])
         cfg["impl"]["kernels"] = "fast"
         with pytest.raises(ConfigError, match="'fast'"):
-            validate_impl(cfg["impl"])
+            check_group("impl", cfg["impl"])
     finally:
         ops.configure({"kernels": "auto"})
+
+
+def test_the_composed_config_is_typed_and_checked_once():
+    """Catches a group YAML not built on its schema (``to_object`` would return plain dicts) and a check
+    that only runs from one entry point: the composed config becomes the dataclasses, checks included."""
+    from cramming.config.schema import ArchConfig, PretrainConfig
+
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
+        typed = OmegaConf.to_object(compose("pretrain", overrides=["arch=tiny", "data=sample"]))
+        assert isinstance(typed, PretrainConfig) and isinstance(typed.arch, ArchConfig)
+        assert typed.arch.hidden_size == 128 and typed.train.lr == 2e-3
+        with pytest.raises(ValueError, match=r"train.lr=-1.0 must be positive"):
+            OmegaConf.to_object(compose("pretrain", overrides=["arch=tiny", "train.lr=-1"]))
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("arch.hidden_size=abc", "arch.hidden_size"),  # a wrong type, named while composing
+        ("train.lrr=1", "train.lrr"),  # an unknown key
+        ("data.hub.pathh=x", "data.hub.pathh"),
+        ("impl.ops.softmax=torch", "impl.ops.softmax"),
+    ],
+)
+def test_overrides_are_type_checked_naming_the_key(override, fragment):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_pretrain([override])
+    assert fragment in str(err.value) + str(err.value.__cause__)
+
+
+def test_every_group_preset_is_built_on_its_schema():
+    """Catches a new conf/GROUP/*.yaml that forgets ``defaults: [schema, _self_]`` (directly or through the
+    preset it extends): its keys would go unchecked when composed without the pretraining root."""
+    from cramming.conf import CONF_DIR
+    from cramming.config.schema import GROUPS
+
+    for group in GROUPS:
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            entries = OmegaConf.load(path).get("defaults", [])
+            assert "schema" in entries or any((CONF_DIR / group / f"{e}.yaml").is_file() for e in entries), (
+                path
+            )
+
+
+def test_plain_dicts_get_the_same_refusals():
+    """Python callers (no Hydra) get an unknown or missing key named, and the checks of the schema."""
+    cfg = compose_pretrain(["arch=tiny"])
+    with pytest.raises(ConfigError, match=r"train has unknown key\(s\) \['lrr'\]"):
+        check_group("train", {**cfg["train"], "lrr": 1})
+    del cfg["arch"]["num_heads"]
+    with pytest.raises(ConfigError, match=r"arch lacks key\(s\) \['num_heads'\]"):
+        check_group("arch", cfg["arch"])
+
+
+def test_checking_impl_leaves_the_kernel_choice_alone(monkeypatch):
+    """Catches validation that configures the kernels (a global): only runtime.make_runtime may."""
+    from cramming.kernels import dispatch as ops
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    before = dict(ops._choice)
+    cfg = compose_pretrain(["impl.kernels=torch" if before["gelu"] != "torch" else "impl.kernels=auto"])
+    check_group("impl", cfg["impl"])
+    assert ops._choice == before

@@ -9,9 +9,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from omegaconf import OmegaConf
 
-import cramming.conf
+from cramming.conf import read_yaml
 from cramming.kernels import dispatch as ops
 from cramming.models import build_mlm
 from cramming.optim import build_optimizer
@@ -26,8 +25,7 @@ def tiny_arch() -> dict:
     """arch=tiny with the scaled sinusoid: the tolerances below were set on it (with AdamW's eps 1e-12 the
     all-reduce's summation order moves rotary's near-zero updates just past them); rotary has no
     parameter to synchronise, so the arch does not change what this test checks."""
-    path = os.path.join(cramming.conf.CONF_PATH, "arch", "tiny.yaml")
-    return {**OmegaConf.to_container(OmegaConf.load(path)), "position_embedding": "scaled-sinusoidal"}
+    return {**read_yaml("arch", "tiny.yaml"), "position_embedding": "scaled-sinusoidal"}
 
 
 def microbatches() -> list:

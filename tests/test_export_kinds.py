@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-from tiny_export import REPO_ROOT, perturbed, tiny_arch, train_tokenizer
+from tiny_export import perturbed, tiny_arch, train_tokenizer
 
+from cramming.conf import read_yaml
 from cramming.data.tokenizer import special_ids
 from cramming.data.tokenizer import train_tokenizer as train_cramming_tokenizer
 from cramming.export.folder import FRAMING, load_model, pretraining_framing, save_export
@@ -39,13 +39,13 @@ SMALL = {
 
 
 def small_arch(name: str, **extra) -> dict:
-    arch = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / f"{name}.yaml"))
+    arch = read_yaml("arch", f"{name}.yaml")
     return {**arch, **SMALL, "dropout": 0.0, "attention_dropout": 0.0, **extra}
 
 
 def run_cfg(recipe: str, bpe: bool) -> dict:
     """The slice of a run config pretraining_framing reads."""
-    data = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "data" / "local.yaml"))
+    data = read_yaml("data", "local.yaml")
     if recipe != "crammed":
         data.update(masking="bert", mlm_probability=0.15, objective="nsp" if recipe == "bert" else "mlm")
     data["tokenizer"]["kind"] = "bpe" if bpe else "wordpiece"

@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models
 
+from cramming.conf import read_yaml
 from cramming.export.folder import load_model, save_export
 from cramming.finetune import FinetuneSettings, engine
 from cramming.finetune.encode import EncodedExamples
@@ -28,7 +29,7 @@ VOCAB = 64
 
 
 def arch(name: str = "tiny", **overrides) -> dict:
-    loaded = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / f"{name}.yaml"))
+    loaded = read_yaml("arch", f"{name}.yaml")
     return {**loaded, **overrides}
 
 

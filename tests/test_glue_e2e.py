@@ -8,11 +8,11 @@ import subprocess
 import sys
 import zipfile
 
-import _glue_fixtures
 import pytest
 import torch
 from _glue_fixtures import make_tiny_export
 
+from cramming.conf import read_yaml
 from cramming.export.folder import load_model
 from cramming.finetune.pretrained import build_finetune_model, load_pretrained
 from cramming.glue import resolve_settings, run_glue, run_glue_from_pretraining
@@ -68,11 +68,7 @@ def test_bad_inputs_fail_before_any_work(run_dir, glue_dir, tmp_path):
 
 
 def test_pretraining_eval_step_accepts_eval_config(run_dir, tmp_path, caplog):
-    from omegaconf import OmegaConf
-
-    eval_cfg = OmegaConf.to_container(
-        OmegaConf.load(_glue_fixtures.REPO_ROOT / "conf" / "eval" / "glue.yaml")
-    )
+    eval_cfg = read_yaml("eval", "glue.yaml")
     assert resolve_settings(eval_cfg)["tasks"] == [
         "cola",
         "sst2",

@@ -1,12 +1,10 @@
 """Static-shape MLM masking: a fixed count of masked slots per sequence, and the model's gather-by-index loss."""
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
+from cramming.conf import read_yaml
 from cramming.data import MLMCollator
 from cramming.kernels import dispatch as ops
 from cramming.models import IGNORE_INDEX, build_mlm
@@ -23,7 +21,7 @@ def torch_ops():
 
 
 def tiny_model() -> torch.nn.Module:
-    arch = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "arch" / "tiny.yaml").read_text())
+    arch = read_yaml("arch", "tiny.yaml")
     torch.manual_seed(0)
     return build_mlm({**arch, "hidden_size": 32, "intermediate_size": 64}, VOCAB)
 

@@ -1,12 +1,10 @@
 """The model gives the same training trajectory with the Triton kernels (interpreter) as with PyTorch."""
 
-from pathlib import Path
-
 import pytest
 import torch
-import yaml
 from _kernel_checks import DEVICE  # cuda when a GPU runs the kernels natively, else cpu (interpreter)
 
+from cramming.conf import read_yaml
 from cramming.kernels import dispatch as ops
 from cramming.models import build_classifier, build_mlm
 from cramming.optim import build_optimizer
@@ -23,7 +21,7 @@ def restore_dispatch():
 
 
 def tiny_arch(**changes) -> dict:
-    arch = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "arch" / "tiny.yaml").read_text())
+    arch = read_yaml("arch", "tiny.yaml")
     arch.update(changes)
     return arch
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from cramming.config import ConfigError, validate_train
+from cramming.conf import read_yaml
+from cramming.config import ConfigError, check_group
 from cramming.data import MLMCollator
 from cramming.kernels import dispatch as ops
 from cramming.models import build_mlm, count_parameters
@@ -19,13 +19,13 @@ from cramming.train import optimizer_step
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB, T = 256, 16
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
-TRAIN = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "train" / "bert-o4.yaml"))
+TRAIN = read_yaml("train", "bert-o4.yaml")
 MUON = {**TRAIN, "optimizer": "muon"}
 CPU = torch.device("cpu")
 
 
 def tiny_arch(**changes) -> dict:
-    arch = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))
+    arch = read_yaml("arch", "tiny.yaml")
     return {**arch, "hidden_size": 32, "intermediate_size": 128, **changes}
 
 
@@ -233,7 +233,7 @@ def test_bad_muon_settings_are_config_errors_naming_the_key(change, message):
     if "muon" in change:
         train["muon"] = {**TRAIN["muon"], **change["muon"]}
     with pytest.raises(ConfigError, match=message):
-        validate_train(train)
+        check_group("train", train)
 
 
 def test_the_default_recipe_still_builds_plain_adamw():

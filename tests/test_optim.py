@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cramming.budget import lr_factor
+from cramming.conf import read_yaml
 from cramming.finetune.config import FinetuneSettings
 from cramming.finetune.encode import EncodedExamples
 from cramming.finetune.engine import finetune
@@ -20,11 +20,11 @@ from cramming.train import optimizer_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 256
-TRAIN = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "train" / "bert-o4.yaml"))
+TRAIN = read_yaml("train", "bert-o4.yaml")
 
 
 def tiny_arch() -> dict:
-    return OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))
+    return read_yaml("arch", "tiny.yaml")
 
 
 @pytest.fixture(autouse=True)

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from cramming import perf
+from cramming.conf import read_yaml
 from cramming.kernels import dispatch
 from cramming.models import build_mlm, count_parameters
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))
+TINY = read_yaml("arch", "tiny.yaml")
 
 
 @pytest.mark.parametrize("sparse", [True, False])

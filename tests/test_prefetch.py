@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cramming.config import ConfigError, validate_impl
+from cramming.config import ConfigError, check_group
 from cramming.data import MLMCollator, SequenceLoader
 from cramming.data.prefetch import BatchStream, check_workers
 from cramming.runtime import impl_defaults
@@ -144,5 +144,5 @@ def test_bad_worker_counts_are_refused_with_their_value(value):
     with pytest.raises(ValueError, match=r"impl\.dataloader_workers=.*whole number >= 0"):
         check_workers(value)
     with pytest.raises(ConfigError, match=rf"impl\.dataloader_workers={value!r}"):
-        validate_impl({**impl_defaults(), "dataloader_workers": value})
-    validate_impl({**impl_defaults(), "dataloader_workers": 0})
+        check_group("impl", {**impl_defaults(), "dataloader_workers": value})
+    check_group("impl", {**impl_defaults(), "dataloader_workers": 0})

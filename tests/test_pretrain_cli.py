@@ -14,6 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import cramming
+import cramming.models
 import cramming.train.objective
 from cramming.conf import CONF_PATH
 from cramming.data import prepare_corpus
@@ -88,10 +89,10 @@ def test_export_holds_the_final_trained_weights(finished_run):
     checkpoint = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
     state = load_checkpoint(checkpoint)  # the safe loader (weights_only=True) reads our own checkpoints
     assert state["step"] == json.loads((run / "summary.json").read_text())["steps"]
-    trained = cramming.model.build_mlm(state["arch"], state["vocab_size"])
+    trained = cramming.models.build_mlm(state["arch"], state["vocab_size"])
     trained.load_state_dict(state["model"], strict=True)
     trained.eval()
-    untrained = cramming.model.build_mlm(state["arch"], state["vocab_size"]).eval()
+    untrained = cramming.models.build_mlm(state["arch"], state["vocab_size"]).eval()
     ids = torch.randint(5, exported.vocab_size, (2, 32))
     with torch.no_grad():
         logits = exported(ids)["logits"]
@@ -114,6 +115,16 @@ def test_bad_budget_from_the_command_line(tmp_path, tiny_corpus):
     assert result.returncode == 2
     assert "budget='abc'" in result.stderr and "24h" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cache").exists()  # refused before any work
+
+
+def test_mistyped_and_unknown_keys_from_the_command_line(tmp_path, tiny_corpus):
+    """Catches overrides that bypass the typed schema: a non-number where a number goes, or a misspelled
+    key, would otherwise reach the run (or be silently ignored)."""
+    for bad in ("arch.hidden_size=abc", "train.lrr=1"):
+        result = run_cli([*tiny_args(tiny_corpus, tmp_path, "bad", "1m"), bad], cwd=tmp_path, timeout=120)
+        assert result.returncode != 0
+        assert bad.split("=")[0] in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "cache").exists()  # refused before any work
 
 

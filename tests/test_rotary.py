@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
-from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models
 
-from cramming.config import ConfigError, validate_arch
+from cramming.conf import read_yaml
+from cramming.config import ConfigError, check_group
 from cramming.data import MLMCollator
 from cramming.export.folder import load_model, save_export
 from cramming.export.remote import export_hf
@@ -21,12 +21,12 @@ from cramming.train import optimizer_step
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB, T = 300, 16
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
-TRAIN = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "train" / "bert-o4.yaml"))
+TRAIN = read_yaml("train", "bert-o4.yaml")
 NEW = {"position_embedding": "rotary", "qk_norm": True}
 
 
 def arch(**changes) -> dict:
-    base = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))
+    base = read_yaml("arch", "tiny.yaml")
     return {**base, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, **changes}
 
 
@@ -205,7 +205,7 @@ def test_default_arch_is_rotary_without_qk_norm_and_the_sinusoid_still_builds():
 )
 def test_bad_switch_values_are_config_errors(changes, message):
     with pytest.raises(ConfigError, match=message):
-        validate_arch(arch(**changes))
+        check_group("arch", arch(**changes))
 
 
 def test_checkpoints_from_before_qk_norm_keep_their_identity():

@@ -5,13 +5,13 @@ import math
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from cramming.budget import lr_factor, schedule_factor
-from cramming.config import ConfigError, validate_train
+from cramming.conf import read_yaml
+from cramming.config import ConfigError, check_group
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAIN = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "train" / "bert-o4.yaml"))
+TRAIN = read_yaml("train", "bert-o4.yaml")
 WSD = {**TRAIN, "schedule": "wsd", "warmup_fraction": 0.1, "decay_fraction": 0.2}
 
 
@@ -64,7 +64,7 @@ def test_the_default_schedule_is_wsd_and_the_paper_recipe_keeps_budget_triangle2
 def test_bad_wsd_settings_are_config_errors(change, message):
     """Catches a warm-up overlapping the cool-down (an LR that jumps) or an unknown shape accepted."""
     with pytest.raises(ConfigError, match=message):
-        validate_train({**WSD, **change})
+        check_group("train", {**WSD, **change})
 
 
 def test_the_training_loop_follows_the_wsd_keys(tiny_corpus, tmp_path):

@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
+from cramming.conf import read_yaml
 from cramming.export.folder import save_export
 from cramming.models import BertForMLM
 
@@ -17,7 +18,7 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def tiny_arch() -> dict:
-    return OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "arch" / "tiny.yaml"))
+    return read_yaml("arch", "tiny.yaml")
 
 
 def train_tokenizer(corpus: Path, lines: int = 3000, vocab_size: int = 2000) -> Tokenizer:

@@ -1,6 +1,6 @@
 """The data sub-config: defaults (from conf/data/local.yaml), conversion to a plain dict, and fast validation before long work.
 
-``validate_data_config`` runs in well under a second even for large corpora: it checks that every
+``check_values`` is what ``cramming.config.schema.DataConfig`` checks; ``validate_data_config`` runs in well under a second even for large corpora: it checks that every
 path matches files, and reads only a prefix of each file (UTF-8, gzip header, JSON/Parquet schema).
 """
 
@@ -104,7 +104,15 @@ def expand_paths(patterns: list[str], key: str) -> list[Path]:
 
 def validate_data_config(data_cfg: Any) -> None:
     """Fast checks of the data config; raises ValueError naming the bad value and what is accepted."""
+    from cramming.config import check_group
+
     cfg = as_dict(data_cfg)
+    check_group("data", cfg)  # the schema's types and check_values
+    check_files(cfg)
+
+
+def check_values(cfg: dict[str, Any]) -> None:
+    """The data group's values (no file is opened): ``DataConfig`` runs this once."""
     if cfg["source"] not in SOURCES:
         raise ValueError(f"data.source={cfg['source']!r} is not known; accepted sources are {SOURCES}.")
     _check_int("vocab_size", cfg["vocab_size"], MIN_VOCAB, MAX_VOCAB)
@@ -118,13 +126,20 @@ def validate_data_config(data_cfg: Any) -> None:
             raise ValueError(
                 "data.files is empty; with data.source=local give paths or globs of corpus files."
             )
-        for key in ("files", "validation_files"):
-            for path in expand_paths(cfg[key], key):
-                check_file(path, cfg["text_column"], key)
     else:
         _check_hub(cfg)
     if cfg["readymade"] is not None:
         _check_readymade(cfg)
+
+
+def check_files(data_cfg: Any) -> None:
+    """Every ``data.files``/``data.validation_files`` path matches files with a readable prefix (local source)."""
+    cfg = as_dict(data_cfg)
+    if cfg["source"] != "local":
+        return
+    for key in ("files", "validation_files"):
+        for path in expand_paths(cfg[key], key):
+            check_file(path, cfg["text_column"], key)
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> None:

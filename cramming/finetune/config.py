@@ -135,7 +135,7 @@ class FinetuneSettings:
     grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
     dropout: float = 0.1  # hidden and head dropout
     attention_dropout: float = 0.1
-    head: str = "auto"  # auto | one of cramming.model.CLASSIFIER_HEADS
+    head: str = "auto"  # auto | one of cramming.models.CLASSIFIER_HEADS
     max_length: int = 128  # tokens per example, [CLS] and [SEP] included
     seed: int = 0
     log_every: int = 100  # optimizer steps between progress lines (0 = only the last step)

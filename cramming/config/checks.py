@@ -1,7 +1,9 @@
-"""Checks on the composed config, run before any long work starts.
+"""The value checks behind the schema: each dataclass in ``schema.py`` runs its group's check once.
 
-Hydra composes ``conf/``; this module turns bad values into one-paragraph errors
-that name the value and what would be accepted, and resolves ``auto`` choices.
+Types are the schema's job (OmegaConf refuses ``arch.hidden_size=abc`` while composing); these
+functions check ranges, choices and how keys combine, with one-paragraph errors that name the
+value and what would be accepted. A check reads and raises; it never changes global state (the
+kernel choice is set by ``runtime.make_runtime``, not here).
 """
 
 from __future__ import annotations
@@ -12,19 +14,13 @@ from collections.abc import Mapping
 
 import torch
 
-from cramming.budget import SCHEDULES, Budget, parse_budget, schedule_factor
+from cramming.budget import SCHEDULES, schedule_factor
 
-ARCH_KEYS = (
-    "hidden_size",
-    "num_layers",
-    "num_heads",
-    "intermediate_size",
-    "ffn",
-    "norm_position",
-    "norm_eps",
-    "position_embedding",
-    "max_position_embeddings",
-)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# default: Inductor's fused kernels; max-autotune-no-cudagraphs: also benchmarks matmul/Triton templates
+# (longer compile, sometimes faster steps); reduce-overhead: CUDA graphs (less launch overhead; keeps
+# static copies of inputs, so more memory; one microbatch per optimizer step only, see check_accumulation).
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
 WANDB_MODES = ("disabled", "offline", "online")
 
 
@@ -51,9 +47,8 @@ def _num(name: str, value: object, kind: type = float) -> float:
         raise ConfigError(f"{name}={value!r} is not {expected}") from None
 
 
-def validate_arch(arch: Mapping) -> None:
-    missing = [key for key in ARCH_KEYS if key not in arch]
-    _require(not missing, f"arch config {arch.get('name')!r} lacks keys {missing}")
+def check_arch(arch: Mapping) -> None:
+    """``cfg.arch``: positive sizes, heads dividing the width, known switches."""
     for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
         _require(
             _num(f"arch.{key}", arch[key], int) > 0, f"arch.{key}={arch[key]!r} must be a positive integer"
@@ -72,16 +67,17 @@ def validate_arch(arch: Mapping) -> None:
         arch["position_embedding"] in positions,
         f"arch.position_embedding={arch['position_embedding']!r} is not one of {list(positions)}",
     )
-    head_dim = int(arch["hidden_size"]) // int(arch["num_heads"])
+    head_dim = arch["hidden_size"] // arch["num_heads"]
     _require(
         arch["position_embedding"] != "rotary" or head_dim % 2 == 0,
         f"arch.position_embedding=rotary needs an even head dimension; hidden_size/num_heads = {head_dim}",
     )
-    qk_norm = arch.get("qk_norm", False)
+    qk_norm = arch["qk_norm"]
     _require(isinstance(qk_norm, bool), f"arch.qk_norm={qk_norm!r} must be true or false")
 
 
-def validate_train(train: Mapping) -> None:
+def check_train(train: Mapping) -> None:
+    """``cfg.train``: optimizer, schedule, LR and batch sizes, then the resilience keys."""
     from cramming.optim import check_optimizer
 
     try:
@@ -107,12 +103,12 @@ def validate_train(train: Mapping) -> None:
     for key in ("grad_clip", "batch_ramp_fraction", "validate_every_minutes", "weight_decay"):
         _num(f"train.{key}", train[key])
     _require(
-        int(train["batch_size"]) >= int(train["batch_size_start"]),
+        train["batch_size"] >= train["batch_size_start"],
         f"train.batch_size={train['batch_size']} must be at least train.batch_size_start={train['batch_size_start']}",
     )
-    _require(float(train["grad_clip"]) >= 0, f"train.grad_clip={train['grad_clip']!r} must be >= 0 (0 = off)")
+    _require(train["grad_clip"] >= 0, f"train.grad_clip={train['grad_clip']!r} must be >= 0 (0 = off)")
     _require(
-        0.0 <= float(train["batch_ramp_fraction"]) <= 1.0,
+        0.0 <= train["batch_ramp_fraction"] <= 1.0,
         f"train.batch_ramp_fraction={train['batch_ramp_fraction']!r} must lie in [0, 1]",
     )
     delay = train["debug_data_delay_s"]
@@ -120,10 +116,10 @@ def validate_train(train: Mapping) -> None:
         _num("train.debug_data_delay_s", delay) >= 0,
         f"train.debug_data_delay_s={delay!r} must be >= 0 seconds (0 = off)",
     )
-    validate_train_resilience(train)
+    check_train_resilience(train)
 
 
-def validate_train_resilience(train: Mapping) -> None:
+def check_train_resilience(train: Mapping) -> None:
     """The checkpoint and non-finite keys of ``cfg.train``."""
     on_nonfinite = train["on_nonfinite"]
     _require(
@@ -151,20 +147,50 @@ def validate_train_resilience(train: Mapping) -> None:
     )
 
 
-def validate_impl(impl: Mapping) -> None:
-    """The impl group's values (device, precision, threads, kernels, dataloader workers)."""
-    from cramming import runtime
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"impl.precision={precision!r} is not one of {list(PRECISIONS)}")
+    return precision
+
+
+def check_compile(compile: object, mode: object = "default") -> None:
+    if not (isinstance(compile, bool) or compile == "auto"):
+        raise ConfigError(f"impl.compile={compile!r} is not one of auto, true, false")
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"impl.compile_mode={mode!r} is not one of {list(COMPILE_MODES)}")
+
+
+def check_threads(threads: object) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(
+            f"impl.threads={threads!r} must be a positive integer, or null (see conf/impl/default.yaml)"
+        )
+    return threads
+
+
+def check_impl(impl: Mapping) -> None:
+    """The impl group's values (device, precision, compile, threads, kernels, dataloader workers)."""
     from cramming.data.prefetch import check_workers
     from cramming.kernels import dispatch
+    from cramming.runtime import resolve_device
 
     try:
-        check_workers(runtime.resolve_impl(impl)["dataloader_workers"])
-        choices = dispatch.check_kernels(impl)  # validates only: the runtime configures
+        resolve_device(impl["device"])
+        check_workers(impl["dataloader_workers"])
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    check_precision(impl["precision"])
+    check_compile(impl["compile"], impl["compile_mode"])
+    check_threads(impl["threads"])
+    try:
+        choice = dispatch.check_kernels(impl)  # validates only: the runtime configures
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    forced = sorted(op for op, value in choice.items() if value == "triton")
     on_cpu = impl["device"] == "cpu" or not torch.cuda.is_available()
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    forced = sorted(op for op, choice in choices.items() if choice == "triton")
     _require(
         not (forced and on_cpu and not interpreting),
         f"impl.kernels=triton (ops {forced}) needs a CUDA GPU; on CPU set TRITON_INTERPRET=1 to run the kernels "
@@ -172,26 +198,24 @@ def validate_impl(impl: Mapping) -> None:
     )
 
 
-def validate_run(cfg: Mapping) -> Budget:
-    """Check the whole pretraining config (data files included); returns the parsed budget."""
-    budget = parse_budget(cfg["budget"])
+def check_wandb(wandb: Mapping) -> None:
+    mode = wandb["mode"]
+    _require(mode in WANDB_MODES, f"wandb.mode={mode!r} is not one of {list(WANDB_MODES)}")
+
+
+def check_run(cfg: Mapping) -> None:
+    """The root keys of a pretraining run and the checks that span groups."""
+    from cramming.budget import parse_budget
+
+    parse_budget(cfg["budget"])
     name = str(cfg["name"])
     _require(
         bool(re.fullmatch(r"[\w.\-+=:,@]+", name)),
         f"name={name!r} is not a usable run name: use letters, digits and . _ - + = : , @ (no slashes or spaces)",
     )
-    validate_arch(cfg["arch"])
-    validate_train(cfg["train"])
-    validate_impl(cfg["impl"])
-    mode = cfg["wandb"]["mode"]
-    _require(mode in WANDB_MODES, f"wandb.mode={mode!r} is not one of {list(WANDB_MODES)}")
-    seq_len = _num("data.seq_len", cfg["data"]["seq_len"], int)
-    max_len = _num("arch.max_position_embeddings", cfg["arch"]["max_position_embeddings"], int)
+    seq_len, arch = cfg["data"]["seq_len"], cfg["arch"]
+    max_len = arch["max_position_embeddings"]
     _require(
         seq_len <= max_len,
-        f"data.seq_len={seq_len} exceeds arch.max_position_embeddings={max_len} of arch={cfg['arch']['name']!r}",
+        f"data.seq_len={seq_len} exceeds arch.max_position_embeddings={max_len} of arch={arch['name']!r}",
     )
-    from cramming.data import validate_data_config
-
-    validate_data_config(cfg["data"])
-    return budget
