@@ -20,13 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("cramming", "kernels", "benchmarks")
 
 
-def python_files() -> list[Path]:
-    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+def python_files(root: Path) -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (root / pkg).rglob("*.py"))
 
 
-def package_of(path: Path) -> str:
+def package_of(path: Path, root: Path) -> str:
     """cramming/data/x.py -> cramming/data; cramming/x.py -> cramming."""
-    return str(path.relative_to(ROOT).parent)
+    return str(path.relative_to(root).parent)
 
 
 def measure(path: Path) -> tuple[int, list[tuple[str, str, int]]]:
@@ -49,21 +49,22 @@ def measure(path: Path) -> tuple[int, list[tuple[str, str, int]]]:
     return lines, spans
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit-function", type=int, default=60)
     parser.add_argument("--limit-class", type=int, default=250)
     parser.add_argument("--top", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to measure (default: this one)")
+    args = parser.parse_args(argv)
 
     per_package: dict[str, int] = defaultdict(int)
     files_per_package: dict[str, int] = defaultdict(int)
     found: list[tuple[str, str, int]] = []
-    for path in python_files():
+    for path in python_files(args.root):
         lines, spans = measure(path)
-        per_package[package_of(path)] += lines
-        files_per_package[package_of(path)] += 1
-        rel = path.relative_to(ROOT)
+        per_package[package_of(path, args.root)] += lines
+        files_per_package[package_of(path, args.root)] += 1
+        rel = path.relative_to(args.root)
         found += [(kind, f"{rel}:{name}", n) for kind, name, n in spans]
 
     print("| package | files | non-blank lines |\n|---|---:|---:|")

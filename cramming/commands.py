@@ -17,9 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 from cramming import distributed
 
 
-def fail(err: Exception | str, command: str = "cramming", status: int = 2) -> NoReturn:
-    """Bad input: one paragraph on stderr, exit ``status`` (2 = usage error), no traceback."""
+def say_error(err: Exception | str, command: str = "cramming") -> None:
+    """One paragraph on stderr that names the command: ``cramming.glue: error: ...``."""
     print(f"{command}: error: {err}", file=sys.stderr)
+
+
+def fail(err: Exception | str, command: str = "cramming", status: int = 2) -> NoReturn:
+    """Bad input: ``say_error``, then exit ``status`` (2 = usage error), no traceback."""
+    say_error(err, command)
     sys.exit(status)
 
 

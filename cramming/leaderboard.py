@@ -22,9 +22,9 @@ import json
 import logging
 import os
 import statistics
-import sys
 from pathlib import Path
 
+from cramming.commands import fail
 from cramming.glue.tasks import AVERAGE_COLUMNS, TASKS, glue_average
 
 log = logging.getLogger(__name__)
@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         paths = write_leaderboard(args.outputs, args.out, args.recipe, args.group_by_recipe)
     except ValueError as err:
-        sys.exit(f"cramming.leaderboard: {err}")
+        fail(err, "cramming.leaderboard")
     print(paths["md"].read_text(), end="")
     print("written: " + ", ".join(str(p) for p in paths.values()))
 

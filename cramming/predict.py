@@ -188,7 +188,7 @@ def main(cfg: DictConfig) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
             handler.setStream(sys.stderr)
-    cli_errors(run_predict)(cfg)
+    cli_errors(run_predict, "cramming.predict")(cfg)
 
 
 if __name__ == "__main__":

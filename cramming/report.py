@@ -19,11 +19,11 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from cramming import report_figures as figures
+from cramming.commands import fail
 from cramming.tracking import read_metrics
 
 log = logging.getLogger("cramming")
@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         out = write_report(args.run)
     except ValueError as err:
-        sys.exit(f"cramming.report: {err}")
+        fail(err, "cramming.report")
     print(out)
 
 

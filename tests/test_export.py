@@ -93,7 +93,11 @@ def test_export_hf_cli_reports_a_bad_tokenizer_in_one_line(export, tmp_path, cap
     path = corrupt(export, tmp_path, TOKENIZER, "garbage")
     assert main([f"model={path}", f"out={tmp_path / 'hf'}"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "is not a readable tokenizer" in err and err.count("\n") == 1
+    assert (
+        err.startswith("cramming.export: error: ")
+        and "is not a readable tokenizer" in err
+        and err.count("\n") == 1
+    )
 
 
 CASES = [("glue", "config"), ("glue", "tokenizer"), ("finetune", "config"), ("finetune", "tokenizer")]

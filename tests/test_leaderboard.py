@@ -141,8 +141,10 @@ def test_cli_and_bad_outputs_folder(outputs, tmp_path, capsys):
     main(["--outputs", str(outputs)])
     assert (outputs / "leaderboard" / "leaderboard.html").is_file()
     assert "better" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="is not a folder"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--outputs", str(tmp_path / "missing")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("cramming.leaderboard: error: ") and "is not a folder" in err
     empty = tmp_path / "empty"
     empty.mkdir()
     paths = write_leaderboard(empty)

@@ -87,8 +87,10 @@ def test_cli_finds_the_run_folder_from_its_glue_folder(tiny_run, tmp_path, capsy
     main([str(copy / "glue")])
     assert capsys.readouterr().out.strip() == str(copy / "report.html")
     assert "GLUE (glue/results.json)" in (copy / "report.html").read_text()
-    with pytest.raises(SystemExit, match="is not a run folder"):
+    with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "missing")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("cramming.report: error: ") and "is not a run folder" in err
 
 
 def test_report_renders_in_chromium(tiny_run, tmp_path):

@@ -115,7 +115,7 @@ def distill_main(cfg: DictConfig) -> dict:
     try:
         resolve_student(cfg)
     except ValueError as err:
-        fail(err)
+        fail(err, "cramming.distill")
     from cramming.distill.objective import distill_objective
 
     return pretrain_main(cfg, distill_objective)

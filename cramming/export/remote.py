@@ -38,6 +38,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
+from cramming.commands import say_error
 from cramming.data.tokenizer import is_bpe, special_ids, special_tokens_of
 from cramming.export.folder import (
     CONFIG,
@@ -225,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.get("out") or str(Path(args["model"]).parent / (Path(args["model"]).name + "-hf"))
         export_hf(args["model"], out)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        say_error(err, "cramming.export")
         return 2
     return 0
 

@@ -265,4 +265,4 @@ def export_extra(cfg: Mapping, task: str, labels: list[str] | None, summary: Map
 @hydra.main(config_path=CONF_PATH, config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     setup_logging(None)
-    cli_errors(run_finetune)(cfg)
+    cli_errors(run_finetune, "cramming.finetune")(cfg)

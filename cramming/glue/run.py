@@ -464,7 +464,7 @@ def run_glue_from_pretraining(model_dir, eval_cfg: Mapping, impl: Mapping | None
 @hydra.main(config_path=CONF_PATH, config_name="glue", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
     setup_logging(None)
-    cli_errors(lambda settings: run_glue(settings.pop("model"), settings))(cfg)
+    cli_errors(lambda settings: run_glue(settings.pop("model"), settings), "cramming.glue")(cfg)
 
 
 def main() -> None:
@@ -473,5 +473,5 @@ def main() -> None:
     try:
         check_flat_keys(arg.split("=", 1)[0] for arg in sys.argv[1:] if "=" in arg)
     except ValueError as err:
-        fail(err)
+        fail(err, "cramming.glue")
     hydra_main()
