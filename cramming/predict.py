@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from cramming.commands import cli_errors
-from cramming.conf import CONF_PATH
+from cramming.conf import CONF_PATH, read_yaml
 from cramming.export.folder import load_model, read_config, read_tokenizer
 from cramming.finetune.engine import softmax
 from cramming.finetune.job import predict_texts
@@ -145,27 +145,38 @@ def output_columns(
     return columns
 
 
+def predict_options(cfg: Mapping) -> dict:
+    """``cfg`` over conf/predict.yaml's values: Python callers may give only some keys, and the YAML stays
+    the one source of the defaults (``model`` has none: it is required)."""
+    options = {k: v for k, v in read_yaml("predict.yaml").items() if k != "hydra"}
+    options.update(cfg)
+    if options["model"] in (None, "", "???"):
+        raise ValueError("model= is required: a fine-tuned export folder (from python -m cramming.finetune)")
+    return options
+
+
 def run_predict(cfg: Mapping) -> dict[str, list]:
-    """Predict as configured (keys of conf/predict.yaml); returns the output columns."""
-    output = cfg.get("output")
+    """Predict as configured (conf/predict.yaml's keys; missing ones take its values); returns the columns."""
+    cfg = predict_options(cfg)
+    output = cfg["output"]
     if output:
         file_format(output, WRITE_FORMATS)  # a bad output name fails before any work
-    elif (cfg.get("format") or "csv") not in ("csv", "tsv", "jsonl"):
-        raise ValueError(f"format={cfg.get('format')!r} is not one of csv, tsv, jsonl (stdout formats)")
-    batch_size = check_batch_size(cfg.get("batch_size", 64))
-    predictor = Predictor(cfg["model"], cfg.get("impl"), cfg.get("max_length"))
+    elif (cfg["format"] or "csv") not in ("csv", "tsv", "jsonl"):
+        raise ValueError(f"format={cfg['format']!r} is not one of csv, tsv, jsonl (stdout formats)")
+    batch_size = check_batch_size(cfg["batch_size"])
+    predictor = Predictor(cfg["model"], cfg.get("impl"), cfg["max_length"])
     config = predictor.config
-    text_column = cfg.get("text_column") or config.get("text_column") or "text"
-    pair_column = cfg.get("text_pair_column") or config.get("text_pair_column")
-    source = cfg.get("input")
+    text_column = cfg["text_column"] or config.get("text_column") or "text"
+    pair_column = cfg["text_pair_column"] or config.get("text_pair_column")
+    source = cfg["input"]
     table = None
     if source in (None, "", "-"):
         examples = stdin_examples(sys.stdin.readlines(), pair_column is not None)
     else:
-        bad_rows = cfg.get("bad_rows", "keep")
+        bad_rows = cfg["bad_rows"]
         table = read_table(source, "error" if bad_rows == "error" else "skip")
         examples = examples_from_table(table, text_column, pair_column, None, bad_rows, False)
-        if not cfg.get("keep_columns", True):
+        if not cfg["keep_columns"]:
             table = None
     started = time.perf_counter()
     with torch.inference_mode():
@@ -175,7 +186,7 @@ def run_predict(cfg: Mapping) -> dict[str, list]:
         "predicted %d rows in %.2fs (%.0f rows/s)", len(examples), seconds, len(examples) / max(seconds, 1e-9)
     )
     columns = output_columns(result, predictor.labels, examples, table)
-    write_table(columns, output, None if output else (cfg.get("format") or "csv"))
+    write_table(columns, output, None if output else (cfg["format"] or "csv"))
     if output:
         log.info("wrote %d predictions to %s", len(examples), output)
     return columns

@@ -185,3 +185,61 @@ def test_checking_impl_leaves_the_kernel_choice_alone(monkeypatch):
     cfg = compose_pretrain(["impl.kernels=torch" if before["gelu"] != "torch" else "impl.kernels=auto"])
     check_group("impl", cfg["impl"])
     assert ops._choice == before
+
+
+# The other commands' roots: what each needs on the command line to compose.
+COMMANDS = {"glue": [], "finetune": ["model=m", "train_file=t.csv"], "predict": ["model=m"],
+            "distill": ["teacher=t"]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "command, override, key",
+    [
+        ("glue", "epochs=abc", "epochs"),  # a wrong type
+        ("glue", "batch_size=1.5", "batch_size"),
+        ("glue", "seeds=two", "seeds"),
+        ("glue", "batch_sizee=3", "batch_sizee"),  # an unknown key
+        ("glue", "impl.devise=cpu", "impl.devise"),
+        ("finetune", "epochs=abc", "epochs"),
+        ("finetune", "batch_size=1.5", "batch_size"),
+        ("finetune", "batch_sizee=3", "batch_sizee"),
+        ("predict", "batch_size=1.5", "batch_size"),
+        ("predict", "keep_columns=maybe", "keep_columns"),
+        ("predict", "outptu=p.csv", "outptu"),
+        ("distill", "student.num_layerz=3", "student.num_layerz"),
+        ("distill", "student.num_layers=abc", "student.num_layers"),
+        ("distill", "distill.temprature=2", "distill.temprature"),
+    ],
+)
+def test_command_overrides_are_type_checked_naming_the_key(command, override, key):
+    """Catches conf/glue.yaml, finetune.yaml, predict.yaml or distill.yaml composed without its root schema
+    (``COMMAND_schema`` first in its defaults): Hydra would take ``epochs=abc`` or a misspelt key silently."""
+    from hydra.errors import ConfigCompositionException
+
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
+        with pytest.raises(ConfigCompositionException) as err:
+            compose(command, overrides=[*COMMANDS[command], override])
+    assert f"full_key: {key}" in str(err.value.__cause__)
+
+
+def test_command_configs_are_typed_and_keep_their_required_keys():
+    """Catches a root schema that gives ``???`` keys a default, refuses what a command accepts (``tasks=sst2``,
+    class weights as a list, a teacher's arch filled in later) or checks the fine-tuning keys a second way."""
+    from cramming.config.schema import FinetuneCommandConfig, GlueCommandConfig, ImplConfig
+
+    with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
+        assert OmegaConf.missing_keys(compose("finetune")) == {"model", "train_file"}
+        assert OmegaConf.missing_keys(compose("predict")) == {"model"}
+        assert OmegaConf.missing_keys(compose("distill")) == {"teacher"}
+        glue = OmegaConf.to_object(compose("glue", overrides=["tasks=sst2", "lr=1e-4"]))
+        assert isinstance(glue, GlueCommandConfig) and isinstance(glue.impl, ImplConfig)
+        assert glue.tasks == "sst2" and glue.lr == 1e-4 and glue.model is None
+        finetune = compose("finetune", overrides=[*COMMANDS["finetune"], "class_weights=[1,2]"])
+        assert isinstance(OmegaConf.to_object(finetune), FinetuneCommandConfig)
+        # the range checks are FinetuneSettings' (one per field), reached from the typed roots too
+        with pytest.raises(ValueError, match=r"lr=-1 must be a number in \(0, 1\] or 'auto'"):
+            OmegaConf.to_object(compose("glue", overrides=["lr=-1"]))
+        with pytest.raises(ValueError, match=r"dropout=1.0 must be a number in \[0, 1\)"):
+            OmegaConf.to_object(compose("finetune", overrides=[*COMMANDS["finetune"], "dropout=1.0"]))
+        distill = compose("distill", overrides=COMMANDS["distill"])
+        assert distill.arch is None and distill.student.num_layers is None

@@ -208,3 +208,33 @@ def test_one_rule_per_option_for_glue_and_finetune():
     assert "torch.manual_seed" not in "\n".join(
         p.read_text() for p in (REPO_ROOT / "cramming" / "finetune").glob("*.py")
     )  # seeding is runtime.seed_everything's job
+
+
+def test_finetune_settings_defaults_come_from_glue_yaml(tmp_path, monkeypatch):
+    """Catches a second copy of the defaults in FinetuneSettings (it once had lr 4e-5 and eval batch 64 of its
+    own beside conf/glue.yaml's auto and 128): every default is the YAML's, and editing the YAML changes it."""
+    from dataclasses import fields
+
+    import cramming.conf
+    from cramming.finetune.config import CHECKS, yaml_defaults
+
+    glue = read_yaml("glue.yaml")
+    settings = FinetuneSettings()
+    assert [f.name for f in fields(FinetuneSettings)] == list(CHECKS)
+    for f in fields(FinetuneSettings):
+        want = tuple(glue[f.name]) if f.name == "betas" else glue[f.name]
+        assert getattr(settings, f.name) == want, f.name
+    edited = OmegaConf.load(cramming.conf.CONF_DIR / "glue.yaml")
+    edited.update(lr=1e-4, batch_size=24, eval_batch_size=96, epochs=3, seed=7, head="bert", betas=[0.8, 0.9])
+    OmegaConf.save(edited, tmp_path / "glue.yaml")
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(cramming.conf, "CONF_DIR", tmp_path)
+            yaml_defaults.cache_clear()
+            new = FinetuneSettings()
+            assert (new.lr, new.batch_size, new.eval_batch_size, new.epochs) == (1e-4, 24, 96, 3)
+            assert (new.seed, new.head, new.betas) == (7, "bert", (0.8, 0.9))
+            partial = FinetuneSettings.from_mapping({"batch_size": 8})  # the keys it lacks: the YAML's
+            assert (partial.batch_size, partial.eval_batch_size) == (8, 96)
+    finally:
+        yaml_defaults.cache_clear()

@@ -176,3 +176,16 @@ def test_regression_export_predicts_one_number_per_row(tmp_path, exports, senten
         ids = load_tokenizer(tmp_path / "reg").encode(sentences[0]).ids
         want = model.eval()(torch.tensor([ids]))["logits"].item()
     assert columns["prediction"][0] == pytest.approx(want, abs=1e-5)
+
+
+def test_missing_options_take_predict_yamls_values():
+    """Catches run_predict keeping defaults of its own (batch_size 64, bad_rows keep) beside conf/predict.yaml:
+    the keys a Python caller leaves out are the YAML's, and ``model`` stays required."""
+    from cramming.conf import read_yaml
+    from cramming.predict import predict_options
+
+    yaml = {k: v for k, v in read_yaml("predict.yaml").items() if k != "hydra"}
+    assert predict_options({"model": "m"}) == {**yaml, "model": "m"}
+    assert predict_options({"model": "m", "batch_size": 3})["batch_size"] == 3
+    with pytest.raises(ValueError, match="model= is required"):
+        predict_options({})

@@ -14,20 +14,35 @@ from typing import Any
 
 from cramming.budget import Budget, parse_budget
 from cramming.config.checks import ConfigError
-from cramming.config.schema import GROUPS, DistillRunConfig, PretrainConfig
+from cramming.config.schema import (
+    GROUPS,
+    DistillCommandConfig,
+    DistillRunConfig,
+    FinetuneCommandConfig,
+    GlueCommandConfig,
+    PredictCommandConfig,
+    PretrainConfig,
+)
+
+# The other commands' roots: conf/NAME.yaml starts from NAME_schema.
+ROOTS = {"glue": GlueCommandConfig, "finetune": FinetuneCommandConfig, "predict": PredictCommandConfig,
+         "distill": DistillCommandConfig}  # fmt: skip
 
 __all__ = ["ConfigError", "build", "check_group", "register_schemas", "validate_run"]
 
 
 def register_schemas() -> None:
     """Store each group's dataclass as ``GROUP/schema`` (the node every conf/GROUP/*.yaml starts from)
-    and the root as ``pretrain_schema``; storing again replaces the same nodes."""
+    and each command's root as ``COMMAND_schema`` (the first entry of conf/COMMAND.yaml's defaults);
+    storing again replaces the same nodes."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     for group, schema in GROUPS.items():
         store.store(group=group, name="schema", node=schema)
     store.store(name="pretrain_schema", node=PretrainConfig)
+    for name, root in ROOTS.items():
+        store.store(name=f"{name}_schema", node=root)
 
 
 def _dataclass_of(hint: Any) -> type | None:

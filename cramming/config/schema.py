@@ -275,3 +275,107 @@ class DistillRunConfig(PretrainConfig):
 
 GROUPS = {"arch": ArchConfig, "data": DataConfig, "train": TrainConfig, "impl": ImplConfig,
           "eval": EvalConfig, "wandb": WandbConfig}  # fmt: skip
+
+
+# The roots of the commands that fine-tune or predict (conf/glue.yaml, conf/finetune.yaml, conf/predict.yaml).
+# They type the keys, so Hydra refuses ``epochs=abc`` or ``batch_sizee=3`` while composing, naming the key;
+# the range checks of the fine-tuning keys are FinetuneSettings' (cramming.finetune.config), run once by the
+# command (or by ``__post_init__`` when ``OmegaConf.to_object`` builds the dataclass), never repeated here.
+
+
+def _check_finetune_keys(values: dict[str, Any]) -> None:
+    from cramming.finetune.config import FinetuneSettings  # the one home of these checks (imports torch)
+
+    FinetuneSettings.from_mapping(values)
+
+
+@dataclass
+class FinetuneProtocol:
+    """The fine-tuning keys GLUE and ``cramming.finetune`` share (FinetuneSettings checks their values)."""
+
+    epochs: float = MISSING  # fractions allowed (0.5)
+    lr: Any = MISSING  # auto | a number
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    max_length: int = MISSING
+    seed: int = MISSING
+    warmup_fraction: float = MISSING
+    weight_decay: float = MISSING
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    grad_clip: float = MISSING
+    dropout: float = MISSING
+    attention_dropout: float = MISSING
+    head: str = MISSING
+    log_every: int = MISSING
+
+
+@dataclass
+class GlueCommandConfig(FinetuneProtocol):
+    """The root of ``conf/glue.yaml`` (``python -m cramming.glue``); cramming.glue.run checks GLUE's keys."""
+
+    model: str | None = MISSING
+    tasks: Any = MISSING  # a list of task names, or one name (``tasks=sst2``): glue.tasks.check_task_names
+    glue_dir: str | None = MISSING
+    hub_cache_dir: str | None = MISSING
+    seeds: int = MISSING
+    max_train_examples: int | None = MISSING
+    max_eval_examples: int | None = MISSING
+    max_test_examples: int | None = MISSING
+    submission: bool = MISSING
+    out_dir: str | None = MISSING
+    impl: ImplConfig = MISSING
+
+    def __post_init__(self) -> None:
+        _check_finetune_keys(vars(self))
+
+
+@dataclass
+class FinetuneCommandConfig(FinetuneProtocol):
+    """The root of ``conf/finetune.yaml`` (``python -m cramming.finetune``); cramming.finetune.command checks
+    the file and label keys."""
+
+    model: str = MISSING
+    train_file: str = MISSING
+    validation_file: str | None = MISSING
+    test_file: str | None = MISSING
+    text_column: str = MISSING
+    text_pair_column: str | None = MISSING
+    label_column: str = MISSING
+    out_dir: str | None = MISSING
+    task_type: str = MISSING
+    class_weights: Any = MISSING  # none | balanced | a list of weights in label order
+    bad_rows: str = MISSING
+    impl: ImplConfig = MISSING
+
+    def __post_init__(self) -> None:
+        _check_finetune_keys(vars(self))
+
+
+@dataclass
+class PredictCommandConfig:
+    """The root of ``conf/predict.yaml`` (``python -m cramming.predict``); cramming.predict checks values."""
+
+    model: str = MISSING
+    input: str = MISSING
+    output: str | None = MISSING
+    format: str | None = MISSING
+    text_column: str | None = MISSING
+    text_pair_column: str | None = MISSING
+    keep_columns: bool = MISSING
+    bad_rows: str = MISSING
+    batch_size: int = MISSING
+    max_length: int | None = MISSING
+    impl: ImplConfig = MISSING
+
+
+@dataclass
+class DistillCommandConfig(DistillRunConfig):
+    """The root of ``conf/distill.yaml`` as composed: every group typed, ``arch`` loose because it is filled
+    in after composing (the teacher's, cramming.distill.resolve_student) and checked then as DistillRunConfig
+    (``validate_run``). No ``__post_init__`` checks: ``arch`` is not an ArchConfig yet."""
+
+    arch: Any = None
+
+    def __post_init__(self) -> None:
+        pass

@@ -3,17 +3,20 @@
     settings = FinetuneSettings.from_mapping(cfg)          # keys of conf/glue.yaml or conf/finetune.yaml
     settings = settings.with_lr_for(hidden_size=768)       # lr=auto resolved for the model's width
 
-Defaults are GLUE-sane (crammedBERT): AdamW 4e-5, betas (0.9, 0.98), eps 1e-6, no weight decay, no
-gradient clipping, batch 16, 5 epochs, cosine with 10% warm-up, dropout 0.1 (attention too). Every bad
-value is a ValueError naming it and what is accepted. Where a job runs (device, precision, compile)
-is the ``impl`` group's business (``cramming.runtime``), not a fine-tuning option.
+Defaults are conf/glue.yaml's (GLUE-sane, crammedBERT; that file documents each key), read once by
+``yaml_defaults``: the YAML is their one source, so a key left out here takes the value the GLUE command
+would. Every bad value is a ValueError naming it and what is accepted. Where a job runs (device,
+precision, compile) is the ``impl`` group's business (``cramming.runtime``), not a fine-tuning option.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
+from cramming.conf import read_yaml
 from cramming.models import CLASSIFIER_HEADS
 
 REFERENCE_LR, REFERENCE_WIDTH = 4e-5, 768
@@ -120,33 +123,52 @@ CHECKS: dict[str, Callable[[str, object], object]] = {
 }
 
 
+@functools.cache
+def yaml_defaults() -> dict[str, Any]:
+    """conf/glue.yaml's values of the fine-tuning keys (CHECKS), read once: their defaults' one source."""
+    values = read_yaml("glue.yaml")
+    missing = sorted(set(CHECKS) - set(values))
+    if missing:
+        raise KeyError(
+            f"conf/glue.yaml lacks the fine-tuning key(s) {missing}; it sets the defaults of {list(CHECKS)}"
+        )
+    return {key: values[key] for key in CHECKS}
+
+
+def _from_yaml(key: str) -> Any:
+    """A field whose default is conf/glue.yaml's ``key`` (read on first use, not on import)."""
+    return field(default_factory=lambda: yaml_defaults()[key])
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """What fine-tuning does, for GLUE and your own task alike (conf/glue.yaml documents each key)."""
+    """What fine-tuning does, for GLUE and your own task alike (conf/glue.yaml documents each key and holds
+    its default)."""
 
-    lr: float | str = REFERENCE_LR  # a number in (0, 1], or "auto" (resolve_lr)
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    epochs: float = 5
-    warmup_fraction: float = 0.1  # cosine schedule with linear warm-up over this share of the steps
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
-    dropout: float = 0.1  # hidden and head dropout
-    attention_dropout: float = 0.1
-    head: str = "auto"  # auto | one of cramming.models.CLASSIFIER_HEADS
-    max_length: int = 128  # tokens per example, [CLS] and [SEP] included
-    seed: int = 0
-    log_every: int = 100  # optimizer steps between progress lines (0 = only the last step)
+    lr: float | str = _from_yaml("lr")  # a number in (0, 1], or "auto" (resolve_lr)
+    batch_size: int = _from_yaml("batch_size")
+    eval_batch_size: int = _from_yaml("eval_batch_size")
+    epochs: float = _from_yaml("epochs")
+    warmup_fraction: float = _from_yaml("warmup_fraction")  # cosine schedule, linear warm-up over this share
+    weight_decay: float = _from_yaml("weight_decay")
+    betas: tuple[float, float] = _from_yaml("betas")
+    eps: float = _from_yaml("eps")
+    grad_clip: float = _from_yaml("grad_clip")  # max gradient norm; 0 = no clipping
+    dropout: float = _from_yaml("dropout")  # hidden and head dropout
+    attention_dropout: float = _from_yaml("attention_dropout")
+    head: str = _from_yaml("head")  # auto | one of cramming.models.CLASSIFIER_HEADS
+    max_length: int = _from_yaml("max_length")  # tokens per example, [CLS] and [SEP] included
+    seed: int = _from_yaml("seed")
+    log_every: int = _from_yaml("log_every")  # optimizer steps between progress lines (0 = last step only)
 
     def __post_init__(self):
-        for field in fields(self):
-            object.__setattr__(self, field.name, CHECKS[field.name](field.name, getattr(self, field.name)))
+        for f in fields(self):
+            object.__setattr__(self, f.name, CHECKS[f.name](f.name, getattr(self, f.name)))
 
     @classmethod
     def from_mapping(cls, settings: Mapping) -> FinetuneSettings:
-        """The fine-tuning keys of a GLUE or finetune config (other keys are not looked at)."""
+        """The fine-tuning keys of a GLUE or finetune config (other keys are not looked at; missing ones take
+        conf/glue.yaml's values)."""
         return cls(**{f.name: settings[f.name] for f in fields(cls) if f.name in settings})
 
     def with_lr_for(self, hidden_size: int) -> FinetuneSettings:
