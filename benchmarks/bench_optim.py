@@ -26,7 +26,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cramming.conf import CONF_PATH
+from cramming.config import CONF_PATH
 from cramming.models import build_mlm, count_parameters
 from cramming.optim import IMPLEMENTATIONS, build_adamw
 from cramming.runtime import make_runtime

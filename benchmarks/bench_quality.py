@@ -190,8 +190,7 @@ def plan_runs(args, shared: list[str], variants: dict[str, list[str]]) -> dict[t
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from cramming.conf import CONF_DIR
-    from cramming.config import validate_run
+    from cramming.config import CONF_DIR, validate_run
 
     plans, problems = {}, []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -39,7 +39,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cramming import perf
-from cramming.conf import CONF_DIR
+from cramming.config import CONF_DIR
 from cramming.data import MLMCollator
 from cramming.data.tokenizer import SPECIAL_TOKENS
 from cramming.kernels import dispatch

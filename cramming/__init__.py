@@ -11,7 +11,7 @@ import os
 # A value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+from cramming.version import __version__ as __version__  # noqa: E402  (after the OpenMP setting above)
 
 
 def load_model(path, device="cpu"):

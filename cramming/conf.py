@@ -1,5 +1,7 @@
-"""Where the Hydra configs live: ``CONF_DIR``, ``read_yaml`` for code that needs a default file, and the
-schema registration every composition needs (``cramming.config.register_schemas``, run on import).
+"""Where the Hydra configs live: ``CONF_DIR`` and ``read_yaml`` for code that needs a default file.
+
+Composing needs the typed schema in Hydra's ConfigStore too: take ``CONF_PATH`` from ``cramming.config``,
+which registers it on import.
 
 The YAML files sit in the repository's top-level ``conf/`` folder, which has no ``__init__.py`` so
 that it can never shadow an installed package named ``conf`` (see ``cramming/kernels.py`` for the
@@ -38,14 +40,3 @@ def read_yaml(*parts: str) -> dict[str, Any]:
     parents = [e for e in node.pop("defaults", []) if isinstance(e, str) and (folder / f"{e}.yaml").is_file()]
     bases = [OmegaConf.create(read_yaml(*parts[:-1], f"{parent}.yaml")) for parent in parents]
     return OmegaConf.to_container(OmegaConf.merge(*bases, node), resolve=True)
-
-
-def _register_schemas() -> None:
-    """Every composition of conf/ (commands, tests) imports CONF_PATH from here first, so the typed
-    schema its YAML files start from (``defaults: [schema, _self_]``) is in Hydra's ConfigStore."""
-    from cramming.config import register_schemas
-
-    register_schemas()
-
-
-_register_schemas()

@@ -25,7 +25,8 @@ import torch
 from omegaconf import DictConfig
 
 from cramming.commands import cli_errors
-from cramming.conf import CONF_PATH, read_yaml
+from cramming.conf import read_yaml
+from cramming.config import CONF_PATH
 from cramming.export.folder import load_model, read_config, read_tokenizer
 from cramming.finetune.engine import softmax
 from cramming.finetune.job import predict_texts

@@ -11,8 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from cramming import distributed
 from cramming.commands import fail, run_app
-from cramming.conf import CONF_PATH
-from cramming.config import validate_run
+from cramming.config import CONF_PATH, validate_run
+from cramming.data.config import check_files
 from cramming.tracking import setup_logging
 
 log = logging.getLogger("cramming")
@@ -40,6 +40,7 @@ def pretrain_main(cfg: DictConfig, objective=None) -> dict:
     run_dir, rank = run_dir_of(cfg), distributed.rank()
     try:
         budget = validate_run(cfg)  # the typed schema's checks, run once, before any work
+        check_files(cfg.data)  # every data file named exists and starts readable
         check_run_folder(run_dir, bool(cfg.resume))
     except ValueError as err:
         fail(err)

@@ -29,7 +29,7 @@ import torch
 from cramming import distributed
 from cramming.conf import read_yaml
 from cramming.config import check_group
-from cramming.config.checks import check_precision, check_threads
+from cramming.config.checks import check_device, check_precision, check_threads
 from cramming.kernels import dispatch
 
 log = logging.getLogger("cramming")
@@ -97,15 +97,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; ``cuda`` (or ``cuda:N``) without a GPU is an error."""
     if isinstance(device, torch.device):
         return device
-    device = str(device)
+    device = check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ValueError(f"impl.device={device!r} is not one of auto, cpu, cuda, cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"impl.device={device!r} asks for a GPU, but torch sees no CUDA device (use cpu or auto)"
-        )
     return torch.device(device)
 
 

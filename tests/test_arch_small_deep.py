@@ -4,8 +4,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cramming.conf import CONF_PATH
-from cramming.config import check_group
+from cramming.config import CONF_PATH, check_group
 from cramming.models import build_mlm, count_parameters
 from cramming.perf import flops_per_token
 

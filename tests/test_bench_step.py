@@ -9,7 +9,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cramming.conf import CONF_PATH, read_yaml
+from cramming.conf import read_yaml
+from cramming.config import CONF_PATH
 from cramming.data import MLMCollator
 from cramming.kernels import dispatch
 from cramming.models import build_mlm

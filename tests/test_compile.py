@@ -11,7 +11,8 @@ import torch._dynamo
 from hydra import compose, initialize_config_dir
 
 from cramming import runtime
-from cramming.conf import CONF_PATH, read_yaml
+from cramming.conf import read_yaml
+from cramming.config import CONF_PATH
 from cramming.data import MLMCollator
 from cramming.kernels import dispatch as ops
 from cramming.models import build_mlm
@@ -215,7 +216,7 @@ def test_compiled_finetuning_sees_only_bucket_lengths(monkeypatch):
     import numpy as np
     from _glue_fixtures import tiny_arch
 
-    from cramming.finetune.config import FinetuneSettings
+    from cramming.config.finetune import FinetuneSettings
     from cramming.finetune.encode import EncodedExamples, bucket_lengths
     from cramming.finetune.engine import finetune, predict
     from cramming.models import build_classifier

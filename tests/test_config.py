@@ -4,8 +4,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cramming.conf import CONF_PATH
-from cramming.config import ConfigError, check_group
+from cramming.config import CONF_PATH, ConfigError, check_group
 from cramming.models import build_mlm, count_parameters
 
 ARCHES = ["crammed-bert", "bert-base", "small", "tiny"]
@@ -155,7 +154,7 @@ def test_overrides_are_type_checked_naming_the_key(override, fragment):
 def test_every_group_preset_is_built_on_its_schema():
     """Catches a new conf/GROUP/*.yaml that forgets ``defaults: [schema, _self_]`` (directly or through the
     preset it extends): its keys would go unchecked when composed without the pretraining root."""
-    from cramming.conf import CONF_DIR
+    from cramming.config import CONF_DIR
     from cramming.config.schema import GROUPS
 
     for group in GROUPS:

@@ -383,7 +383,7 @@ def test_shipped_configs_validate(tiny_corpus):
     """
     from hydra import compose, initialize_config_dir
 
-    from cramming.conf import CONF_PATH
+    from cramming.config import CONF_PATH
     from cramming.data.config import as_dict, defaults
 
     train = str(tiny_corpus["train"])

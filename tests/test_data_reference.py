@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from cramming.config.data_checks import ORDERINGS
 from cramming.data import SequenceLoader, prepare_corpus, unpack_documents, validate_data_config
-from cramming.data.config import ORDERINGS
 from cramming.data.filters import junk_threshold
 from cramming.data.packing import Packer, token_stream
 from cramming.data.sources import iter_text_file

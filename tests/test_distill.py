@@ -13,10 +13,11 @@ from tiny_export import build_tiny_classifier, tiny_arch, train_tokenizer
 from tokenizers import Tokenizer, normalizers
 
 import cramming.distill as distill_cli
-from cramming.conf import CONF_PATH
+from cramming.config import CONF_PATH
+from cramming.config.checks import check_distill_config
 from cramming.data.tokenizer import attach_post_processor
 from cramming.distill import distill_main, distill_overrides, teacher_train_recipe
-from cramming.distill.loss import Distiller, check_distill_config, cosine_loss, soft_target_loss
+from cramming.distill.loss import Distiller, cosine_loss, soft_target_loss
 from cramming.distill.model import check_same_vocabulary, check_teacher, init_student, layer_map, student_arch
 from cramming.export.folder import load_model, save_export
 from cramming.models import BertForMLM

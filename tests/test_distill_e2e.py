@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from tiny_export import CLI_IMPL, build_tiny_export
 
 import cramming
-from cramming.conf import CONF_PATH
+from cramming.config import CONF_PATH
 from cramming.distill import distill_main
 from cramming.export.folder import load_tokenizer, save_export
 from cramming.glue import run_glue

@@ -216,7 +216,7 @@ def test_finetune_settings_defaults_come_from_glue_yaml(tmp_path, monkeypatch):
     from dataclasses import fields
 
     import cramming.conf
-    from cramming.finetune.config import CHECKS, yaml_defaults
+    from cramming.config.finetune import CHECKS, yaml_defaults
 
     glue = read_yaml("glue.yaml")
     settings = FinetuneSettings()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from _glue_fixtures import tiny_arch, train_tokenizer
 
-from cramming.finetune.config import FinetuneSettings, resolve_lr
+from cramming.config.finetune import FinetuneSettings, resolve_lr
 from cramming.finetune.encode import collate, encode_examples, length_batches, prepare_tokenizer
 from cramming.finetune.engine import finetune, predict, softmax
 from cramming.finetune.metrics import accuracy

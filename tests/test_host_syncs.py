@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.overrides import TorchFunctionMode
 
-from cramming.conf import CONF_PATH
+from cramming.config import CONF_PATH
 from cramming.pretrain import pretrain_main
 
 READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"}

@@ -144,7 +144,11 @@ def test_cli_and_bad_outputs_folder(outputs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--outputs", str(tmp_path / "missing")])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.startswith("cramming.leaderboard: error: ") and "is not a folder" in err
+    assert (
+        exit_info.value.code == 2
+        and err.startswith("cramming.leaderboard: error: ")
+        and "is not a folder" in err
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     paths = write_leaderboard(empty)

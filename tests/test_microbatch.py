@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 import cramming.train.loop
 import cramming.train.microbatch as microbatch
-from cramming.conf import CONF_PATH
+from cramming.config import CONF_PATH
 from cramming.pretrain import pretrain_main
 from cramming.train.microbatch import candidates, choose_microbatch
 

@@ -9,7 +9,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cramming.budget import lr_factor
 from cramming.conf import read_yaml
-from cramming.finetune.config import FinetuneSettings
+from cramming.config.finetune import FinetuneSettings
 from cramming.finetune.encode import EncodedExamples
 from cramming.finetune.engine import finetune
 from cramming.kernels import dispatch as ops

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from cramming.config import ConfigError, check_group
+from cramming.config.checks import check_workers
 from cramming.data import MLMCollator, SequenceLoader
-from cramming.data.prefetch import BatchStream, check_workers
+from cramming.data.prefetch import BatchStream
 from cramming.runtime import impl_defaults
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 import cramming
 import cramming.models
 import cramming.train.objective
-from cramming.conf import CONF_PATH
+from cramming.config import CONF_PATH
 from cramming.data import prepare_corpus
 from cramming.pretrain import pretrain_main
 from cramming.train.checkpoint import load_checkpoint

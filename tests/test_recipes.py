@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from cramming.budget import lr_factor
-from cramming.conf import CONF_PATH
+from cramming.config import CONF_PATH
 from cramming.data import prepare_corpus, validate_data_config
 from cramming.data.masking import PairCollator
 from cramming.data.pairs import frame_pairs, pairs_from_document

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from cramming.conf import CONF_PATH
+from cramming.config import CONF_PATH
 from cramming.export.folder import load_model, load_tokenizer
 from cramming.export.remote import export_hf
 from cramming.finetune.encode import collate, encode_examples

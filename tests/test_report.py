@@ -8,7 +8,7 @@ import pytest
 from _browser import body_data, png_size, render
 from hydra import compose, initialize_config_dir
 
-from cramming.conf import CONF_PATH
+from cramming.config import CONF_PATH
 from cramming.files import file_sha256
 from cramming.glue import run_glue
 from cramming.pretrain import pretrain_main
@@ -90,7 +90,11 @@ def test_cli_finds_the_run_folder_from_its_glue_folder(tiny_run, tmp_path, capsy
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "missing")])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.startswith("cramming.report: error: ") and "is not a run folder" in err
+    assert (
+        exit_info.value.code == 2
+        and err.startswith("cramming.report: error: ")
+        and "is not a run folder" in err
+    )
 
 
 def test_report_renders_in_chromium(tiny_run, tmp_path):

@@ -20,7 +20,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from cramming.conf import CONF_PATH
+from cramming.config import CONF_PATH
 from cramming.pretrain import pretrain_main
 
 STEPS = 12

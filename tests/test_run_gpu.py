@@ -161,8 +161,7 @@ def test_planned_training_runs_are_valid_configs(tmp_path):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from cramming.conf import CONF_PATH
-    from cramming.config import validate_run
+    from cramming.config import CONF_PATH, validate_run
 
     lines = [line for line in dry_run().stdout.splitlines() if line.startswith("  train_")]
     assert len(lines) == 5

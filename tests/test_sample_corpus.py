@@ -16,7 +16,7 @@ MAX_BYTES = 2_000_000  # the issue's bound on what the package ships (compressed
 def sample_cfg() -> dict:
     from hydra import compose, initialize_config_dir
 
-    from cramming.conf import CONF_PATH
+    from cramming.config import CONF_PATH
 
     with initialize_config_dir(config_dir=CONF_PATH, version_base="1.3"):
         return as_dict(compose("pretrain", overrides=["data=sample"]).data)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cramming.budget import Budget, parse_budget
+from cramming.conf import CONF_DIR, CONF_PATH
 from cramming.config.checks import ConfigError
 from cramming.config.schema import (
     GROUPS,
@@ -28,7 +29,7 @@ from cramming.config.schema import (
 ROOTS = {"glue": GlueCommandConfig, "finetune": FinetuneCommandConfig, "predict": PredictCommandConfig,
          "distill": DistillCommandConfig}  # fmt: skip
 
-__all__ = ["ConfigError", "build", "check_group", "register_schemas", "validate_run"]
+__all__ = ["CONF_DIR", "CONF_PATH", "ConfigError", "build", "check_group", "register_schemas", "validate_run"]
 
 
 def register_schemas() -> None:
@@ -88,14 +89,17 @@ def check_group(group: str, values: Mapping) -> Any:
 
 
 def validate_run(cfg: Mapping) -> Budget:
-    """Check the whole pretraining (or distillation) config, data files included; returns the parsed budget."""
-    from cramming.data.config import check_files
-
+    """Check the whole pretraining (or distillation) config; returns the parsed budget. The files the data
+    group names are the data pipeline's to check (``cramming.data.config.check_files``)."""
     if not isinstance(cfg, dict):  # a DictConfig: the plain values, as Python callers pass them
         from omegaconf import OmegaConf
 
         cfg = OmegaConf.to_container(cfg, resolve=True)
     budget = parse_budget(cfg["budget"])  # first: a bad budget is the most common typo
     build(DistillRunConfig if "distill" in cfg else PretrainConfig, cfg, "config")
-    check_files(cfg["data"])
     return budget
+
+
+# Every composition of conf/ (commands, benchmarks, tests) takes CONF_PATH from here, so the schema the
+# YAML files start from (``defaults: [schema, _self_]``) is in Hydra's ConfigStore before Hydra reads them.
+register_schemas()

@@ -170,17 +170,34 @@ def check_threads(threads: object) -> int | None:
     return threads
 
 
+def check_device(device: object) -> str:
+    """``impl.device``: auto, cpu, cuda or cuda:N; a GPU that torch cannot see is refused here."""
+    device = str(device)
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"impl.device={device!r} is not one of auto, cpu, cuda, cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"impl.device={device!r} asks for a GPU, but torch sees no CUDA device (use cpu or auto)"
+        )
+    return device
+
+
+def check_workers(value: object) -> int:
+    """``impl.dataloader_workers`` as an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"impl.dataloader_workers={value!r} must be a whole number >= 0 "
+            "(0 = batches made in the training loop; N = one background thread keeps N batches ready)"
+        )
+    return value
+
+
 def check_impl(impl: Mapping) -> None:
     """The impl group's values (device, precision, compile, threads, kernels, dataloader workers)."""
-    from cramming.data.prefetch import check_workers
     from cramming.kernels import dispatch
-    from cramming.runtime import resolve_device
 
-    try:
-        resolve_device(impl["device"])
-        check_workers(impl["dataloader_workers"])
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    check_device(impl["device"])
+    check_workers(impl["dataloader_workers"])
     check_precision(impl["precision"])
     check_compile(impl["compile"], impl["compile_mode"])
     check_threads(impl["threads"])
@@ -219,3 +236,32 @@ def check_run(cfg: Mapping) -> None:
         seq_len <= max_len,
         f"data.seq_len={seq_len} exceeds arch.max_position_embeddings={max_len} of arch={arch['name']!r}",
     )
+
+
+# distill.*: the loss terms and their recipe (cramming/distill)
+DISTILL_SOFT_TARGETS = ("masked", "all")
+DISTILL_COSINE_LAYERS = ("last", "aligned")
+DISTILL_RECIPES = ("crammed", "distilbert")
+
+
+def check_distill_config(cfg: Mapping) -> None:
+    """``cfg.distill``: non-negative weights (not all zero), a positive temperature, known modes."""
+    weights = {k: cfg[k] for k in ("alpha_ce", "alpha_mlm", "alpha_cos")}
+    for key, value in weights.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"distill.{key}={value!r} must be a number >= 0")
+    if not any(weights.values()):
+        raise ConfigError("distill.alpha_ce, alpha_mlm and alpha_cos are all 0: nothing would be learned")
+    t = cfg["temperature"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
+        raise ConfigError(f"distill.temperature={t!r} must be a number > 0")
+    if cfg["soft_targets"] not in DISTILL_SOFT_TARGETS:
+        raise ConfigError(
+            f"distill.soft_targets={cfg['soft_targets']!r} is not one of {list(DISTILL_SOFT_TARGETS)}"
+        )
+    if cfg.get("recipe", "crammed") not in DISTILL_RECIPES:
+        raise ConfigError(f"distill.recipe={cfg['recipe']!r} is not one of {list(DISTILL_RECIPES)}")
+    if cfg["cosine_layers"] not in DISTILL_COSINE_LAYERS:
+        raise ConfigError(
+            f"distill.cosine_layers={cfg['cosine_layers']!r} is not one of {list(DISTILL_COSINE_LAYERS)}"
+        )

@@ -179,7 +179,7 @@ class DataConfig:
     validation_split_documents: int = MISSING
 
     def __post_init__(self) -> None:
-        from cramming.data.config import check_values  # the data package owns its checks
+        from cramming.config.data_checks import check_values
 
         check_values(asdict(self))
 
@@ -258,7 +258,7 @@ class DistillConfig:
     cosine_layers: str = MISSING
 
     def __post_init__(self) -> None:
-        from cramming.distill.loss import check_distill_config
+        from cramming.config.checks import check_distill_config
 
         check_distill_config(vars(self))
 
@@ -279,12 +279,12 @@ GROUPS = {"arch": ArchConfig, "data": DataConfig, "train": TrainConfig, "impl": 
 
 # The roots of the commands that fine-tune or predict (conf/glue.yaml, conf/finetune.yaml, conf/predict.yaml).
 # They type the keys, so Hydra refuses ``epochs=abc`` or ``batch_sizee=3`` while composing, naming the key;
-# the range checks of the fine-tuning keys are FinetuneSettings' (cramming.finetune.config), run once by the
+# the range checks of the fine-tuning keys are FinetuneSettings' (cramming.config.finetune), run once by the
 # command (or by ``__post_init__`` when ``OmegaConf.to_object`` builds the dataclass), never repeated here.
 
 
 def _check_finetune_keys(values: dict[str, Any]) -> None:
-    from cramming.finetune.config import FinetuneSettings  # the one home of these checks (imports torch)
+    from cramming.config.finetune import FinetuneSettings  # the one home of these checks (imports torch)
 
     FinetuneSettings.from_mapping(values)
 

@@ -23,15 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-
-def check_workers(value: object) -> int:
-    """``impl.dataloader_workers`` as an int >= 0; ValueError naming the value otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(
-            f"impl.dataloader_workers={value!r} must be a whole number >= 0 "
-            "(0 = batches made in the training loop; N = one background thread keeps N batches ready)"
-        )
-    return value
+from cramming.config.checks import check_workers
 
 
 class BatchStream:

@@ -25,9 +25,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cramming.commands import fail, run_app
-from cramming.conf import CONF_PATH
+from cramming.config import CONF_PATH
+from cramming.config.checks import check_distill_config
 from cramming.data.masking import uses_bert_family
-from cramming.distill.loss import check_distill_config
 from cramming.distill.model import check_teacher, student_arch
 from cramming.pretrain import pretrain_main
 

@@ -15,9 +15,9 @@ from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 from tokenizers import Tokenizer
 
-from cramming import __version__
 from cramming.files import atomic_write
 from cramming.models import LEGACY_HEAD, BertForMLM, BertForPreTraining, BertForSequenceClassification
+from cramming.version import __version__
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 FRAMING = "cramming_pretraining"  # config.json key: how pretraining framed the model's inputs

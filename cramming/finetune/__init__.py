@@ -15,8 +15,8 @@ prediction (``cramming.predict``).
 | ``command.py`` | ``python -m cramming.finetune``: files in, metrics, predictions and an export out |
 """
 
+from cramming.config.finetune import FinetuneSettings, resolve_lr
 from cramming.finetune.command import main, run_finetune
-from cramming.finetune.config import FinetuneSettings, resolve_lr
 from cramming.finetune.encode import EncodedExamples, collate, encode_examples
 from cramming.finetune.engine import finetune, predict, softmax
 from cramming.finetune.job import JobResult, run_job, score_logits

@@ -23,10 +23,10 @@ import numpy as np
 from omegaconf import DictConfig
 
 from cramming.commands import cli_errors
-from cramming.conf import CONF_PATH
+from cramming.config import CONF_PATH
+from cramming.config.finetune import FinetuneSettings
 from cramming.export.folder import CONFIG, FRAMING, save_export
 from cramming.finetune import metrics
-from cramming.finetune.config import FinetuneSettings
 from cramming.finetune.encode import encode_examples
 from cramming.finetune.engine import softmax
 from cramming.finetune.job import run_job, score_logits

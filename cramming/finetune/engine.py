@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cramming.budget import cosine_with_warmup
-from cramming.finetune.config import FinetuneSettings
+from cramming.config.finetune import FinetuneSettings
 from cramming.finetune.encode import EncodedExamples, bucket_lengths, collate, length_batches
 from cramming.optim import build_adamw
 from cramming.runtime import CompiledStep, Runtime, seed_everything

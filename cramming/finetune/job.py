@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from cramming.finetune.config import FinetuneSettings
+from cramming.config.finetune import FinetuneSettings
 from cramming.finetune.encode import EncodedExamples, encode_examples
 from cramming.finetune.engine import finetune, predict
 from cramming.finetune.pretrained import Pretrained, build_finetune_model

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from cramming.finetune.config import check_head
+from cramming.config.finetune import check_head
 
 
 @dataclass

@@ -26,9 +26,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from cramming.commands import cli_errors, fail
-from cramming.conf import CONF_PATH, read_yaml
+from cramming.conf import read_yaml
+from cramming.config import CONF_PATH
+from cramming.config.finetune import FinetuneSettings, resolve_lr
 from cramming.files import atomic_write
-from cramming.finetune.config import FinetuneSettings, resolve_lr
 from cramming.finetune.encode import encode_examples
 from cramming.finetune.external import is_external, load_external, slug
 from cramming.finetune.job import run_job, score_logits
