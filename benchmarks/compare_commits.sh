@@ -25,7 +25,8 @@ for i in $(seq "$pairs"); do
     log="$work/$side-$i.log"
     (cd "$work/$side" && env -u PYTHONPATH python -m cramming arch=crammed-bert train=cpu data=sample \
       train.microbatch_size=8 train.batch_size=8 train.batch_size_start=8 budget=25steps \
-      train.checkpoint_minutes=0 name="$side-$i" base_dir="$work/out" "$@" >"$log" 2>&1)
+      train.checkpoint_minutes=0 name="$side-$i" base_dir="$work/out" "$@" >"$log" 2>&1) \
+      || { echo "run $side-$i failed; the end of its log:" >&2; tail -20 "$log" >&2; exit 1; }
     rate[$side]=$(python - "$log" <<'PY'
 import re, sys
 line = next(l for l in open(sys.argv[1]) if "budget spent" in l)
