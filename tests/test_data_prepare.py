@@ -152,6 +152,11 @@ def test_cache_key_changes_with_what_shapes_the_corpus(tmp_path, small_txt):
     keys = {corpus_key(base)} | {corpus_key({**base, **c}) for c in changes}
     assert len(keys) == len(changes) + 1
     assert corpus_key({**base, "cache_dir": str(tmp_path / "elsewhere")}) == corpus_key(base)
+    # The command line's typed schema gives 256.0 where a Python caller writes 256: one corpus, one key
+    # (catches keys that split on the number's type, and caches made before the schema being rebuilt).
+    whole = {**base, "tokenizer": {**base["tokenizer"], "sample_mb": 256}}
+    assert corpus_key(whole) == corpus_key({**whole, "tokenizer": {**whole["tokenizer"], "sample_mb": 256.0}})
+    assert corpus_key(whole) != corpus_key({**whole, "tokenizer": {**whole["tokenizer"], "sample_mb": 256.5}})
     before = corpus_key(base)
     stat = small_txt.stat()
     os.utime(small_txt, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))

@@ -28,9 +28,21 @@ VERIFIED = "verified.json"  # sha256-checked files with the size and mtime they 
 
 
 def config_key(obj: Any, length: int = 16) -> str:
-    """A short stable hash of a JSON-able object."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    """A short stable hash of a JSON-able object; a whole float counts as its int (256.0 as 256)."""
+    blob = json.dumps(_canonical(obj), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _canonical(obj: Any) -> Any:
+    """The typed schema turns ``sample_mb: 256`` into 256.0 for the command line but a Python caller passes
+    256: one config, one key (and the caches made before the schema keep theirs)."""
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)
+    if isinstance(obj, dict):
+        return {key: _canonical(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(value) for value in obj]
+    return obj
 
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> None:
